@@ -1,0 +1,28 @@
+# `make run` sets up .venv and runs the demo; `make test` sets up .venv and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+# The shared datasets (MNIST) live beside the project; override with COHORT_DATA_DIR=...
+export COHORT_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/cohort run
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/mnist_fedavg.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

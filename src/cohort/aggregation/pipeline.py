@@ -1,0 +1,160 @@
+"""Aggregation as a pipeline of small steps, in optax's shape.
+
+    validate ─► per-client steps ─► combine ─► global steps ─► divide by total weight ─► server optimizer
+
+A :class:`Step` is ``NamedTuple(init, update)``: ``init(global_arrays) -> state`` and
+``update(value, state, ctx) -> (value, state)``; state is returned, never mutated. Per-client steps map a
+:class:`ClientUpdate`; global steps map an :class:`Aggregate`, which holds a *sum* and its total weight,
+so that a sum-only combine (secure aggregation) or sum noise (central DP) can stand in without knowing
+about the mean; the division happens once, at the very end. The server optimizer maps the mean delta to
+the step added to the global arrays (FedAvg is ``sgd(1.0)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from cohort.core.arrays import NamedArrays, add
+from cohort.core.types import ClientUpdate, RoundContext
+
+
+class Step(NamedTuple):
+    """A pure transform with explicit state: ``update(value, state, ctx) -> (value, state)``."""
+
+    init: Callable[[NamedArrays], Any]
+    update: Callable[[Any, Any, RoundContext], tuple[Any, Any]]
+
+
+def identity() -> Step:
+    return Step(lambda arrays: (), lambda value, state, ctx: (value, state))
+
+
+def chain(*steps: Step) -> Step:
+    """Run ``steps`` in order; the state is the tuple of their states."""
+    for i, step in enumerate(steps):
+        if not isinstance(step, Step):
+            hint = " (did you pass the factory instead of calling it?)" if callable(step) else ""
+            raise TypeError(f"chain() argument {i} is a {type(step).__name__}; expected a Step{hint}")
+
+    def init(arrays: NamedArrays) -> tuple:
+        return tuple(step.init(arrays) for step in steps)
+
+    def update(value: Any, state: tuple, ctx: RoundContext) -> tuple[Any, tuple]:
+        if len(state) != len(steps):
+            raise ValueError(f"chain state has {len(state)} entries for {len(steps)} steps; was init() called?")
+        new_state = []
+        for step, s in zip(steps, state):
+            value, s = step.update(value, s, ctx)
+            new_state.append(s)
+        return value, tuple(new_state)
+
+    return Step(init, update)
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """What a combine produces: ``delta_sum / total_weight`` is the combined delta."""
+
+    delta_sum: NamedArrays  # Σ weight · delta, float64
+    total_weight: float
+    num_clients: int
+
+
+class Combine(NamedTuple):
+    """Folds updates into an accumulator one at a time, as they arrive.
+
+    ``init(global_arrays) -> acc``; ``add(acc, update) -> acc`` (the accumulator belongs to the round and
+    may be updated in place; the update never is); ``result(acc) -> Aggregate``.
+    """
+
+    init: Callable[[NamedArrays], Any]
+    add: Callable[[Any, ClientUpdate], Any]
+    result: Callable[[Any], Aggregate]
+
+
+class AggregatorState(NamedTuple):
+    pre: Any
+    post: Any
+    server_optimizer: Any
+
+
+class RoundAccumulator(NamedTuple):
+    """One round in progress: what has been folded in so far."""
+
+    arrays: NamedArrays  # the global arrays of the round
+    ctx: RoundContext
+    state: AggregatorState
+    acc: Any
+    count: int
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    """A whole server-side pipeline; build one with :func:`process`."""
+
+    pre: Step  # per-client steps, validation first
+    combine: Combine
+    post: Step  # global steps on the sum
+    server_optimizer: Step  # mean delta -> step added to the global arrays
+
+    def init(self, arrays: NamedArrays) -> AggregatorState:
+        return AggregatorState(self.pre.init(arrays), self.post.init(arrays), self.server_optimizer.init(arrays))
+
+    def start(self, arrays: NamedArrays, state: AggregatorState, ctx: RoundContext) -> RoundAccumulator:
+        return RoundAccumulator(arrays, ctx, state, self.combine.init(arrays), 0)
+
+    def add(self, round_acc: RoundAccumulator, update: ClientUpdate) -> RoundAccumulator:
+        """Fold one update in. Raises ``UpdateRejected`` (leaving ``round_acc`` usable) if a step refuses it."""
+        update, pre_state = self.pre.update(update, round_acc.state.pre, round_acc.ctx)
+        acc = self.combine.add(round_acc.acc, update)
+        return round_acc._replace(state=round_acc.state._replace(pre=pre_state), acc=acc, count=round_acc.count + 1)
+
+    def finish(self, round_acc: RoundAccumulator) -> tuple[NamedArrays, AggregatorState]:
+        """The next global arrays and aggregator state. Needs at least one update."""
+        if round_acc.count == 0:
+            raise ValueError("finish() needs at least one accepted update")
+        arrays, state, ctx = round_acc.arrays, round_acc.state, round_acc.ctx
+        aggregate, post_state = self.post.update(self.combine.result(round_acc.acc), state.post, ctx)
+        mean = divide(aggregate, arrays)
+        step, opt_state = self.server_optimizer.update(mean, state.server_optimizer, ctx)
+        return add(arrays, step), AggregatorState(state.pre, post_state, opt_state)
+
+    def aggregate(self, arrays: NamedArrays, state: AggregatorState, updates: Sequence[ClientUpdate], ctx: RoundContext):
+        """Batch form of start/add/finish, for tests and scripts."""
+        round_acc = self.start(arrays, state, ctx)
+        for update in updates:
+            round_acc = self.add(round_acc, update)
+        return self.finish(round_acc)
+
+
+def divide(aggregate: Aggregate, like: NamedArrays) -> NamedArrays:
+    """``delta_sum / total_weight`` in the dtypes of the global arrays (floats; integers stay float)."""
+    if not aggregate.total_weight > 0:
+        raise ValueError(f"total weight is {aggregate.total_weight}; expected > 0")
+    out = {}
+    for name, s in aggregate.delta_sum.items():
+        mean = s / aggregate.total_weight
+        out[name] = mean.astype(like[name].dtype) if like[name].dtype.kind == "f" else mean
+    return out
+
+
+def process(
+    pre: Sequence[Step] = (),
+    combine: Combine | None = None,
+    post: Sequence[Step] = (),
+    server_optimizer: Step | None = None,
+) -> Aggregator:
+    """Build an aggregator. Every update is validated (names, shapes, finite values, weight) before
+    ``pre`` runs; ``combine`` defaults to the weighted sum and ``server_optimizer`` to ``sgd(1.0)``."""
+    from cohort.aggregation.server_opt import sgd
+    from cohort.aggregation.weighting import validate, weighted_sum
+
+    return Aggregator(
+        pre=chain(validate(), *pre),
+        combine=combine if combine is not None else weighted_sum(),
+        post=chain(*post),
+        server_optimizer=server_optimizer if server_optimizer is not None else sgd(1.0),
+    )
+

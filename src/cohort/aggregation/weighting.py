@@ -1,0 +1,53 @@
+"""The plain mean: validation, weights, and the streaming weighted sum."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from cohort.aggregation.pipeline import Aggregate, Combine, Step
+from cohort.core.arrays import NamedArrays, check_like, spec_of
+from cohort.core.errors import UpdateRejected
+from cohort.core.types import ClientUpdate
+
+
+def validate() -> Step:
+    """Reject an update whose names, shapes or dtypes differ from the model's, that holds NaN or inf,
+    or whose weight is not a positive finite number. Always the first per-client step."""
+
+    def update(u: ClientUpdate, spec, ctx):
+        check_like(u.delta, spec, what=f"update of client {u.client_id}")
+        if not (isinstance(u.weight, (int, float, np.number)) and math.isfinite(u.weight) and u.weight > 0):
+            raise UpdateRejected(f"update of client {u.client_id} has weight {u.weight!r}; expected a finite number > 0")
+        return u, spec
+
+    return Step(spec_of, update)
+
+
+def uniform_weights() -> Step:
+    """Weight every client 1 instead of its example count: the unweighted mean."""
+    return Step(lambda arrays: (), lambda u, state, ctx: (replace(u, weight=1.0), state))
+
+
+def weighted_sum() -> Combine:
+    """Σ weight · delta in float64, folded in as updates arrive: memory is one model, whatever the cohort."""
+
+    def init(arrays: NamedArrays) -> tuple[NamedArrays, list]:
+        return {name: np.zeros(a.shape, np.float64) for name, a in arrays.items()}, [0.0, 0]
+
+    def add(acc, u: ClientUpdate):
+        sums, totals = acc
+        w = float(u.weight)
+        for name, s in sums.items():
+            s += w * u.delta[name]
+        totals[0] += w
+        totals[1] += 1
+        return acc
+
+    def result(acc) -> Aggregate:
+        sums, (total_weight, count) = acc
+        return Aggregate(sums, total_weight, count)
+
+    return Combine(init, add, result)

@@ -1,0 +1,234 @@
+"""Experiment configs: TOML files of plain, frozen dataclasses, with ``--set key=value`` overrides.
+
+Every section checks its own values; unknown keys are errors with a suggestion. (Written here rather
+than with pydantic: ~100 lines give messages in our words, plain picklable dataclasses and one
+dependency fewer.)
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cohort.client.torch import TrainSettings
+from cohort.core.errors import ConfigError
+
+DATASETS = ("mnist", "breast_cancer", "diabetes", "csv")
+PARTITIONS = ("iid", "shards", "dirichlet", "quantity")
+BACKENDS = ("inprocess", "processes")
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} is {value!r}; expected {expected}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "breast_cancer"  # mnist | breast_cancer | diabetes | csv
+    dir: str = ""  # folder of downloadable datasets; "" means $COHORT_DATA_DIR, else ~/.cache/cohort/data
+    csv_path: str = ""  # dataset = "csv": the file (header row required)
+    csv_target: str = ""  # dataset = "csv": the target column
+    csv_task: str = "classification"  # dataset = "csv": classification | regression
+    test_fraction: float = 0.2  # server test split of datasets that have none (all but mnist)
+    standardize: bool = True  # z-score tabular features with the training split's mean and std
+    num_clients: int = 10  # clients the training data is split among
+    partition: str = "iid"  # iid | shards | dirichlet | quantity
+    shards_per_client: int = 2  # partition = "shards": label-sorted shards per client (McMahan: 2)
+    alpha: float = 0.5  # partition = "dirichlet" | "quantity": concentration; small is skewed
+    holdout_fraction: float = 0.0  # share of each client's data kept for federated evaluation
+
+    def __post_init__(self) -> None:
+        _check(self.dataset in DATASETS, "data.dataset", self.dataset, f"one of {', '.join(DATASETS)}")
+        _check(self.partition in PARTITIONS, "data.partition", self.partition, f"one of {', '.join(PARTITIONS)}")
+        _check(self.csv_task in ("classification", "regression"), "data.csv_task", self.csv_task, "'classification' or 'regression'")
+        _check(self.num_clients >= 1, "data.num_clients", self.num_clients, "an integer >= 1")
+        _check(self.shards_per_client >= 1, "data.shards_per_client", self.shards_per_client, "an integer >= 1")
+        _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "0 < fraction < 1")
+        _check(self.alpha > 0, "data.alpha", self.alpha, "> 0")
+        _check(0 <= self.holdout_fraction < 1, "data.holdout_fraction", self.holdout_fraction, "0 <= fraction < 1")
+        if self.dataset == "csv":
+            _check(bool(self.csv_path and self.csv_target), "data.csv_path / data.csv_target",
+                   (self.csv_path, self.csv_target), "both set when data.dataset = 'csv'")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "logistic_regression"  # mnist_2nn | mnist_cnn | mlp | cnn | linear_regression | logistic_regression
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    algorithm: str = "fedavg"  # fedavg | fedsgd
+    fraction: float = 1.0  # C: fraction of clients sampled each round
+    min_clients: int = 1  # at least this many clients each round
+    weighted: bool = True  # weight clients by example count (false: unweighted mean)
+    lr: float = 1.0  # server learning rate (FedAvg: 1; FedSGD: the SGD step size)
+    momentum: float = 0.0  # server momentum (FedAvgM)
+    min_successful_clients: int = 1  # a round stands only with this many accepted updates
+    max_failed_rounds: int = 3  # consecutive rounds that do not stand before the run stops
+    round_timeout_s: float = 0.0  # deadline of a round; 0: none
+
+    def __post_init__(self) -> None:
+        from cohort.algorithms import ALGORITHMS
+
+        _check(self.algorithm in ALGORITHMS, "server.algorithm", self.algorithm, f"one of {', '.join(ALGORITHMS)}")
+        _check(0 < self.fraction <= 1, "server.fraction", self.fraction, "0 < fraction <= 1")
+        _check(self.min_clients >= 1, "server.min_clients", self.min_clients, "an integer >= 1")
+        _check(self.lr > 0, "server.lr", self.lr, "> 0")
+        _check(0 <= self.momentum < 1, "server.momentum", self.momentum, "0 <= momentum < 1")
+        _check(self.min_successful_clients >= 1, "server.min_successful_clients", self.min_successful_clients, "an integer >= 1")
+        _check(self.max_failed_rounds >= 1, "server.max_failed_rounds", self.max_failed_rounds, "an integer >= 1")
+        _check(self.round_timeout_s >= 0, "server.round_timeout_s", self.round_timeout_s, ">= 0 (0: no deadline)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    every: int = 1  # evaluate every k rounds, and after the last
+    centralized: bool = True  # on the server's test set
+    federated_fraction: float = 0.0  # fraction of clients evaluated on their held-out data; 0: none
+    target_metric: str = "accuracy"  # metric of the round record the target applies to
+    target: float | None = None  # stop once target_metric reaches this (losses: falls to this)
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 1, "evaluate.every", self.every, "an integer >= 1")
+        _check(0 <= self.federated_fraction <= 1, "evaluate.federated_fraction", self.federated_fraction, "0 <= fraction <= 1")
+        _check(self.target is None or math.isfinite(self.target), "evaluate.target", self.target, "a finite number")
+
+    @property
+    def target_mode(self) -> str:
+        return "min" if self.target_metric.endswith("loss") else "max"
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    backend: str = "inprocess"  # inprocess | processes
+    workers: int = 0  # processes: worker count; 0: one per core
+    threads: int = 1  # torch threads per client; equal counts give bit-identical runs across backends
+
+    def __post_init__(self) -> None:
+        _check(self.backend in BACKENDS, "simulation.backend", self.backend, f"one of {', '.join(BACKENDS)}")
+        _check(self.workers >= 0, "simulation.workers", self.workers, "an integer >= 0 (0: one per core)")
+        _check(self.threads >= 0, "simulation.threads", self.threads, "an integer >= 0 (0: torch's default)")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs"  # each run writes a new folder in here
+    progress: bool = True  # a live progress bar over rounds
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"  # names the run folder
+    seed: int = 0  # every random stream of the run derives from it
+    rounds: int = 20  # round limit
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: TrainSettings = field(default_factory=TrainSettings)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "rounds", self.rounds, "an integer >= 1")
+        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict; unset (None) values are left out, as TOML has no null."""
+        return _drop_none(asdict(self))
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """The config in ``path`` (None: the embedded demo) with ``key=value`` overrides applied."""
+    if path is None:
+        text, source = resources.files("cohort").joinpath("demo.toml").read_text(), "the embedded demo"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; give the path of a TOML file (see examples/)")
+        text, source = p.read_text(), str(p)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}") from e
+    for item in overrides:
+        _apply_override(data, item)
+    return from_dict(data)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    return _build(RunConfig, data, "")
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set server.fraction=0.1")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word is a string: --set data.partition=shards
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+    node[last] = value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'the config'} is {data!r}; expected a table of settings")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{where}{close[0]}'?" if close else "."
+            raise ConfigError(f"unknown config key '{where}{key}'{hint} Known keys{' in [' + where.rstrip('.') + ']' if where else ''}: {', '.join(sorted(known))}")
+    kwargs = {}
+    for key, value in data.items():
+        kind = hints[key]
+        if is_dataclass(kind):
+            kwargs[key] = _build(kind, value, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(value, kind, f"{where}{key}")
+    return cls(**kwargs)  # each section's __post_init__ checks its values, naming the full key
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+    names = " or ".join({bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(t, "unset") for t in allowed if t is not type(None))
+    raise ConfigError(f"{key} is {value!r}; expected {names}")
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+

@@ -1,0 +1,132 @@
+"""Named arrays: the one currency between client and server.
+
+``NamedArrays`` is an ordered ``dict[str, np.ndarray]``, in the order of the model's ``state_dict``.
+All conversions (torch, flat vectors, safetensors files and bytes) live here as named functions. torch
+is imported only inside the torch conversions, so the core stays importable without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cohort.core.errors import UpdateRejected
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+NamedArrays = dict[str, np.ndarray]
+
+
+def from_torch(state_dict: Mapping[str, "torch.Tensor"]) -> NamedArrays:
+    """Copy a torch ``state_dict`` (parameters and buffers) into named numpy arrays, dtypes kept."""
+    return {name: t.detach().cpu().numpy().copy() for name, t in state_dict.items()}
+
+
+def to_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, "torch.Tensor"]:
+    """View named arrays as a torch ``state_dict`` without copying (``load_state_dict`` copies)."""
+    import torch
+
+    return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
+
+
+def nbytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """Payload size of the arrays as raw tensors: what a model or an update costs on the wire."""
+    return sum(a.nbytes for a in arrays.values())
+
+
+def num_parameters(arrays: Mapping[str, np.ndarray]) -> int:
+    return sum(a.size for a in arrays.values())
+
+
+def subtract(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> NamedArrays:
+    """``a - b`` key by key: a client's delta is ``subtract(client_arrays, global_arrays)``."""
+    return {name: np.subtract(a[name], b[name]) for name in b}
+
+
+def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> NamedArrays:
+    """``a + b`` key by key, in ``a``'s dtypes (integer entries such as batch counters are rounded)."""
+    return {name: _cast(np.add(x, b[name]), x.dtype) for name, x in a.items()}
+
+
+def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind in "iub" and values.dtype.kind == "f":
+        values = np.rint(values)
+    return values.astype(dtype, copy=False)
+
+
+def flatten(arrays: Mapping[str, np.ndarray], dtype: np.dtype | type = np.float64) -> np.ndarray:
+    """One 1-D vector of every entry, in key order."""
+    if not arrays:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate([np.asarray(a, dtype=dtype).ravel() for a in arrays.values()])
+
+
+def unflatten(vector: np.ndarray, like: Mapping[str, np.ndarray]) -> NamedArrays:
+    """Inverse of :func:`flatten`: cut ``vector`` into the shapes and dtypes of ``like``."""
+    expected = num_parameters(like)
+    if vector.ndim != 1 or vector.size != expected:
+        raise ValueError(f"vector has shape {vector.shape}; expected ({expected},) to fill {len(like)} arrays")
+    out, start = {}, 0
+    for name, a in like.items():
+        out[name] = vector[start : start + a.size].reshape(a.shape).astype(a.dtype, copy=True)
+        start += a.size
+    return out
+
+
+Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
+
+
+def spec_of(arrays: Mapping[str, np.ndarray]) -> Spec:
+    """Names, shapes and dtypes of arrays: what an update is checked against, without the values."""
+    return {name: (tuple(a.shape), a.dtype) for name, a in arrays.items()}
+
+
+def check_like(arrays: object, spec: Spec, *, what: str = "update") -> None:
+    """Raise :class:`UpdateRejected` unless ``arrays`` has exactly the names and shapes of ``spec``,
+    a compatible numeric dtype, and only finite values."""
+    if not isinstance(arrays, Mapping):
+        raise UpdateRejected(f"{what} is a {type(arrays).__name__}; expected a dict of named numpy arrays")
+    missing = [k for k in spec if k not in arrays]
+    extra = [k for k in arrays if k not in spec]
+    if missing or extra:
+        raise UpdateRejected(f"{what} names differ from the model's: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, (shape, dtype) in spec.items():
+        a = arrays[name]
+        if not isinstance(a, np.ndarray):
+            raise UpdateRejected(f"{what}[{name!r}] is a {type(a).__name__}; expected a numpy array")
+        if a.shape != shape:
+            raise UpdateRejected(f"{what}[{name!r}] has shape {a.shape}; expected {shape}")
+        if a.dtype.kind not in "fiub" or (dtype.kind == "f" and a.dtype.kind != "f"):
+            raise UpdateRejected(f"{what}[{name!r}] has dtype {a.dtype}; expected {dtype}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            raise UpdateRejected(f"{what}[{name!r}] has {bad} non-finite values (NaN or inf)")
+
+
+def save_safetensors(arrays: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write arrays to a safetensors file atomically (temp file + rename)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    # safetensors sorts tensors by name; the model's order is kept in the metadata.
+    meta = {**(metadata or {}), "order": json.dumps(list(arrays))}
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_safetensors(path: str | os.PathLike) -> NamedArrays:
+    """Read arrays from a safetensors file, in the order they were written."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        order = (f.metadata() or {}).get("order")
+        keys = json.loads(order) if order else list(f.keys())
+        return {k: f.get_tensor(k) for k in keys}

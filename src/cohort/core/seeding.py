@@ -1,0 +1,38 @@
+"""Every random stream in cohort derives from (run seed, round, stage, client).
+
+No global RNG is read or written by cohort's own code: the same seed and config give the same run in
+any backend and after a resume, because each stream can be rebuilt from its four coordinates.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+class Stage(enum.IntEnum):
+    """The independent random streams of a run. Append only: reordering changes every run."""
+
+    INIT = 0  # initial global model
+    PARTITION = 1  # splitting data among clients
+    SAMPLE = 2  # choosing the cohort of a round
+    SHUFFLE = 3  # a client's mini-batch order
+    TORCH = 4  # a client's torch ops (dropout)
+    HOLDOUT = 5  # a client's train / held-out split
+    EVAL_SAMPLE = 6  # choosing the clients of a federated evaluation
+    SPLIT = 7  # server test split of a dataset
+
+
+def seed_sequence(seed: int, round: int, stage: Stage, client: int = 0) -> np.random.SeedSequence:
+    return np.random.SeedSequence([int(seed), int(round), int(stage), int(client)])
+
+
+def rng(seed: int, round: int, stage: Stage, client: int = 0) -> np.random.Generator:
+    """A numpy Generator for one stream."""
+    return np.random.default_rng(seed_sequence(seed, round, stage, client))
+
+
+def torch_seed(seed: int, round: int, stage: Stage, client: int = 0) -> int:
+    """A 63-bit integer seed for torch.Generator / torch.manual_seed for one stream."""
+    return int(seed_sequence(seed, round, stage, client).generate_state(1, np.uint64)[0] >> np.uint64(1))
