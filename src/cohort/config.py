@@ -34,6 +34,7 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
 class DataConfig:
     dataset: str = "breast_cancer"  # mnist | breast_cancer | diabetes | csv
     dir: str = ""  # folder of downloadable datasets; "" means $COHORT_DATA_DIR, else ~/.cache/cohort/data
+    download: bool = True  # fetch missing files from the public mirrors (checksums verified)
     csv_path: str = ""  # dataset = "csv": the file (header row required)
     csv_target: str = ""  # dataset = "csv": the target column
     csv_task: str = "classification"  # dataset = "csv": classification | regression

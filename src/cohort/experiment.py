@@ -98,7 +98,7 @@ def build(config: RunConfig) -> Experiment:
 
 def load_data(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
     if cfg.dataset == "mnist":
-        return datasets.load_mnist(cfg.dir or None)
+        return datasets.load_mnist(cfg.dir or None, download=cfg.download)
     loaders = {"breast_cancer": datasets.load_breast_cancer, "diabetes": datasets.load_diabetes,
                "csv": lambda: datasets.load_csv(cfg.csv_path, cfg.csv_target, task=cfg.csv_task)}
     train, test = datasets.train_test_split(loaders[cfg.dataset](), cfg.test_fraction, seed)

@@ -72,6 +72,7 @@ def loss_for_task(task: str) -> str:
 
 def to_tensors(x: np.ndarray, y: np.ndarray, x_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 features (times ``x_scale``) and labels (int64) or targets (float32) as torch tensors."""
+    x, y = (a if a.flags.writeable else a.copy() for a in (x, y))  # torch cannot view read-only memory
     xt = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32)
     if x_scale != 1.0:
         xt.mul_(x_scale)
