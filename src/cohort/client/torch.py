@@ -73,10 +73,10 @@ def loss_for_task(task: str) -> str:
 def to_tensors(x: np.ndarray, y: np.ndarray, x_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 features (times ``x_scale``) and labels (int64) or targets (float32) as torch tensors."""
     x, y = (a if a.flags.writeable else a.copy() for a in (x, y))  # torch cannot view read-only memory
-    xt = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32)
+    xt = torch.from_numpy(np.asarray(x, order="C")).to(torch.float32)
     if x_scale != 1.0:
         xt.mul_(x_scale)
-    yt = torch.from_numpy(np.ascontiguousarray(y))
+    yt = torch.from_numpy(np.asarray(y, order="C"))
     yt = yt.to(torch.int64) if yt.dtype in (torch.int32, torch.int64, torch.uint8, torch.int16) else yt.to(torch.float32)
     return xt, yt
 
@@ -118,7 +118,7 @@ def full_gradient(model, x, y, loss_fn, batch_size: int) -> tuple[dict[str, torc
         xb, yb = x[start : start + b], y[start : start + b]
         loss = loss_fn(model(xb), yb)
         (loss * (len(xb) / n)).backward()
-        total += float(loss) * len(xb)
+        total += loss.item() * len(xb)
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     return grads, total / n
 

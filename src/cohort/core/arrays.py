@@ -32,7 +32,7 @@ def to_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, "torch.Tensor"]:
     """View named arrays as a torch ``state_dict`` without copying (``load_state_dict`` copies)."""
     import torch
 
-    return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
+    return {name: torch.from_numpy(np.asarray(a, order="C")) for name, a in arrays.items()}
 
 
 def nbytes(arrays: Mapping[str, np.ndarray]) -> int:
@@ -98,6 +98,8 @@ def check_like(arrays: object, spec: Spec, *, what: str = "update") -> None:
         raise UpdateRejected(f"{what} names differ from the model's: missing {missing[:5]}, unexpected {extra[:5]}")
     for name, (shape, dtype) in spec.items():
         a = arrays[name]
+        if isinstance(a, np.generic):  # a numpy scalar, e.g. from arithmetic on a 0-d array
+            a = np.asarray(a)
         if not isinstance(a, np.ndarray):
             raise UpdateRejected(f"{what}[{name!r}] is a {type(a).__name__}; expected a numpy array")
         if a.shape != shape:
@@ -117,7 +119,7 @@ def save_safetensors(arrays: Mapping[str, np.ndarray], path: str | os.PathLike, 
     tmp = path.with_name(path.name + ".tmp")
     # safetensors sorts tensors by name; the model's order is kept in the metadata.
     meta = {**(metadata or {}), "order": json.dumps(list(arrays))}
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=meta)
+    save_file({k: np.asarray(v, order="C") for k, v in arrays.items()}, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
 

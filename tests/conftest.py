@@ -1,16 +1,20 @@
-"""Fixtures for the data tests: the shared MNIST folder, found without the network."""
+"""Shared fixtures: the shared MNIST folder (found without the network) and the tests' fake clients."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from cohort.data import load_mnist
+# fakes.py holds clients that pickle by reference: worker processes (spawned with this sys.path) import it too.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cohort.data import load_mnist  # noqa: E402
 
 # The shared datasets sit beside the project: <project>/../shared/data, unless COHORT_DATA_DIR says otherwise.
-SHARED_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

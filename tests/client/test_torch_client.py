@@ -1,0 +1,150 @@
+"""TorchClient: local training as bare PyTorch would do it, seeded, with FedSGD's gradient mode."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cohort.client.torch import TorchClient, TorchClientFactory, TrainSettings, initial_arrays, to_tensors
+from cohort.core.arrays import add, from_torch
+from cohort.core.errors import ConfigError, DataError
+from cohort.core.seeding import Stage, rng
+from cohort.data import ArrayDataset, iid, split_holdout
+
+
+def make_data(n=37, d=5, classes=3, seed=0):
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(n, d)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
+    return x, y
+
+
+def model_fn():
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_fit_matches_a_bare_pytorch_loop():
+    """E epochs of seeded shuffles, batches of B with a last partial one, SGD with momentum."""
+    x, y = to_tensors(*make_data())
+    arrays = initial_arrays(model_fn, seed=1)
+    settings = TrainSettings(epochs=2, batch_size=10, lr=0.05, momentum=0.5)
+    client = TorchClient(model_fn(), x, y, settings=settings, client_id=4, seed=9)
+    result = client.fit(arrays, {"round": 3, "seed": 9})
+
+    ref = model_fn()
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.5)
+    order = rng(9, 3, Stage.SHUFFLE, 4)
+    steps = 0
+    for _ in range(2):
+        perm = torch.from_numpy(order.permutation(len(x)))
+        for start in range(0, len(x), 10):
+            idx = perm[start : start + 10]
+            opt.zero_grad()
+            nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
+            opt.step()
+            steps += 1
+    assert steps == 8  # ceil(37 / 10) * 2
+    trained = from_torch(ref.state_dict())
+    for k, v in add(arrays, result.delta).items():
+        np.testing.assert_allclose(v, trained[k], rtol=1e-5, atol=1e-6)
+    assert result.num_examples == 37 and result.metrics["train_loss"] > 0
+
+
+def test_fit_is_seeded_by_seed_round_and_client():
+    x, y = to_tensors(*make_data())
+    arrays = initial_arrays(model_fn, seed=0)
+
+    def delta(seed, round_, cid):
+        c = TorchClient(model_fn(), x, y, settings=TrainSettings(batch_size=4, lr=0.1), client_id=cid)
+        return c.fit(arrays, {"round": round_, "seed": seed}).delta["0.weight"]
+
+    assert np.array_equal(delta(0, 1, 2), delta(0, 1, 2))
+    assert not np.array_equal(delta(0, 1, 2), delta(0, 2, 2))
+    assert not np.array_equal(delta(0, 1, 2), delta(0, 1, 3))
+    assert not np.array_equal(delta(0, 1, 2), delta(1, 1, 2))
+
+
+def test_dropout_is_seeded_and_leaves_the_global_torch_rng_alone():
+    x, y = to_tensors(*make_data())
+    fn = lambda: nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.5), nn.Linear(16, 3))  # noqa: E731
+    arrays = initial_arrays(fn, seed=0)
+    c1, c2 = TorchClient(fn(), x, y), TorchClient(fn(), x, y)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    d1 = c1.fit(arrays, {"round": 1, "seed": 0}).delta
+    assert torch.equal(torch.random.get_rng_state(), before)
+    d2 = c2.fit(arrays, {"round": 1, "seed": 0}).delta
+    for k in d1:
+        assert np.array_equal(d1[k], d2[k])
+
+
+def test_round_config_overrides_settings():
+    x, y = to_tensors(*make_data())
+    arrays = initial_arrays(model_fn, seed=0)
+    client = TorchClient(model_fn(), x, y, settings=TrainSettings(lr=0.1, batch_size=5))
+    small = client.fit(arrays, {"round": 1, "lr": 1e-4}).delta["2.bias"]
+    big = client.fit(arrays, {"round": 1}).delta["2.bias"]
+    assert np.abs(small).sum() * 100 < np.abs(big).sum()
+
+
+def test_gradient_mode_returns_the_negative_full_batch_gradient():
+    """Linear regression, MSE: grad_w = 2/n Σ (w·x + b − y) x, computed by hand."""
+    g = np.random.default_rng(3)
+    x = g.normal(size=(23, 4)).astype(np.float32)
+    y = g.normal(size=23).astype(np.float32)
+    fn = lambda: nn.Linear(4, 1)  # noqa: E731
+    arrays = {"weight": np.array([[0.5, -1.0, 0.25, 2.0]], np.float32), "bias": np.array([0.1], np.float32)}
+    client = TorchClient(fn(), *to_tensors(x, y), loss="mse", settings=TrainSettings(batch_size=5))
+    result = client.fit(arrays, {"mode": "gradient", "round": 1})
+    residual = x.astype(np.float64) @ arrays["weight"][0] + 0.1 - y
+    np.testing.assert_allclose(result.delta["weight"][0], -2 / 23 * residual @ x, rtol=1e-5)
+    np.testing.assert_allclose(result.delta["bias"], [-2 / 23 * residual.sum()], rtol=1e-5)
+    assert result.num_examples == 23
+
+
+def test_evaluate_on_held_out_data_and_its_absence():
+    x, y = to_tensors(*make_data())
+    arrays = initial_arrays(model_fn, seed=0)
+    client = TorchClient(model_fn(), x[:30], y[:30], test=(x[30:], y[30:]))
+    res = client.evaluate(arrays, {"round": 1})
+    assert res.num_examples == 7 and 0 <= res.metrics["accuracy"] <= 1 and res.loss > 0
+    with pytest.raises(DataError, match="held-out"):
+        TorchClient(model_fn(), x, y).evaluate(arrays, {})
+
+
+def test_arrays_that_do_not_fit_the_model_are_a_clear_error():
+    x, y = to_tensors(*make_data())
+    with pytest.raises(ConfigError, match="do not fit"):
+        TorchClient(model_fn(), x, y).fit({"weight": np.zeros((1, 5), np.float32)}, {})
+
+
+@pytest.mark.parametrize("kwargs, key", [({"epochs": 0}, "epochs"), ({"batch_size": -1}, "batch_size"),
+                                         ({"optimizer": "rmsprop"}, "optimizer"), ({"lr": 0}, "lr"),
+                                         ({"momentum": 1.0}, "momentum")])
+def test_train_settings_are_checked(kwargs, key):
+    with pytest.raises(ConfigError, match=f"client.{key}"):
+        TrainSettings(**kwargs)
+
+
+def test_factory_materialises_only_the_sampled_clients_data_and_reuses_one_model():
+    x, y = make_data(n=100)
+    ds = ArrayDataset(x, y, "classification", 3)
+    train, held = split_holdout(iid(100, 10, seed=0), 0.2, seed=0)
+    factory = TorchClientFactory(model_fn, ds, train, held, settings=TrainSettings())
+    a, b = factory(3), factory(7)
+    assert a.model is b.model  # one model per process
+    np.testing.assert_array_equal(a.x.numpy(), x[train[3]])
+    np.testing.assert_array_equal(a.test[1].numpy(), y[held[3]])
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(factory))
+    assert clone._model is None and len(clone) == 10  # the cached model does not travel to workers
+
+
+def test_adam_is_available():
+    x, y = to_tensors(*make_data())
+    arrays = initial_arrays(model_fn, seed=0)
+    res = TorchClient(model_fn(), x, y, settings=TrainSettings(optimizer="adam", lr=1e-3)).fit(arrays, {"round": 1})
+    # Adam's first steps move every weight by about lr, whatever its gradient's size
+    assert 1e-4 < np.abs(res.delta["0.weight"]).mean() < 1e-2

@@ -1,0 +1,56 @@
+"""Clients with scripted behaviour, for loop and channel tests. Module-level so they pickle."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from cohort.core.types import EvaluateResult, FitResult
+
+SHAPE = {"w": (2,), "b": ()}
+
+
+def start_arrays() -> dict[str, np.ndarray]:
+    return {"w": np.zeros(2, np.float32), "b": np.zeros((), np.float32)}
+
+
+class ScriptedClient:
+    """Client ``cid`` returns delta w = [cid, -cid], b = 1, with ``cid + 1`` examples, unless its
+    behaviour says otherwise: raise, nan, shape, garbage, sleep, exit."""
+
+    def __init__(self, cid: int, behaviour: str = "ok") -> None:
+        self.cid, self.behaviour = cid, behaviour
+
+    def fit(self, arrays, config):
+        b = self.behaviour
+        if b == "raise":
+            raise RuntimeError(f"client {self.cid} broke")
+        if b == "sleep":
+            time.sleep(60)
+        if b == "exit":
+            os._exit(3)
+        if b == "garbage":
+            return "not a FitResult"
+        w = np.array([self.cid, -self.cid], np.float32)
+        if b == "nan":
+            w[0] = np.nan
+        if b == "shape":
+            w = np.zeros(3, np.float32)
+        return FitResult({"w": w, "b": np.array(1.0, np.float32)}, self.cid + 1, {"train_loss": float(self.cid)})
+
+    def evaluate(self, arrays, config):
+        if self.behaviour == "raise":
+            raise RuntimeError("cannot evaluate")
+        return EvaluateResult(float(self.cid), self.cid + 1, {"accuracy": float(arrays["b"]) / 10})
+
+
+class ScriptedClients:
+    """A picklable client_fn: behaviours by client id, "ok" for the rest."""
+
+    def __init__(self, behaviours: dict[int, str] | None = None) -> None:
+        self.behaviours = behaviours or {}
+
+    def __call__(self, cid: int) -> ScriptedClient:
+        return ScriptedClient(cid, self.behaviours.get(cid, "ok"))
