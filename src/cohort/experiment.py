@@ -134,7 +134,7 @@ def _check_model_task(model: str, task: str) -> None:
 
 
 def _reported_metrics(task: str, *, centralized: bool, federated: bool) -> list[str]:
-    names = ["loss", "accuracy"] if task == "classification" else ["loss"]
+    names = ["loss", "accuracy"] if task == "classification" else ["loss", "r2"]
     out = ["train_loss"]
     out += names if centralized else []
     out += [f"federated_{m}" for m in names] if federated else []

@@ -125,7 +125,7 @@ def full_gradient(model, x, y, loss_fn, batch_size: int) -> tuple[dict[str, torc
 
 @torch.no_grad()
 def evaluate_model(model, x, y, loss: str, batch_size: int = 1024) -> tuple[float, int, dict[str, float]]:
-    """Mean loss over (x, y), and accuracy for classification."""
+    """Mean loss over (x, y); accuracy for classification, R² for regression."""
     model.eval()
     loss_fn = LOSSES[loss]
     n = len(x)
@@ -136,8 +136,10 @@ def evaluate_model(model, x, y, loss: str, batch_size: int = 1024) -> tuple[floa
         total_loss += float(loss_fn(out, yb)) * len(xb)
         if loss == "cross_entropy":
             correct += int((out.argmax(dim=-1) == yb).sum())
-    metrics = {"accuracy": correct / n} if loss == "cross_entropy" else {}
-    return total_loss / n, n, metrics
+    if loss == "cross_entropy":
+        return total_loss / n, n, {"accuracy": correct / n}
+    variance = float(y.double().var(unbiased=False)) if n > 1 else 0.0
+    return total_loss / n, n, ({"r2": 1.0 - (total_loss / n) / variance} if variance > 0 else {})
 
 
 def load_arrays(model: torch.nn.Module, arrays: NamedArrays) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-SHOWN = (("accuracy", "acc"), ("loss", "loss"), ("federated_accuracy", "fed acc"),
-         ("federated_loss", "fed loss"), ("train_loss", "train loss"))
+SHOWN = (("accuracy", "acc"), ("r2", "r2"), ("loss", "loss"), ("federated_accuracy", "fed acc"),
+         ("federated_r2", "fed r2"), ("federated_loss", "fed loss"), ("train_loss", "train loss"))
 
 
 def format_record(record: Mapping[str, Any]) -> str:

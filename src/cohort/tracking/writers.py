@@ -12,6 +12,7 @@ from typing import Any, Protocol
 CSV_COLUMNS = (
     "round", "status", "accuracy", "loss", "federated_accuracy", "federated_loss", "train_loss",
     "clients_sampled", "clients_succeeded", "clients_failed", "bytes_sent", "bytes_received", "seconds",
+    "r2", "federated_r2",
 )
 
 
