@@ -54,3 +54,10 @@ class ScriptedClients:
 
     def __call__(self, cid: int) -> ScriptedClient:
         return ScriptedClient(cid, self.behaviours.get(cid, "ok"))
+
+
+def dropout_mlp():
+    """A model with dropout, so seeded torch randomness is part of what backends must agree on."""
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 3))

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from cohort.core.errors import CohortError
 
@@ -18,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CohortError as e:  # a user's mistake or a failed run: the message, no traceback
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted; the run folder holds everything up to the last finished round")
@@ -38,20 +39,20 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     console = Console()
     source = args.config or "the embedded demo (hospitals, breast cancer, logistic regression)"
-    console.print(f"cohort: {config.name} from {source}", highlight=False)
+    console.print(f"cohort: {config.name} from {source}", highlight=False, markup=False, soft_wrap=True)
     experiment = build(config)  # every check happens here, before training
     sizes = experiment.partition.sizes()
     console.print(
         f"{experiment.num_clients} clients ({sizes.min()}–{sizes.max()} examples each), model "
-        f"{config.model.name}, {config.server.algorithm}, up to {config.rounds} rounds", highlight=False)
+        f"{config.model.name}, {config.server.algorithm}, up to {config.rounds} rounds", highlight=False, soft_wrap=True)
     progress = None if args.quiet else ConsoleProgress(config.rounds, console=console,
                                                       bar=config.output.progress and not args.no_progress)
     result = run(config, progress=progress, experiment=experiment)
     best = result.summary["best"]
     if best:
         console.print(f"best {best['metric']} {best['value']:.4f} at round {best['round']}; "
-                      f"stopped by {result.stopped_by} after {result.state.round} rounds", highlight=False)
-    console.print(f"run folder: {result.folder}", highlight=False)
+                      f"stopped by {result.stopped_by} after {result.state.round} rounds", highlight=False, soft_wrap=True)
+    console.print(f"run folder: {result.folder}", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

@@ -161,7 +161,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; give the path of a TOML file (see examples/)")
-        text, source = p.read_text(), str(p)
+        try:
+            text, source = p.read_text(encoding="utf-8"), str(p)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {str(p)!r} cannot be read as UTF-8 TOML text: {e}") from e
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -73,7 +73,12 @@ def build(config: RunConfig) -> Experiment:
     _check_model_task(config.model.name, train.task)
     model_fn = model_factory(config.model.name, train.feature_shape, outputs)
     x, _ = to_tensors(train.x[:1], train.y[:1], train.x_scale)
-    check_fits(model_fn, x[0], outputs, config.model.name)
+    try:
+        check_fits(model_fn, x[0], outputs, config.model.name)
+    except ConfigError as e:  # name the setting and the data it was checked against
+        raise ConfigError(f"model.name is {config.model.name!r}, which does not fit data.dataset = "
+                          f"{config.data.dataset!r} (examples of shape {tuple(train.feature_shape)}, "
+                          f"{outputs} output{'s' if outputs != 1 else ''}): {e}") from e
 
     s, ev = config.server, config.evaluate
     algorithm = ALGORITHMS[s.algorithm](server_lr=s.lr, server_momentum=s.momentum, weighted=s.weighted)
@@ -141,6 +146,17 @@ def _reported_metrics(task: str, *, centralized: bool, federated: bool) -> list[
     return out
 
 
+def _headline_metric(exp: Experiment) -> tuple[str, str]:
+    """The metric a run is judged by: the target's if the run reports it, else its main quality metric."""
+    ev = exp.config.evaluate
+    available = _reported_metrics(exp.train.task, centralized=ev.centralized and exp.test is not None,
+                                  federated=ev.federated_fraction > 0)
+    if ev.target_metric in available:
+        return ev.target_metric, ev.target_mode
+    metric = next(m for m in ("accuracy", "r2", "federated_accuracy", "federated_r2", "train_loss") if m in available)
+    return metric, "min" if metric.endswith("loss") else "max"
+
+
 @dataclass(frozen=True)
 class RunResult:
     state: ServerState
@@ -190,9 +206,8 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
 
 
 def _summary(exp: Experiment, state: ServerState, stopped_by: str, seconds: float, folder: RunFolder | None) -> dict[str, Any]:
-    ev = exp.config.evaluate
-    metric = ev.target_metric
-    best = state.best(metric, ev.target_mode)
+    metric, mode = _headline_metric(exp)
+    best = state.best(metric, mode)
     last = {k: v for k, v in state.history[-1].items() if k != "failures"} if state.history else {}
     return {
         "name": exp.config.name,

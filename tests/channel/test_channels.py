@@ -6,8 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from fakes import ScriptedClients, start_arrays
-from torch import nn
+from fakes import ScriptedClients, dropout_mlp, start_arrays
 
 from cohort.algorithms import fedavg
 from cohort.channel import InProcessChannel, ProcessPoolChannel
@@ -67,10 +66,6 @@ def test_in_process_deadline_skips_clients_not_started_in_time():
     replies = by_position(InProcessChannel(Slow()).run("fit", start_arrays(), instructions(5), timeout_s=0.5))
     assert isinstance(replies[0], FitResult)
     assert isinstance(replies[4], ClientFailure) and replies[4].stage == "timeout"
-
-
-def dropout_mlp():
-    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 3))
 
 
 def run_backend(channel, num_clients, seed=0):

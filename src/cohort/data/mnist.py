@@ -69,7 +69,7 @@ def _missing_message(folder: Path, missing: list[str], tried: str) -> str:
         f"MNIST files not found in {folder}: missing {', '.join(missing)}.\n"
         f"Expected in that folder: {', '.join(FILES)}.\n"
         f"{tried}\n"
-        f"To fix: put the four files in {folder}, or set {DATA_DIR_ENV} (or pass --data-dir) to a folder "
+        f"To fix: put the four files in {folder}, or point data.dir in the config, --data-dir or ${DATA_DIR_ENV} at a folder "
         f"whose mnist/ subfolder holds them."
     )
 

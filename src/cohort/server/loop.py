@@ -74,8 +74,9 @@ class LoopSettings:
         size = cohort_size(num_clients, self.fraction, self.min_clients)
         if self.min_successful_clients > size:
             raise ConfigError(
-                f"min_successful_clients is {self.min_successful_clients} but a cohort has {size} clients "
-                f"({self.fraction} of {num_clients}); lower it or raise fraction"
+                f"min_successful_clients (server.min_successful_clients in a config) is {self.min_successful_clients} "
+                f"but a round samples only {size} of {num_clients} clients (fraction {self.fraction}); "
+                "lower it or raise the fraction (server.fraction)"
             )
 
 

@@ -21,7 +21,8 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, metrics: Sequence[str
         path = Path(run) / "metrics.jsonl"
         if not path.is_file():
             raise ConfigError(f"{str(run)!r} is not a run folder: {path} is missing (give folders written by `cohort run`)")
-        histories[Path(run).name] = read_jsonl(path)
+        label = Path(run).name if Path(run).name not in histories else str(run)
+        histories[label] = read_jsonl(path)
     shown = [m for m in metrics if any(r.get(m) is not None for h in histories.values() for r in h)]
     if not shown:
         raise ConfigError(f"none of the runs reported {', '.join(metrics)}; choose metrics with --metric")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -13,7 +14,7 @@ SHOWN = (("accuracy", "acc"), ("r2", "r2"), ("loss", "loss"), ("federated_accura
 
 
 def format_record(record: Mapping[str, Any]) -> str:
-    parts = [f"{label} {record[key]:.4f}" for key, label in SHOWN if isinstance(record.get(key), float)]
+    parts = [f"{label} {record[key]:.4f}" for key, label in SHOWN if isinstance(record.get(key), (float, np.floating))]
     parts.append(f"clients {record['clients_succeeded']}/{record['clients_sampled']}")
     if record.get("status") == "skipped":
         parts.append("[skipped: too few updates]")
@@ -32,7 +33,7 @@ class ConsoleProgress:
         if bar:
             self._progress = Progress(
                 TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[metrics]}"), console=self.console, transient=True,
+                TextColumn("{task.fields[metrics]}", markup=False), console=self.console, transient=True,
             )
             self._task = self._progress.add_task("rounds", total=rounds, metrics="")
             self._progress.start()
@@ -40,7 +41,7 @@ class ConsoleProgress:
     def __call__(self, record: Mapping[str, Any], state: Any = None) -> None:
         text = format_record(record)
         if self.lines:
-            self.console.print(f"round {record['round']:>{len(str(self.rounds))}}/{self.rounds}  {text}", highlight=False, soft_wrap=True)
+            self.console.print(f"round {record['round']:>{len(str(self.rounds))}}/{self.rounds}  {text}", highlight=False, markup=False, soft_wrap=True)
         if self._progress is not None:
             self._progress.update(self._task, completed=record["round"], metrics=text)
 
