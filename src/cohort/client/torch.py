@@ -93,7 +93,7 @@ def train_epochs(model, x, y, loss_fn, s: TrainSettings, shuffle: np.random.Gene
     b = n if s.batch_size == 0 else min(s.batch_size, n)
     optimizer = make_optimizer(model, s)
     model.train()
-    total = torch.zeros((), dtype=torch.float64)
+    total = 0.0
     for _ in range(s.epochs):
         perm = torch.from_numpy(shuffle.permutation(n))
         xs, ys = x[perm], y[perm]  # one gather per epoch; batches below are views
@@ -103,8 +103,8 @@ def train_epochs(model, x, y, loss_fn, s: TrainSettings, shuffle: np.random.Gene
             loss = loss_fn(model(xb), yb)
             loss.backward()
             optimizer.step()
-            total += loss.detach() * len(xb)
-    return float(total) / (n * s.epochs)
+            total += loss.item() * len(xb)  # a CPU scalar read: cheaper than tensor arithmetic per step
+    return total / (n * s.epochs)
 
 
 def full_gradient(model, x, y, loss_fn, batch_size: int) -> tuple[dict[str, torch.Tensor], float]:
