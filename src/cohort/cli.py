@@ -41,10 +41,10 @@ def _run(args: argparse.Namespace) -> int:
     source = args.config or "the embedded demo (hospitals, breast cancer, logistic regression)"
     console.print(f"cohort: {config.name} from {source}", highlight=False, markup=False, soft_wrap=True)
     experiment = build(config)  # every check happens here, before training
-    sizes = experiment.partition.sizes()
-    console.print(
-        f"{experiment.num_clients} clients ({sizes.min()}–{sizes.max()} examples each), model "
-        f"{config.model.name}, {config.server.algorithm}, up to {config.rounds} rounds", highlight=False, soft_wrap=True)
+    console.print(f"model {config.model.name}, {config.server.algorithm}, up to {config.rounds} rounds; "
+                  f"{experiment.num_clients} clients:", highlight=False, soft_wrap=True)
+    for line in experiment.describe_clients().splitlines()[1:3]:  # sizes, and labels per client
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     progress = None if args.quiet else ConsoleProgress(config.rounds, console=console,
                                                       bar=config.output.progress and not args.no_progress)
     result = run(config, progress=progress, experiment=experiment)

@@ -59,6 +59,14 @@ class Experiment:
             return None
         return TorchEvaluator(self.model_fn, self.test)
 
+    def describe_clients(self) -> str:
+        """Clients, their sizes and, for classification, their label histograms."""
+        if self.train.task == "classification":
+            return datasets.describe(self.train.y, self.partition, self.train.num_classes)
+        sizes = self.partition.sizes()
+        return (f"{len(sizes)} clients, {sizes.sum()} examples\nexamples per client: min {sizes.min()}, "
+                f"median {int(np.median(sizes))}, max {sizes.max()}\n" + " ".join(map(str, sizes[:50])))
+
     def initial_state(self) -> ServerState:
         arrays = initial_arrays(self.model_fn, self.config.seed)
         return ServerState(0, arrays, self.algorithm.aggregator.init(arrays), self.config.seed)
@@ -177,6 +185,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     on_round = [progress] if progress is not None else []
     if folder is not None:
         folder.write_config(config.to_toml())
+        folder.write_text("clients.txt", exp.describe_clients() + "\n")
         on_round.insert(0, folder.write_round)
     latest = [exp.initial_state()]
     on_round.append(lambda record, state: latest.__setitem__(0, state))

@@ -78,7 +78,9 @@ def test_quiet_run_prints_no_round_lines(demo_runs):
 
 def test_run_folder_holds_config_metrics_model_and_summary(demo_runs):
     assert sorted(p.name for p in demo_runs["a"].iterdir()) == [
-        "config.toml", "metrics.csv", "metrics.jsonl", "model.pt", "model.safetensors", "summary.json"]
+        "clients.txt", "config.toml", "metrics.csv", "metrics.jsonl", "model.pt", "model.safetensors", "summary.json"]
+    clients = (demo_runs["a"] / "clients.txt").read_text()
+    assert clients.startswith("10 clients") and "label histogram" in clients
 
 
 def test_resolved_config_loads_back_equal(demo_runs):

@@ -33,6 +33,9 @@ class RunFolder:
     def write_config(self, toml_text: str) -> None:
         _write_atomic(self.path / "config.toml", toml_text)
 
+    def write_text(self, name: str, text: str) -> None:
+        _write_atomic(self.path / name, text)
+
     def write_round(self, record: Mapping[str, Any], state: Any = None) -> None:
         for writer in self.writers:
             writer.write(record)
