@@ -168,7 +168,7 @@ def _headline_metric(exp: Experiment) -> tuple[str, str]:
 @dataclass(frozen=True)
 class RunResult:
     state: ServerState
-    stopped_by: str  # "rounds", "target", "failed" or "interrupted"
+    stopped_by: str  # "rounds", "target", "failed", "interrupted" or "error: ..."
     folder: Path | None
     summary: dict[str, Any]
 
@@ -182,13 +182,14 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     """
     exp = experiment or build(config)
     folder = RunFolder(config.output.dir, config.name) if write else None
-    on_round = [progress] if progress is not None else []
+    latest = [exp.initial_state()]
+    on_round = [lambda record, state: latest.__setitem__(0, state)]
     if folder is not None:
         folder.write_config(config.to_toml())
         folder.write_text("clients.txt", exp.describe_clients() + "\n")
-        on_round.insert(0, folder.write_round)
-    latest = [exp.initial_state()]
-    on_round.append(lambda record, state: latest.__setitem__(0, state))
+        on_round.append(folder.write_round)
+    if progress is not None:
+        on_round.append(progress)
     started = time.perf_counter()
     stopped_by, error = "rounds", None
     channel = exp.channel()
@@ -198,17 +199,20 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
                                        evaluate=exp.evaluator(), on_round=on_round)
     except RoundFailed as e:
         state, stopped_by, error = e.state, "failed", e
-    except KeyboardInterrupt as e:
-        state, stopped_by, error = latest[0], "interrupted", e
+    except BaseException as e:  # Ctrl-C, or a fault outside client code: keep the finished rounds, re-raise
+        state, error = latest[0], e
+        stopped_by = "interrupted" if isinstance(e, KeyboardInterrupt) else f"error: {type(e).__name__}: {e}"
     finally:
         channel.close()
         if progress is not None:
             progress.close()
     summary = _summary(exp, state, stopped_by, time.perf_counter() - started, folder)
     if folder is not None:
-        folder.save_model(state.arrays, {"round": str(state.round), "name": config.name})
-        folder.write_summary(summary)
-        folder.close()
+        try:
+            folder.save_model(state.arrays, {"round": str(state.round), "name": config.name})
+            folder.write_summary(summary)
+        finally:
+            folder.close()
     if error is not None:
         raise error
     return RunResult(state, stopped_by, folder.path if folder else None, summary)
