@@ -18,7 +18,7 @@ def start_arrays() -> dict[str, np.ndarray]:
 
 class ScriptedClient:
     """Client ``cid`` returns delta w = [cid, -cid], b = 1, with ``cid + 1`` examples, unless its
-    behaviour says otherwise: raise, nan, shape, garbage, sleep, exit."""
+    behaviour says otherwise: raise, nan, shape, garbage, badcount, zero, sleep, exit."""
 
     def __init__(self, cid: int, behaviour: str = "ok") -> None:
         self.cid, self.behaviour = cid, behaviour
@@ -38,11 +38,14 @@ class ScriptedClient:
             w[0] = np.nan
         if b == "shape":
             w = np.zeros(3, np.float32)
-        return FitResult({"w": w, "b": np.array(1.0, np.float32)}, self.cid + 1, {"train_loss": float(self.cid)})
+        count = {"badcount": "7", "zero": 0}.get(b, self.cid + 1)
+        return FitResult({"w": w, "b": np.array(1.0, np.float32)}, count, {"train_loss": float(self.cid)})
 
     def evaluate(self, arrays, config):
         if self.behaviour == "raise":
             raise RuntimeError("cannot evaluate")
+        if self.behaviour == "badcount":
+            return EvaluateResult("low", np.int64(3), "not a dict")
         return EvaluateResult(float(self.cid), self.cid + 1, {"accuracy": float(arrays["b"]) / 10})
 
 

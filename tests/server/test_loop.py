@@ -54,6 +54,18 @@ def test_failing_and_malformed_clients_are_recorded_and_left_out():
     assert "client 4 (validate)" in text and "shape" in text
 
 
+def test_malformed_counts_and_evaluation_results_are_failures_not_crashes():
+    state, _ = go({1: "badcount", 2: "zero"}, num_clients=4, federated_fraction=1.0)
+    record = state.history[0]
+    np.testing.assert_allclose(state.arrays["w"], [12 / 5, -12 / 5], rtol=1e-6)  # clients 0 and 3 only
+    text = "\n".join(record["failures"])
+    assert "client 1 (validate): update of client 1 has num_examples '7'" in text
+    assert "client 2 (validate)" in text and "num_examples 0" in text
+    assert "client 1 (validate): evaluation result has loss 'low'" in text
+    # clients 0, 2, 3 evaluate: loss c with c + 1 examples
+    assert record["federated_loss"] == pytest.approx((0 + 2 * 3 + 3 * 4) / 8)
+
+
 def test_a_round_without_enough_updates_is_skipped_then_the_run_stops_with_its_state():
     all_fail = {c: "raise" for c in range(4)}
     with pytest.raises(RoundFailed, match=r"(?s)0 of 4 clients succeeded.*3 rounds in a row.*client 0 broke") as info:

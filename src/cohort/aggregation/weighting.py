@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from dataclasses import replace
 
 import numpy as np
@@ -15,10 +16,14 @@ from cohort.core.types import ClientUpdate
 
 def validate() -> Step:
     """Reject an update whose names, shapes or dtypes differ from the model's, that holds NaN or inf,
-    or whose weight is not a positive finite number. Always the first per-client step."""
+    whose example count is not an integer >= 1, or whose weight is not a positive finite number.
+    Always the first per-client step."""
 
     def update(u: ClientUpdate, spec, ctx):
         check_like(u.delta, spec, what=f"update of client {u.client_id}")
+        n = u.num_examples
+        if not (isinstance(n, Integral) and not isinstance(n, bool) and n >= 1):
+            raise UpdateRejected(f"update of client {u.client_id} has num_examples {n!r}; expected an integer >= 1")
         if not (isinstance(u.weight, (int, float, np.number)) and math.isfinite(u.weight) and u.weight > 0):
             raise UpdateRejected(f"update of client {u.client_id} has weight {u.weight!r}; expected a finite number > 0")
         return u, spec

@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from numbers import Integral, Real
 from typing import Any
 
 from cohort.algorithms.base import Algorithm
@@ -176,11 +177,17 @@ def _federated_evaluation(state: ServerState, channel: Channel, num_clients: int
     config = {"round": state.round, "seed": state.seed}
     instructions = [Instruction(int(cid), config) for cid in clients]
     mean = _WeightedMean()
-    for _, reply in _in_cohort_order(channel.run("evaluate", state.arrays, instructions, settings.round_timeout_s), instructions):
+    replies = channel.run("evaluate", state.arrays, instructions, settings.round_timeout_s)
+    for ins, reply in _in_cohort_order(replies, instructions):
         if isinstance(reply, ClientFailure):
             failures.append(reply)
-        elif isinstance(reply.num_examples, int) and reply.num_examples > 0 and math.isfinite(reply.loss):
-            mean.add({"loss": reply.loss, **reply.metrics}, reply.num_examples)
+        elif _is_count(reply.num_examples) and isinstance(reply.loss, Real) and math.isfinite(reply.loss):
+            metrics = reply.metrics if isinstance(reply.metrics, Mapping) else {}
+            mean.add({**metrics, "loss": reply.loss}, reply.num_examples)
+        else:
+            failures.append(ClientFailure(ins.client_id, "validate",
+                                          f"evaluation result has loss {reply.loss!r} and num_examples "
+                                          f"{reply.num_examples!r}; expected a finite loss and an integer >= 1"))
     return {f"federated_{k}": v for k, v in mean.result().items()}
 
 
@@ -204,6 +211,10 @@ def _in_cohort_order(replies: Iterable[tuple[int, Reply]], instructions: Sequenc
         yield ins, waiting.pop(pos, None) or ClientFailure(ins.client_id, "transport", "the channel returned no reply")
 
 
+def _is_count(n: object) -> bool:
+    return isinstance(n, Integral) and not isinstance(n, bool) and n >= 1
+
+
 class _WeightedMean:
     """Example-weighted means of numeric metrics across clients."""
 
@@ -215,7 +226,7 @@ class _WeightedMean:
         if not isinstance(metrics, Mapping):  # a client's metrics are informative; bad ones are dropped
             return
         for k, v in metrics.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            if isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v):
                 self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
                 self.weights[k] = self.weights.get(k, 0.0) + weight
 
