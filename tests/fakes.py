@@ -18,7 +18,8 @@ def start_arrays() -> dict[str, np.ndarray]:
 
 class ScriptedClient:
     """Client ``cid`` returns delta w = [cid, -cid], b = 1, with ``cid + 1`` examples, unless its
-    behaviour says otherwise: raise, nan, shape, garbage, badcount, zero, sleep, exit."""
+    behaviour says otherwise: raise, sysexit, nan, shape, garbage, badcount, zero, huge, keys,
+    overflow, sleep, exit."""
 
     def __init__(self, cid: int, behaviour: str = "ok") -> None:
         self.cid, self.behaviour = cid, behaviour
@@ -33,13 +34,20 @@ class ScriptedClient:
             os._exit(3)
         if b == "garbage":
             return "not a FitResult"
+        if b == "sysexit":
+            raise SystemExit(0)
         w = np.array([self.cid, -self.cid], np.float32)
         if b == "nan":
             w[0] = np.nan
         if b == "shape":
             w = np.zeros(3, np.float32)
-        count = {"badcount": "7", "zero": 0}.get(b, self.cid + 1)
-        return FitResult({"w": w, "b": np.array(1.0, np.float32)}, count, {"train_loss": float(self.cid)})
+        if b == "overflow":
+            w = np.full(2, 3e38, np.float32)  # finite, but the model cannot hold the sum with it
+        count = {"badcount": "7", "zero": 0, "huge": 10**308}.get(b, self.cid + 1)
+        metrics = {"train_loss": float(self.cid)}
+        if b == "keys":
+            metrics = {"round": 99, "accuracy": 1.0, "big": 10**400, 3: 1.0}
+        return FitResult({"w": w, "b": np.array(1.0, np.float32)}, count, metrics)
 
     def evaluate(self, arrays, config):
         if self.behaviour == "raise":

@@ -23,6 +23,7 @@ from cohort.core.errors import ConfigError
 DATASETS = ("mnist", "breast_cancer", "diabetes", "csv")
 PARTITIONS = ("iid", "shards", "dirichlet", "quantity")
 BACKENDS = ("inprocess", "processes")
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week; beyond it, waits overflow the OS timers
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -53,7 +54,7 @@ class DataConfig:
         _check(self.num_clients >= 1, "data.num_clients", self.num_clients, "an integer >= 1")
         _check(self.shards_per_client >= 1, "data.shards_per_client", self.shards_per_client, "an integer >= 1")
         _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "0 < fraction < 1")
-        _check(self.alpha > 0, "data.alpha", self.alpha, "> 0")
+        _check(0 < self.alpha < math.inf, "data.alpha", self.alpha, "a finite number > 0")
         _check(0 <= self.holdout_fraction < 1, "data.holdout_fraction", self.holdout_fraction, "0 <= fraction < 1")
         if self.dataset == "csv":
             _check(bool(self.csv_path and self.csv_target), "data.csv_path / data.csv_target",
@@ -83,11 +84,12 @@ class ServerConfig:
         _check(self.algorithm in ALGORITHMS, "server.algorithm", self.algorithm, f"one of {', '.join(ALGORITHMS)}")
         _check(0 < self.fraction <= 1, "server.fraction", self.fraction, "0 < fraction <= 1")
         _check(self.min_clients >= 1, "server.min_clients", self.min_clients, "an integer >= 1")
-        _check(self.lr > 0, "server.lr", self.lr, "> 0")
+        _check(0 < self.lr < math.inf, "server.lr", self.lr, "a finite number > 0")
         _check(0 <= self.momentum < 1, "server.momentum", self.momentum, "0 <= momentum < 1")
         _check(self.min_successful_clients >= 1, "server.min_successful_clients", self.min_successful_clients, "an integer >= 1")
         _check(self.max_failed_rounds >= 1, "server.max_failed_rounds", self.max_failed_rounds, "an integer >= 1")
-        _check(self.round_timeout_s >= 0, "server.round_timeout_s", self.round_timeout_s, ">= 0 (0: no deadline)")
+        _check(0 <= self.round_timeout_s <= MAX_TIMEOUT_S, "server.round_timeout_s", self.round_timeout_s,
+               f"0 (no deadline) or a number of seconds up to {MAX_TIMEOUT_S:.0f}")
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         _check(self.backend in BACKENDS, "simulation.backend", self.backend, f"one of {', '.join(BACKENDS)}")
-        _check(self.workers >= 0, "simulation.workers", self.workers, "an integer >= 0 (0: one per core)")
+        _check(0 <= self.workers <= 1024, "simulation.workers", self.workers, "an integer from 0 (one per core) to 1024")
         _check(self.threads >= 0, "simulation.threads", self.threads, "an integer >= 0 (0: torch's default)")
 
 

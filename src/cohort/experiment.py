@@ -181,19 +181,19 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     so far, the last global model and a summary are written before returning or re-raising.
     """
     exp = experiment or build(config)
-    folder = RunFolder(config.output.dir, config.name) if write else None
     latest = [exp.initial_state()]
+    folder = RunFolder(config.output.dir, config.name) if write else None
     on_round = [lambda record, state: latest.__setitem__(0, state)]
-    if folder is not None:
-        folder.write_config(config.to_toml())
-        folder.write_text("clients.txt", exp.describe_clients() + "\n")
-        on_round.append(folder.write_round)
     if progress is not None:
         on_round.append(progress)
     started = time.perf_counter()
-    stopped_by, error = "rounds", None
-    channel = exp.channel()
+    stopped_by, error, channel = "rounds", None, None
     try:
+        if folder is not None:
+            folder.write_config(config.to_toml())
+            folder.write_text("clients.txt", exp.describe_clients() + "\n")
+            on_round.insert(1, folder.write_round)
+        channel = exp.channel()
         state, stopped_by = run_rounds(latest[0], algorithm=exp.algorithm, channel=channel,
                                        num_clients=exp.num_clients, settings=exp.settings,
                                        evaluate=exp.evaluator(), on_round=on_round)
@@ -203,7 +203,8 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
         state, error = latest[0], e
         stopped_by = "interrupted" if isinstance(e, KeyboardInterrupt) else f"error: {type(e).__name__}: {e}"
     finally:
-        channel.close()
+        if channel is not None:
+            channel.close()
         if progress is not None:
             progress.close()
     summary = _summary(exp, state, stopped_by, time.perf_counter() - started, folder)

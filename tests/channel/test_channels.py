@@ -27,7 +27,7 @@ def by_position(replies):
 
 @pytest.fixture(scope="module")
 def pool():
-    with ProcessPoolChannel(ScriptedClients({2: "raise", 3: "sleep", 4: "exit"}), workers=2) as channel:
+    with ProcessPoolChannel(ScriptedClients({2: "raise", 3: "sleep", 4: "exit", 5: "sysexit"}), workers=2) as channel:
         yield channel
 
 
@@ -36,6 +36,21 @@ def test_pool_returns_one_reply_per_client_with_failures_as_values(pool):
     assert sorted(replies) == [0, 1, 2]
     assert isinstance(replies[1], FitResult) and replies[1].num_examples == 2
     assert isinstance(replies[2], ClientFailure) and "client 2 broke" in replies[2].reason
+
+
+def test_a_client_calling_sys_exit_fails_alone(pool):
+    replies = by_position(pool.run("fit", start_arrays(), [Instruction(c, {}) for c in (5, 1)], timeout_s=60))
+    assert isinstance(replies[0], ClientFailure) and "SystemExit" in replies[0].reason
+    assert isinstance(replies[1], FitResult)
+
+
+def test_pool_start_up_does_not_count_against_the_deadline():
+    channel = ProcessPoolChannel(ScriptedClients(), workers=2)  # spawning and importing take seconds
+    try:
+        replies = by_position(channel.run("fit", start_arrays(), instructions(4), timeout_s=1.0))
+        assert all(isinstance(r, FitResult) for r in replies.values())
+    finally:
+        channel.close()
 
 
 def test_pool_deadline_fails_the_straggler_and_recovers(pool):

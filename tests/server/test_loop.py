@@ -66,6 +66,26 @@ def test_malformed_counts_and_evaluation_results_are_failures_not_crashes():
     assert record["federated_loss"] == pytest.approx((0 + 2 * 3 + 3 * 4) / 8)
 
 
+def test_huge_counts_exits_and_odd_metrics_cannot_hurt_the_run():
+    state, _ = go({1: "huge", 2: "sysexit", 3: "keys"}, num_clients=4)
+    record = state.history[0]
+    assert record["round"] == 1 and record["clients_succeeded"] == 2  # clients 0 and 3
+    np.testing.assert_allclose(state.arrays["w"], [12 / 5, -12 / 5], rtol=1e-6)
+    text = "\n".join(record["failures"])
+    assert "client 1 (validate)" in text and "num_examples 1000" in text
+    assert "client 2 (fit): SystemExit" in text
+    assert record["train_accuracy"] == 1.0 and "accuracy" not in record  # a client's metric is never the loop's
+    assert "train_big" not in record and "train_round" in record
+
+
+def test_an_aggregate_that_overflows_the_model_is_refused():
+    # each client moves w by 3e38: round 1 reaches 3e38 (float32 holds it), round 2 would be inf
+    state, _ = go({0: "overflow", 1: "overflow"}, num_clients=2, rounds=3, max_failed_rounds=5)
+    assert [r["status"] for r in state.history] == ["ok", "skipped", "skipped"]
+    assert "non-finite" in state.history[1]["aggregate_error"]
+    np.testing.assert_array_equal(state.arrays["w"], np.full(2, 3e38, np.float32))
+
+
 def test_a_round_without_enough_updates_is_skipped_then_the_run_stops_with_its_state():
     all_fail = {c: "raise" for c in range(4)}
     with pytest.raises(RoundFailed, match=r"(?s)0 of 4 clients succeeded.*3 rounds in a row.*client 0 broke") as info:

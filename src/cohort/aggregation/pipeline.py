@@ -16,7 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from cohort.core.arrays import NamedArrays, add
+from cohort.core.errors import UpdateRejected
 from cohort.core.types import ClientUpdate, RoundContext
 
 
@@ -112,14 +115,20 @@ class Aggregator:
         return round_acc._replace(state=round_acc.state._replace(pre=pre_state), acc=acc, count=round_acc.count + 1)
 
     def finish(self, round_acc: RoundAccumulator) -> tuple[NamedArrays, AggregatorState]:
-        """The next global arrays and aggregator state. Needs at least one update."""
+        """The next global arrays and aggregator state. Needs at least one update; raises
+        ``UpdateRejected`` rather than return arrays with NaN or inf."""
         if round_acc.count == 0:
             raise ValueError("finish() needs at least one accepted update")
         arrays, state, ctx = round_acc.arrays, round_acc.state, round_acc.ctx
         aggregate, post_state = self.post.update(self.combine.result(round_acc.acc), state.post, ctx)
         mean = divide(aggregate, arrays)
         step, opt_state = self.server_optimizer.update(mean, state.server_optimizer, ctx)
-        return add(arrays, step), AggregatorState(state.pre, post_state, opt_state)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught just below, by value
+            new = add(arrays, step)
+        bad = [name for name, a in new.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+        if bad:  # valid updates can still overflow together: the model must never take NaN or inf
+            raise UpdateRejected(f"round {ctx.round}: the combined step makes {bad[:3]} non-finite; the model is kept")
+        return new, AggregatorState(state.pre, post_state, opt_state)
 
     def aggregate(self, arrays: NamedArrays, state: AggregatorState, updates: Sequence[ClientUpdate], ctx: RoundContext):
         """Batch form of start/add/finish, for tests and scripts."""

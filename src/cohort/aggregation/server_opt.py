@@ -6,6 +6,8 @@ The mean delta points where the clients moved, so it is a negative pseudo-gradie
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from cohort.aggregation.pipeline import Step
@@ -15,8 +17,8 @@ from cohort.core.errors import ConfigError
 
 def sgd(learning_rate: float = 1.0, momentum: float = 0.0) -> Step:
     """``step = lr · v`` with ``v = momentum · v + mean_delta`` (``v = mean_delta`` without momentum)."""
-    if not learning_rate > 0:
-        raise ConfigError(f"server learning_rate is {learning_rate}; expected > 0")
+    if not 0 < learning_rate < math.inf:
+        raise ConfigError(f"server learning_rate is {learning_rate}; expected a finite number > 0")
     if not 0 <= momentum < 1:
         raise ConfigError(f"server momentum is {momentum}; expected 0 <= momentum < 1")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from numbers import Integral
 from dataclasses import replace
 
@@ -14,6 +13,9 @@ from cohort.core.errors import UpdateRejected
 from cohort.core.types import ClientUpdate
 
 
+MAX_EXAMPLES = 2**53  # counts and weights above this lose integer precision in float64 and can overflow a sum
+
+
 def validate() -> Step:
     """Reject an update whose names, shapes or dtypes differ from the model's, that holds NaN or inf,
     whose example count is not an integer >= 1, or whose weight is not a positive finite number.
@@ -22,10 +24,11 @@ def validate() -> Step:
     def update(u: ClientUpdate, spec, ctx):
         check_like(u.delta, spec, what=f"update of client {u.client_id}")
         n = u.num_examples
-        if not (isinstance(n, Integral) and not isinstance(n, bool) and n >= 1):
-            raise UpdateRejected(f"update of client {u.client_id} has num_examples {n!r}; expected an integer >= 1")
-        if not (isinstance(u.weight, (int, float, np.number)) and math.isfinite(u.weight) and u.weight > 0):
-            raise UpdateRejected(f"update of client {u.client_id} has weight {u.weight!r}; expected a finite number > 0")
+        if not (isinstance(n, Integral) and not isinstance(n, bool) and 1 <= n <= MAX_EXAMPLES):
+            raise UpdateRejected(f"update of client {u.client_id} has num_examples {n!r}; "
+                                 f"expected an integer from 1 to {MAX_EXAMPLES}")
+        if not (isinstance(u.weight, (int, float, np.number)) and 0 < u.weight <= MAX_EXAMPLES):
+            raise UpdateRejected(f"update of client {u.client_id} has weight {u.weight!r}; expected a number in (0, {MAX_EXAMPLES}]")
         return u, spec
 
     return Step(spec_of, update)
@@ -44,10 +47,10 @@ def weighted_sum() -> Combine:
 
     def add(acc, u: ClientUpdate):
         sums, totals = acc
-        w = float(u.weight)
+        w = np.float64(u.weight)  # a float64 scalar makes w·delta float64 (NEP 50): no float32 overflow
         for name, s in sums.items():
             s += w * u.delta[name]
-        totals[0] += w
+        totals[0] += float(w)
         totals[1] += 1
         return acc
 

@@ -39,7 +39,7 @@ def call_client(client_fn: ClientFn, task: str, instruction: Instruction, arrays
     try:
         client = client_fn(cid)
         result = getattr(client, task)(arrays, instruction.config)
-    except Exception as e:  # user code: any exception is this client's failure, not the run's
+    except (Exception, SystemExit) as e:  # user code: its exceptions, even sys.exit, fail this client only
         return ClientFailure(cid, task, _describe(e))
     expected = TASKS[task]
     if not isinstance(result, expected):

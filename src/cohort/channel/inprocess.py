@@ -16,7 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 from cohort.channel.base import Reply, call_client, payload_nbytes
 from cohort.client.base import ClientFn
 from cohort.core.arrays import NamedArrays, nbytes
-from cohort.core.errors import ConfigError
+from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, Instruction
 
 
@@ -92,6 +92,14 @@ def _run_in_worker(task: str, instruction: Instruction, arrays: NamedArrays) -> 
     return call_client(_worker_client_fn, task, instruction, arrays)
 
 
+def _warm_up() -> int:
+    time.sleep(0.05)  # long enough that each worker takes one of these, not one worker all of them
+    return os.getpid()
+
+
+WARM_UP_TIMEOUT_S = 300.0
+
+
 class ProcessPoolChannel(_Counting):
     """Clients run in ``workers`` processes (default: one per core), each with ``threads`` torch
     threads. At most two tasks per worker are in flight, so replies waiting to be folded stay few.
@@ -111,14 +119,25 @@ class ProcessPoolChannel(_Counting):
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
+        """The pool, started and warmed up (workers spawned, torch imported, client_fn unpickled)
+        so that start-up never eats into a round's deadline."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=self._context, initializer=_init_worker,
-                                             initargs=(self.client_fn, self.threads))
+            pool = ProcessPoolExecutor(self.workers, mp_context=self._context, initializer=_init_worker,
+                                       initargs=(self.client_fn, self.threads))
+            self._pool = pool
+            try:
+                for future in [pool.submit(_warm_up) for _ in range(self.workers)]:
+                    future.result(timeout=WARM_UP_TIMEOUT_S)
+            except Exception as e:
+                self._discard(pool)
+                raise TransportError(f"the worker processes did not start within {WARM_UP_TIMEOUT_S}s: "
+                                     f"{type(e).__name__}: {e}") from e
         return self._pool
 
     def run(self, task: str, arrays: NamedArrays, instructions: Sequence[Instruction],
             timeout_s: float | None = None) -> Iterator[tuple[int, Reply]]:
         self._count(arrays, instructions)
+        self._executor()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         todo = iter(enumerate(instructions))
         pending: dict[Future, tuple[int, Instruction, ProcessPoolExecutor]] = {}
@@ -126,32 +145,42 @@ class ProcessPoolChannel(_Counting):
         def submit_next() -> None:
             for pos, ins in todo:
                 pool = self._executor()
-                pending[pool.submit(_run_in_worker, task, ins, arrays)] = (pos, ins, pool)
+                try:
+                    future = pool.submit(_run_in_worker, task, ins, arrays)
+                except BrokenProcessPool:  # a worker died since: start afresh and submit there
+                    self._discard(pool)
+                    pool = self._executor()
+                    future = pool.submit(_run_in_worker, task, ins, arrays)
+                pending[future] = (pos, ins, pool)
                 return
 
-        for _ in range(2 * self.workers):
-            submit_next()
-        while pending:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = wait(pending, timeout=remaining, return_when=FIRST_COMPLETED)
-            if not done:  # deadline passed: everything not back yet fails, and the pool is replaced
-                reason = f"no reply within the {timeout_s}s round deadline"
-                for pos, ins, _pool in pending.values():
-                    yield pos, ClientFailure(ins.client_id, "timeout", reason)
-                for pos, ins in todo:
-                    yield pos, ClientFailure(ins.client_id, "timeout", reason)
-                self._discard(self._pool)
-                return
-            for future in done:
-                pos, ins, pool = pending.pop(future)
-                try:
-                    reply = future.result()
-                except Exception as e:  # the worker died (BrokenProcessPool) or the reply did not unpickle
-                    reply = ClientFailure(ins.client_id, task, f"worker process failed: {type(e).__name__}: {e}")
-                    if isinstance(e, BrokenProcessPool):
-                        self._discard(pool)
-                yield pos, self._received(reply)
+        try:
+            for _ in range(2 * self.workers):
                 submit_next()
+            while pending:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, _ = wait(pending, timeout=remaining, return_when=FIRST_COMPLETED)
+                if not done:  # deadline passed: everything not back yet fails, and the pool is replaced
+                    reason = f"no reply within the {timeout_s}s round deadline"
+                    timed_out = [(pos, ins) for pos, ins, _pool in pending.values()] + list(todo)
+                    pending.clear()
+                    self._discard(self._pool)
+                    for pos, ins in timed_out:
+                        yield pos, ClientFailure(ins.client_id, "timeout", reason)
+                    return
+                for future in done:
+                    pos, ins, pool = pending.pop(future)
+                    try:
+                        reply = future.result()
+                    except (Exception, SystemExit) as e:  # the worker died (BrokenProcessPool) or the reply did not unpickle
+                        reply = ClientFailure(ins.client_id, task, f"worker process failed: {type(e).__name__}: {e}")
+                        if isinstance(e, BrokenProcessPool):
+                            self._discard(pool)
+                    yield pos, self._received(reply)
+                    submit_next()
+        finally:
+            if pending:  # the consumer stopped early or raised: do not leave clients running unwatched
+                self._discard(self._pool)
 
     def _discard(self, pool: ProcessPoolExecutor | None) -> None:
         """Stop ``pool`` (killing its workers); the next task starts a fresh one."""

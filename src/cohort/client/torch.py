@@ -7,6 +7,7 @@ of one permuted copy per epoch; the delta is computed once, from the state_dict,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -41,12 +42,12 @@ class TrainSettings:
             raise ConfigError(f"client.batch_size is {self.batch_size!r}; expected an integer >= 1, or 0 for the whole dataset")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"client.optimizer is {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-        if not self.lr > 0:
-            raise ConfigError(f"client.lr is {self.lr!r}; expected > 0")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"client.lr is {self.lr!r}; expected a finite number > 0")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"client.momentum is {self.momentum!r}; expected 0 <= momentum < 1")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"client.weight_decay is {self.weight_decay!r}; expected >= 0")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"client.weight_decay is {self.weight_decay!r}; expected a finite number >= 0")
 
     def override(self, config: Config) -> "TrainSettings":
         """These settings with any of their fields that the round's config sets (e.g. a decayed ``lr``)."""

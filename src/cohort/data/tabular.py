@@ -95,6 +95,9 @@ def _read_rows(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, l
     return header, rows
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _number(value: str, path: Path, column: str, line: int) -> float:
     try:
         number = float(value)
@@ -102,6 +105,8 @@ def _number(value: str, path: Path, column: str, line: int) -> float:
         raise DataError(f"{path}, line {line}, column {column!r}: value {value!r} is not a number") from None
     if math.isnan(number):
         raise DataError(f"{path}, line {line}, column {column!r}: value {value!r} is a missing value (NaN)")
+    if not abs(number) <= FLOAT32_MAX:
+        raise DataError(f"{path}, line {line}, column {column!r}: value {value!r} is infinite or beyond float32's range")
     return number
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from cohort.algorithms.base import Algorithm
 from cohort.channel.base import Channel, Reply
+from cohort.aggregation.weighting import MAX_EXAMPLES
 from cohort.core.arrays import NamedArrays
 from cohort.core.errors import ConfigError, RoundFailed, UpdateRejected
 from cohort.core.seeding import Stage
@@ -63,8 +64,8 @@ class LoopSettings:
             raise ConfigError(f"min_successful_clients is {self.min_successful_clients}; expected >= 1")
         if self.max_failed_rounds < 1:
             raise ConfigError(f"max_failed_rounds is {self.max_failed_rounds}; expected >= 1")
-        if self.round_timeout_s is not None and not self.round_timeout_s > 0:
-            raise ConfigError(f"round_timeout_s is {self.round_timeout_s}; expected > 0 (or unset for no deadline)")
+        if self.round_timeout_s is not None and not 0 < self.round_timeout_s <= 7 * 24 * 3600:
+            raise ConfigError(f"round_timeout_s is {self.round_timeout_s}; expected seconds in (0, one week] (or None: no deadline)")
         if self.evaluate_every < 1:
             raise ConfigError(f"evaluate_every is {self.evaluate_every}; expected >= 1")
         if not 0 <= self.federated_fraction <= 1:
@@ -132,26 +133,35 @@ def run_round(state: ServerState, *, algorithm: Algorithm, channel: Channel, num
             continue
         fit_metrics.add(reply.metrics, reply.num_examples)
 
-    stands = acc.count >= settings.min_successful_clients
+    stands, problem = acc.count >= settings.min_successful_clients, None
     if stands:
-        arrays, agg_state = aggregator.finish(acc)
+        try:
+            arrays, agg_state = aggregator.finish(acc)
+        except UpdateRejected as e:
+            stands, problem = False, str(e)
+    if stands:
         state = replace(state, round=r, arrays=arrays, aggregator=agg_state, failed_rounds=0)
     else:
         state = replace(state, round=r, failed_rounds=state.failed_rounds + 1)
 
     record: dict[str, Any] = {
+        # clients' own fit metrics are about training: named train_*, never a key of the loop's own
+        **{k if k.startswith("train_") else f"train_{k}": v for k, v in fit_metrics.result().items()},
         "round": r,
         "status": "ok" if stands else "skipped",
         "clients_sampled": len(cohort),
         "clients_succeeded": acc.count,
         "clients_failed": len(failures),
-        **fit_metrics.result(),
     }
+    if problem:
+        record["aggregate_error"] = problem
     last = r == settings.rounds
     if evaluate is not None and (r % settings.evaluate_every == 0 or last):
         record.update(evaluate(state.arrays))
     if settings.federated_fraction > 0 and (r % settings.evaluate_every == 0 or last):
+        fit_failures = len(failures)
         record.update(_federated_evaluation(state, channel, num_clients, settings, failures))
+        record["evaluations_failed"] = len(failures) - fit_failures
     record["bytes_sent"] = channel.bytes_sent - sent0
     record["bytes_received"] = channel.bytes_received - received0
     record["seconds"] = time.perf_counter() - started
@@ -160,10 +170,11 @@ def run_round(state: ServerState, *, algorithm: Algorithm, channel: Channel, num
     state = replace(state, history=(*state.history, record))
 
     if not stands and state.failed_rounds >= settings.max_failed_rounds:
-        shown = "\n  ".join(record.get("failures", [])[:3]) or "no replies"
+        shown = "\n  ".join([*([problem] if problem else []), *record.get("failures", [])[:3]]) or "no replies"
         error = RoundFailed(
-            f"round {r}: {acc.count} of {len(cohort)} clients succeeded, fewer than min_successful_clients="
-            f"{settings.min_successful_clients}, for {state.failed_rounds} rounds in a row. First failures:\n  {shown}"
+            f"round {r}: {acc.count} of {len(cohort)} clients succeeded (min_successful_clients="
+            f"{settings.min_successful_clients}), and no round has stood for {state.failed_rounds} rounds in a row. "
+            f"First problems:\n  {shown}"
         )
         error.state = state  # the run so far is not lost: the last good arrays are in it
         raise error
@@ -212,7 +223,7 @@ def _in_cohort_order(replies: Iterable[tuple[int, Reply]], instructions: Sequenc
 
 
 def _is_count(n: object) -> bool:
-    return isinstance(n, Integral) and not isinstance(n, bool) and n >= 1
+    return isinstance(n, Integral) and not isinstance(n, bool) and 1 <= n <= MAX_EXAMPLES
 
 
 class _WeightedMean:
@@ -226,8 +237,14 @@ class _WeightedMean:
         if not isinstance(metrics, Mapping):  # a client's metrics are informative; bad ones are dropped
             return
         for k, v in metrics.items():
-            if isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v):
-                self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
+            if not isinstance(k, str) or not isinstance(v, Real) or isinstance(v, bool):
+                continue
+            try:
+                value = float(v) * weight
+            except OverflowError:  # an int too large for a float
+                continue
+            if math.isfinite(value):
+                self.sums[k] = self.sums.get(k, 0.0) + value
                 self.weights[k] = self.weights.get(k, 0.0) + weight
 
     def result(self) -> dict[str, float]:

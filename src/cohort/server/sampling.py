@@ -1,4 +1,4 @@
-"""Choosing the cohort of a round: seeded, and never listing all clients (O(cohort) for a huge population)."""
+"""Choosing the cohort of a round: seeded, and never listing all clients while the cohort is small."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def sample_cohort(num_clients: int, size: int, seed: int, round: int, stage: Sta
     """``size`` distinct client ids in ascending order, drawn uniformly from ``range(num_clients)``."""
     if size >= num_clients:
         return np.arange(num_clients, dtype=np.int64)
-    # Generator.choice without replacement switches to a hash-set draw for large populations, so this
-    # costs O(size) memory whatever num_clients is.
+    # Generator.choice without replacement uses a hash-set draw, O(size) memory, when num_clients > 10,000
+    # and size < num_clients / 50; otherwise it permutes the population, which is then at most 50 times
+    # the cohort (or 10,000 clients) in size.
     chosen = rng(seed, round, stage).choice(num_clients, size=size, replace=False)
     return np.sort(chosen).astype(np.int64)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cohort.core.arrays import NamedArrays, save_safetensors
+from cohort.core.errors import ConfigError
 from cohort.tracking.writers import CsvWriter, JsonlWriter, MetricsWriter
 
 
@@ -27,8 +28,16 @@ class RunFolder:
             except FileExistsError:
                 n += 1
                 path = base.with_name(f"{base.name}-{n}")
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"cannot create the run folder {str(path)!r} (output.dir = {str(root)!r}, "
+                                  f"name = {name!r}): {e}; choose a writable folder") from e
         self.path = path
-        self.writers: list[MetricsWriter] = [JsonlWriter(path / "metrics.jsonl"), CsvWriter(path / "metrics.csv")]
+        self.writers: list[MetricsWriter] = [JsonlWriter(path / "metrics.jsonl")]
+        try:
+            self.writers.append(CsvWriter(path / "metrics.csv"))
+        except BaseException:
+            self.close()
+            raise
 
     def write_config(self, toml_text: str) -> None:
         _write_atomic(self.path / "config.toml", toml_text)
