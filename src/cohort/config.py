@@ -19,11 +19,11 @@ from typing import Any
 
 from cohort.client.torch import TrainSettings
 from cohort.core.errors import ConfigError
+from cohort.server.loop import MAX_TIMEOUT_S
 
 DATASETS = ("mnist", "breast_cancer", "diabetes", "csv")
 PARTITIONS = ("iid", "shards", "dirichlet", "quantity")
 BACKENDS = ("inprocess", "processes")
-MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week; beyond it, waits overflow the OS timers
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:

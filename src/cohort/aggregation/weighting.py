@@ -16,6 +16,11 @@ from cohort.core.types import ClientUpdate
 MAX_EXAMPLES = 2**53  # counts and weights above this lose integer precision in float64 and can overflow a sum
 
 
+def is_example_count(n: object) -> bool:
+    """An integer (not a bool) from 1 to MAX_EXAMPLES: what a reply's ``num_examples`` must be."""
+    return isinstance(n, Integral) and not isinstance(n, bool) and 1 <= n <= MAX_EXAMPLES
+
+
 def validate() -> Step:
     """Reject an update whose names, shapes or dtypes differ from the model's, that holds NaN or inf,
     whose example count is not an integer >= 1, or whose weight is not a positive finite number.
@@ -24,7 +29,7 @@ def validate() -> Step:
     def update(u: ClientUpdate, spec, ctx):
         check_like(u.delta, spec, what=f"update of client {u.client_id}")
         n = u.num_examples
-        if not (isinstance(n, Integral) and not isinstance(n, bool) and 1 <= n <= MAX_EXAMPLES):
+        if not is_example_count(n):
             raise UpdateRejected(f"update of client {u.client_id} has num_examples {n!r}; "
                                  f"expected an integer from 1 to {MAX_EXAMPLES}")
         if not (isinstance(u.weight, (int, float, np.number)) and 0 < u.weight <= MAX_EXAMPLES):

@@ -10,12 +10,12 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 from cohort.algorithms.base import Algorithm
 from cohort.channel.base import Channel, Reply
-from cohort.aggregation.weighting import MAX_EXAMPLES
+from cohort.aggregation.weighting import is_example_count
 from cohort.core.arrays import NamedArrays
 from cohort.core.errors import ConfigError, RoundFailed, UpdateRejected
 from cohort.core.seeding import Stage
@@ -26,6 +26,7 @@ from cohort.server.state import ServerState
 Evaluate = Callable[[NamedArrays], Mapping[str, float]]
 OnRound = Callable[[Mapping[str, Any], ServerState], None]
 MAX_FAILURES_RECORDED = 10
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week; longer waits overflow the OS timers
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class LoopSettings:
             raise ConfigError(f"min_successful_clients is {self.min_successful_clients}; expected >= 1")
         if self.max_failed_rounds < 1:
             raise ConfigError(f"max_failed_rounds is {self.max_failed_rounds}; expected >= 1")
-        if self.round_timeout_s is not None and not 0 < self.round_timeout_s <= 7 * 24 * 3600:
+        if self.round_timeout_s is not None and not 0 < self.round_timeout_s <= MAX_TIMEOUT_S:
             raise ConfigError(f"round_timeout_s is {self.round_timeout_s}; expected seconds in (0, one week] (or None: no deadline)")
         if self.evaluate_every < 1:
             raise ConfigError(f"evaluate_every is {self.evaluate_every}; expected >= 1")
@@ -155,13 +156,13 @@ def run_round(state: ServerState, *, algorithm: Algorithm, channel: Channel, num
     }
     if problem:
         record["aggregate_error"] = problem
-    last = r == settings.rounds
-    if evaluate is not None and (r % settings.evaluate_every == 0 or last):
+    evaluate_now = r % settings.evaluate_every == 0 or r == settings.rounds
+    if evaluate is not None and evaluate_now:
         record.update(evaluate(state.arrays))
-    if settings.federated_fraction > 0 and (r % settings.evaluate_every == 0 or last):
-        fit_failures = len(failures)
-        record.update(_federated_evaluation(state, channel, num_clients, settings, failures))
-        record["evaluations_failed"] = len(failures) - fit_failures
+    if settings.federated_fraction > 0 and evaluate_now:
+        metrics, eval_failures = _federated_evaluation(state, channel, num_clients, settings)
+        record.update(metrics, evaluations_failed=len(eval_failures))
+        failures += eval_failures
     record["bytes_sent"] = channel.bytes_sent - sent0
     record["bytes_received"] = channel.bytes_received - received0
     record["seconds"] = time.perf_counter() - started
@@ -181,25 +182,26 @@ def run_round(state: ServerState, *, algorithm: Algorithm, channel: Channel, num
     return state, record
 
 
-def _federated_evaluation(state: ServerState, channel: Channel, num_clients: int, settings: LoopSettings,
-                          failures: list[ClientFailure]) -> dict[str, float]:
+def _federated_evaluation(state: ServerState, channel: Channel, num_clients: int, settings: LoopSettings
+                          ) -> tuple[dict[str, float], list[ClientFailure]]:
+    """Example-weighted means of the sampled clients' held-out loss and metrics, and the failures."""
     size = cohort_size(num_clients, settings.federated_fraction)
     clients = sample_cohort(num_clients, size, state.seed, state.round, Stage.EVAL_SAMPLE)
     config = {"round": state.round, "seed": state.seed}
     instructions = [Instruction(int(cid), config) for cid in clients]
-    mean = _WeightedMean()
+    mean, failures = _WeightedMean(), []
     replies = channel.run("evaluate", state.arrays, instructions, settings.round_timeout_s)
     for ins, reply in _in_cohort_order(replies, instructions):
         if isinstance(reply, ClientFailure):
             failures.append(reply)
-        elif _is_count(reply.num_examples) and isinstance(reply.loss, Real) and math.isfinite(reply.loss):
+        elif is_example_count(reply.num_examples) and isinstance(reply.loss, Real) and math.isfinite(reply.loss):
             metrics = reply.metrics if isinstance(reply.metrics, Mapping) else {}
             mean.add({**metrics, "loss": reply.loss}, reply.num_examples)
         else:
             failures.append(ClientFailure(ins.client_id, "validate",
                                           f"evaluation result has loss {reply.loss!r} and num_examples "
                                           f"{reply.num_examples!r}; expected a finite loss and an integer >= 1"))
-    return {f"federated_{k}": v for k, v in mean.result().items()}
+    return {f"federated_{k}": v for k, v in mean.result().items()}, failures
 
 
 def _in_cohort_order(replies: Iterable[tuple[int, Reply]], instructions: Sequence[Instruction]
@@ -220,10 +222,6 @@ def _in_cohort_order(replies: Iterable[tuple[int, Reply]], instructions: Sequenc
     for pos in range(next_pos, len(instructions)):  # a channel that broke its promise of one reply each
         ins = instructions[pos]
         yield ins, waiting.pop(pos, None) or ClientFailure(ins.client_id, "transport", "the channel returned no reply")
-
-
-def _is_count(n: object) -> bool:
-    return isinstance(n, Integral) and not isinstance(n, bool) and 1 <= n <= MAX_EXAMPLES
 
 
 class _WeightedMean:

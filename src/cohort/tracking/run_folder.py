@@ -40,7 +40,7 @@ class RunFolder:
             raise
 
     def write_config(self, toml_text: str) -> None:
-        _write_atomic(self.path / "config.toml", toml_text)
+        self.write_text("config.toml", toml_text)
 
     def write_text(self, name: str, text: str) -> None:
         _write_atomic(self.path / name, text)
