@@ -17,13 +17,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cohort.client.torch import TrainSettings
+from cohort.algorithms.fedprox import FedProxSettings
+from cohort.algorithms.scaffold import ScaffoldSettings
+from cohort.client.settings import TrainSettings
 from cohort.core.errors import ConfigError
-from cohort.server.loop import MAX_TIMEOUT_S
+from cohort.core.limits import MAX_ROUNDS, MAX_SEED, MAX_TIMEOUT_S
 
 DATASETS = ("mnist", "breast_cancer", "diabetes", "csv")
 PARTITIONS = ("iid", "shards", "dirichlet", "quantity")
 BACKENDS = ("inprocess", "processes")
+POLICIES = ("sync", "fedbuff")
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -64,11 +67,18 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "logistic_regression"  # mnist_2nn | mnist_cnn | mlp | cnn | linear_regression | logistic_regression
+    framework: str = "torch"  # the framework adapter that builds and trains it (cohort.frameworks)
+
+    def __post_init__(self) -> None:
+        from cohort import frameworks
+
+        _check(self.framework in frameworks.names(), "model.framework", self.framework, f"one of {', '.join(frameworks.names())}")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    algorithm: str = "fedavg"  # fedavg | fedsgd
+    algorithm: str = "fedavg"  # fedavg | fedsgd | fedprox | scaffold (their own settings: [fedprox], [scaffold])
+    policy: str = "sync"  # sync: a sampled cohort per round | fedbuff: buffered asynchronous ([fedbuff])
     fraction: float = 1.0  # C: fraction of clients sampled each round
     min_clients: int = 1  # at least this many clients each round
     weighted: bool = True  # weight clients by example count (false: unweighted mean)
@@ -82,6 +92,7 @@ class ServerConfig:
         from cohort.algorithms import ALGORITHMS
 
         _check(self.algorithm in ALGORITHMS, "server.algorithm", self.algorithm, f"one of {', '.join(ALGORITHMS)}")
+        _check(self.policy in POLICIES, "server.policy", self.policy, f"one of {', '.join(POLICIES)}")
         _check(0 < self.fraction <= 1, "server.fraction", self.fraction, "0 < fraction <= 1")
         _check(self.min_clients >= 1, "server.min_clients", self.min_clients, "an integer >= 1")
         _check(0 < self.lr < math.inf, "server.lr", self.lr, "a finite number > 0")
@@ -90,6 +101,20 @@ class ServerConfig:
         _check(self.max_failed_rounds >= 1, "server.max_failed_rounds", self.max_failed_rounds, "an integer >= 1")
         _check(0 <= self.round_timeout_s <= MAX_TIMEOUT_S, "server.round_timeout_s", self.round_timeout_s,
                f"0 (no deadline) or a number of seconds up to {MAX_TIMEOUT_S:.0f}")
+
+
+@dataclass(frozen=True)
+class FedBuffConfig:
+    """``[fedbuff]``: buffered asynchronous aggregation (server.policy = "fedbuff")."""
+
+    buffer_size: int = 10  # K: arrivals per server step
+    concurrency: int = 20  # M: clients training at once
+    staleness_exponent: float = 0.5  # an update s versions old is scaled by (1 + s) ** -exponent
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.buffer_size <= 1_000_000, "fedbuff.buffer_size", self.buffer_size, "an integer from 1 to 1000000")
+        _check(1 <= self.concurrency <= 1_000_000, "fedbuff.concurrency", self.concurrency, "an integer from 1 to 1000000")
+        _check(0 <= self.staleness_exponent < math.inf, "fedbuff.staleness_exponent", self.staleness_exponent, "a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -115,17 +140,22 @@ class SimulationConfig:
     backend: str = "inprocess"  # inprocess | processes
     workers: int = 0  # processes: worker count; 0: one per core
     threads: int = 1  # torch threads per client; equal counts give bit-identical runs across backends
+    speed_spread: float = 1.0  # virtual clock: client speeds spread log-uniformly over [1, spread]
+    client_state_mb: int = 1024  # per-client state (SCAFFOLD's cᵢ) kept in memory; more spills to disk
 
     def __post_init__(self) -> None:
         _check(self.backend in BACKENDS, "simulation.backend", self.backend, f"one of {', '.join(BACKENDS)}")
         _check(0 <= self.workers <= 1024, "simulation.workers", self.workers, "an integer from 0 (one per core) to 1024")
-        _check(self.threads >= 0, "simulation.threads", self.threads, "an integer >= 0 (0: torch's default)")
+        _check(0 <= self.threads <= 1024, "simulation.threads", self.threads, "an integer from 0 (torch's default) to 1024")
+        _check(1 <= self.speed_spread < math.inf, "simulation.speed_spread", self.speed_spread, "a finite number >= 1")
+        _check(0 <= self.client_state_mb <= 2**30, "simulation.client_state_mb", self.client_state_mb, "an integer >= 0")
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # each run writes a new folder in here
     progress: bool = True  # a live progress bar over rounds
+    checkpoint: bool = True  # write the whole server state after every round (cohort run --resume)
 
 
 @dataclass(frozen=True)
@@ -138,12 +168,17 @@ class RunConfig:
     client: TrainSettings = field(default_factory=TrainSettings)
     server: ServerConfig = field(default_factory=ServerConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    fedprox: FedProxSettings = field(default_factory=FedProxSettings)
+    scaffold: ScaffoldSettings = field(default_factory=ScaffoldSettings)
+    fedbuff: FedBuffConfig = field(default_factory=FedBuffConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
-        _check(self.rounds >= 1, "rounds", self.rounds, "an integer >= 1")
-        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _check(1 <= self.rounds <= MAX_ROUNDS, "rounds", self.rounds, f"an integer from 1 to {MAX_ROUNDS}")
+        _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, "an integer from 0 to 2**63 - 1")
+        _check(is_plain_name(self.name), "name", self.name,
+               "a plain folder name (letters, digits, '.', '_', '-'; no '/', no '..', at most 100 characters)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict; unset (None) values are left out, as TOML has no null."""
@@ -155,18 +190,27 @@ class RunConfig:
         return tomli_w.dumps(self.to_dict())
 
 
+def is_plain_name(name: str) -> bool:
+    """A name safe as one folder name: it cannot climb out of ``output.dir`` or hide."""
+    return (isinstance(name, str) and 0 < len(name) <= 100 and name not in (".", "..") and not name.startswith(".")
+            and all(c.isalnum() or c in "._-" for c in name))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """The config in ``path`` (None: the embedded demo) with ``key=value`` overrides applied."""
     if path is None:
         text, source = resources.files("cohort").joinpath("demo.toml").read_text(), "the embedded demo"
     else:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a folder; give the path of a TOML file inside it (see examples/)")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; give the path of a TOML file (see examples/)")
         try:
             text, source = p.read_text(encoding="utf-8"), str(p)
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {str(p)!r} cannot be read as UTF-8 TOML text: {e}") from e
+    text = text.removeprefix("\ufeff")  # a byte-order mark, as some Windows editors write: not TOML, but harmless
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -1,8 +1,10 @@
 """From a config to a finished run: build everything (checking it all before any training), run the
-rounds, write the run folder. The CLI and the tests both go through here."""
+rounds, write the run folder, checkpoint after every round, resume a stopped run. The CLI and the
+tests both go through here. The framework (torch today) is reached through ``cohort.frameworks``."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,21 +12,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cohort import data as datasets
+from cohort import frameworks
 from cohort.algorithms import ALGORITHMS, Algorithm
-from cohort.channel import Channel, InProcessChannel, ProcessPoolChannel
-from cohort.client.torch import TorchClientFactory, TorchEvaluator, initial_arrays, to_tensors
+from cohort.channel import InProcessChannel, ProcessPoolChannel
+from cohort.channel.base import SimulationChannel
+from cohort.client.store import ClientStateStore
 from cohort.config import DataConfig, RunConfig
 from cohort.core.arrays import num_parameters
-from cohort.core.errors import ConfigError, RoundFailed
+from cohort.core.errors import CohortError, ConfigError, RoundFailed
 from cohort.data import ArrayDataset, Partition
-from cohort.models import check_fits, model_factory
+from cohort.server import checkpoint
 from cohort.server.loop import LoopSettings, Target, run_rounds
-from cohort.server.state import ServerState
+from cohort.server.policies import FedBuff
+from cohort.server.state import ServerState, initial_state
 from cohort.tracking import ConsoleProgress
 from cohort.tracking.run_folder import RunFolder
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (kill, docker stop, systemd, Slurm): stop like Ctrl-C, keeping the finished rounds."""
 
 
 @dataclass(frozen=True)
@@ -36,28 +44,32 @@ class Experiment:
     test: ArrayDataset | None  # the server's test set
     partition: Partition  # client -> training example indices
     holdout: Partition | None  # client -> held-out example indices (federated evaluation)
-    model_fn: Callable[[], torch.nn.Module]
+    framework: frameworks.Framework
+    model_fn: Callable[[], Any]
     algorithm: Algorithm
     settings: LoopSettings
+    cohort_size: int  # clients each round takes updates from
 
     @property
     def num_clients(self) -> int:
         return len(self.partition)
 
-    def client_fn(self) -> TorchClientFactory:
-        return TorchClientFactory(self.model_fn, self.train, self.partition, self.holdout,
-                                  settings=self.config.client, seed=self.config.seed)
+    def client_fn(self) -> Callable[[int], Any]:
+        return self.framework.client_fn(self.model_fn, self.train, self.partition, self.holdout,
+                                        self.config.client, self.config.seed)
 
-    def channel(self) -> Channel:
+    def channel(self) -> SimulationChannel:
         sim = self.config.simulation
+        states = ClientStateStore(sim.client_state_mb * 2**20)
         if sim.backend == "processes":
-            return ProcessPoolChannel(self.client_fn(), workers=sim.workers, threads=sim.threads)
-        return InProcessChannel(self.client_fn(), threads=sim.threads)
+            return ProcessPoolChannel(self.client_fn(), self.algorithm.client, workers=sim.workers,
+                                      threads=sim.threads, states=states)
+        return InProcessChannel(self.client_fn(), self.algorithm.client, threads=sim.threads, states=states)
 
-    def evaluator(self) -> TorchEvaluator | None:
+    def evaluator(self) -> Callable | None:
         if self.test is None or not self.config.evaluate.centralized:
             return None
-        return TorchEvaluator(self.model_fn, self.test)
+        return self.framework.evaluator(self.model_fn, self.test)
 
     def describe_clients(self) -> str:
         """Clients, their sizes and, for classification, their label histograms."""
@@ -68,45 +80,54 @@ class Experiment:
                 f"median {int(np.median(sizes))}, max {sizes.max()}\n" + " ".join(map(str, sizes[:50])))
 
     def initial_state(self) -> ServerState:
-        arrays = initial_arrays(self.model_fn, self.config.seed)
-        return ServerState(0, arrays, self.algorithm.aggregator.init(arrays), self.config.seed)
+        return initial_state(self.algorithm, self.framework.initial_arrays(self.model_fn, self.config.seed), self.config.seed)
 
 
-def build(config: RunConfig) -> Experiment:
-    """Load and split the data, build model and algorithm; raise ConfigError or DataError on anything
-    that cannot work, before any training starts."""
-    train, test = load_data(config.data, config.seed)
-    partition, holdout = partition_data(train, config.data, config.seed)
-    outputs = train.num_classes if train.task == "classification" else 1
-    _check_model_task(config.model.name, train.task)
-    model_fn = model_factory(config.model.name, train.feature_shape, outputs)
-    x, _ = to_tensors(train.x[:1], train.y[:1], train.x_scale)
-    try:
-        check_fits(model_fn, x[0], outputs, config.model.name)
-    except ConfigError as e:  # name the setting and the data it was checked against
-        raise ConfigError(f"model.name is {config.model.name!r}, which does not fit data.dataset = "
-                          f"{config.data.dataset!r} (examples of shape {tuple(train.feature_shape)}, "
-                          f"{outputs} output{'s' if outputs != 1 else ''}): {e}") from e
+def make_algorithm(config: RunConfig) -> Algorithm:
+    """The algorithm ``server.algorithm`` names, with the server's settings and its own section's."""
+    s = config.server
+    own = getattr(config, s.algorithm, None)  # e.g. [fedprox] mu
+    extra = dataclasses.asdict(own) if dataclasses.is_dataclass(own) else {}
+    return ALGORITHMS[s.algorithm](server_lr=s.lr, server_momentum=s.momentum, weighted=s.weighted, **extra)
 
-    s, ev = config.server, config.evaluate
-    algorithm = ALGORITHMS[s.algorithm](server_lr=s.lr, server_momentum=s.momentum, weighted=s.weighted)
-    if ev.federated_fraction > 0 and holdout is None:
-        raise ConfigError("evaluate.federated_fraction > 0 needs held-out client data: set data.holdout_fraction > 0")
-    settings = LoopSettings(
+
+def loop_settings(config: RunConfig) -> LoopSettings:
+    s, ev, fb = config.server, config.evaluate, config.fedbuff
+    return LoopSettings(
         rounds=config.rounds, fraction=s.fraction, min_clients=s.min_clients,
         min_successful_clients=s.min_successful_clients, max_failed_rounds=s.max_failed_rounds,
         round_timeout_s=s.round_timeout_s or None, evaluate_every=ev.every,
         federated_fraction=ev.federated_fraction,
         target=None if ev.target is None else Target(ev.target_metric, ev.target, ev.target_mode),
+        policy=FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent) if s.policy == "fedbuff" else None,
+        speed_spread=config.simulation.speed_spread,
     )
-    settings.check(len(partition))
-    if ev.target is not None:
-        available = _reported_metrics(train.task, centralized=ev.centralized and test is not None,
-                                      federated=ev.federated_fraction > 0)
-        if ev.target_metric not in available:
-            raise ConfigError(f"evaluate.target_metric is {ev.target_metric!r}, which this run does not report; "
-                              f"expected one of {', '.join(available)}")
-    return Experiment(config, train, test, partition, holdout, model_fn, algorithm, settings)
+
+
+def build(config: RunConfig) -> Experiment:
+    """Load and split the data, build model and algorithm; raise ConfigError or DataError on anything
+    that cannot work, before any training starts."""
+    framework = frameworks.get(config.model.framework)
+    train, test = load_data(config.data, config.seed)
+    partition, holdout = partition_data(train, config.data, config.seed)
+    outputs = train.num_classes if train.task == "classification" else 1
+    _check_model_task(config.model.name, train.task)
+    if config.model.name not in framework.models:
+        raise ConfigError(f"model.name is {config.model.name!r}; expected one of {', '.join(framework.models)}")
+    try:
+        model_fn = framework.build_model(config.model.name, tuple(train.feature_shape), outputs, train)
+    except ConfigError as e:  # name the setting and the data it was checked against
+        raise ConfigError(f"model.name is {config.model.name!r}, which does not fit data.dataset = "
+                          f"{config.data.dataset!r} (examples of shape {tuple(train.feature_shape)}, "
+                          f"{outputs} output{'s' if outputs != 1 else ''}): {e}") from e
+    ev = config.evaluate
+    if ev.federated_fraction > 0 and holdout is None:
+        raise ConfigError("evaluate.federated_fraction > 0 needs held-out client data: set data.holdout_fraction > 0")
+    settings = loop_settings(config)
+    reported = _reported_metrics(train.task, centralized=ev.centralized and test is not None,
+                                 federated=ev.federated_fraction > 0)
+    size = settings.check(len(partition), reported)
+    return Experiment(config, train, test, partition, holdout, framework, model_fn, make_algorithm(config), settings, size)
 
 
 def load_data(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
@@ -121,7 +142,8 @@ def load_data(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, ArrayDataset | 
 def partition_data(train: ArrayDataset, cfg: DataConfig, seed: int) -> tuple[Partition, Partition | None]:
     n = len(train)
     if cfg.num_clients > n:
-        raise ConfigError(f"data.num_clients is {cfg.num_clients} but the training data has only {n} examples; "
+        raise ConfigError(f"data.num_clients is {cfg.num_clients} but the training data has only {n} examples "
+                          f"(after the server's test split, data.test_fraction = {cfg.test_fraction}); "
                           f"use at most {n} clients")
     if cfg.partition in ("shards", "dirichlet") and train.task != "classification":
         raise ConfigError(f"data.partition = {cfg.partition!r} splits by class label; {train.name or 'this dataset'} "
@@ -168,50 +190,82 @@ def _headline_metric(exp: Experiment) -> tuple[str, str]:
 @dataclass(frozen=True)
 class RunResult:
     state: ServerState
-    stopped_by: str  # "rounds", "target", "failed", "interrupted" or "error: ..."
+    stopped_by: str  # "rounds", "target", "failed", "interrupted", "terminated" or "error: ..."
     folder: Path | None
     summary: dict[str, Any]
 
 
 def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bool = True,
-        experiment: Experiment | None = None) -> RunResult:
-    """Build (unless given) and run ``config``; write its folder unless ``write=False``.
+        experiment: Experiment | None = None, resume: str | Path | None = None,
+        on_folder: Callable[[Path], None] | None = None) -> RunResult:
+    """Build (unless given) and run ``config``; write its folder unless ``write=False``. With
+    ``resume``, continue the run in that folder from its latest intact checkpoint.
 
-    Whatever stops the run (the round limit, the target, too many failed rounds, Ctrl-C), the metrics
-    so far, the last global model and a summary are written before returning or re-raising.
+    Whatever stops the run (the round limit, the target, too many failed rounds, Ctrl-C, SIGTERM),
+    the metrics so far, the last global model and a summary are written before returning or
+    re-raising; with checkpoints on, every finished round can be resumed.
     """
     exp = experiment or build(config)
-    latest = [exp.initial_state()]
-    folder = RunFolder(config.output.dir, config.name) if write else None
-    on_round = [lambda record, state: latest.__setitem__(0, state)]
-    if progress is not None:
-        on_round.append(progress)
     started = time.perf_counter()
-    stopped_by, error, channel = "rounds", None, None
+    stopped_by, error, channel, folder = "rounds", None, None, None
+    state = None
     try:
-        if folder is not None:
-            folder.write_config(config.to_toml())
-            folder.write_text("clients.txt", exp.describe_clients() + "\n")
-            on_round.insert(1, folder.write_round)
+        if resume is not None:
+            folder = RunFolder.reopen(resume)
+            found = checkpoint.load(folder.path / "checkpoints")
+            for problem in found.skipped:
+                print(f"warning: skipped a damaged checkpoint ({problem}); resuming from {found.path.name}")
+            state = found.state
+            folder.rewrite_metrics(state.history)  # rounds after the checkpoint are run again
+        else:
+            state = exp.initial_state()
+            if write:
+                folder = RunFolder(config.output.dir, config.name)
+                folder.write_config(config.to_toml())
+                folder.write_text("clients.txt", exp.describe_clients() + "\n")
+        if folder is not None and on_folder is not None:
+            on_folder(folder.path)
         channel = exp.channel()
-        state, stopped_by = run_rounds(latest[0], algorithm=exp.algorithm, channel=channel,
-                                       num_clients=exp.num_clients, settings=exp.settings,
-                                       evaluate=exp.evaluator(), on_round=on_round)
+        if resume is not None:
+            channel.states.replace_all(found.clients)
+        rounds = run_rounds(state, algorithm=exp.algorithm, channel=channel, num_clients=exp.num_clients,
+                            settings=exp.settings, evaluate=exp.evaluator())
+        while True:
+            try:
+                state, record = next(rounds)
+            except StopIteration as stop:
+                stopped_by = stop.value
+                break
+            if folder is not None:
+                folder.write_round(record)
+                if config.output.checkpoint:
+                    checkpoint.save(folder.path / "checkpoints", state, dict(channel.states.items()))
+            if progress is not None:
+                progress(record, state)
     except RoundFailed as e:
         state, stopped_by, error = e.state, "failed", e
-    except BaseException as e:  # Ctrl-C, or a fault outside client code: keep the finished rounds, re-raise
-        state, error = latest[0], e
-        stopped_by = "interrupted" if isinstance(e, KeyboardInterrupt) else f"error: {type(e).__name__}: {e}"
+    except BaseException as e:  # Ctrl-C, SIGTERM, or a fault outside client code: keep the finished rounds, re-raise
+        error = e
+        stopped_by = ("interrupted" if isinstance(e, KeyboardInterrupt) else "terminated" if isinstance(e, Terminated)
+                      else f"error: {type(e).__name__}: {e}")
     finally:
         if channel is not None:
             channel.close()
         if progress is not None:
             progress.close()
+    if state is None:  # nothing ran (e.g. a checkpoint that cannot be read)
+        if folder is not None:
+            folder.close()
+        raise error
     summary = _summary(exp, state, stopped_by, time.perf_counter() - started, folder)
     if folder is not None:
         try:
-            folder.save_model(state.arrays, {"round": str(state.round), "name": config.name})
+            folder.save_model(state.model, {"round": str(state.round), "name": config.name}, exp.framework.save_model)
             folder.write_summary(summary)
+        except (OSError, CohortError) as e:
+            if error is None:
+                raise
+            print(f"warning: could not write the final model or summary: {e}")
         finally:
             folder.close()
     if error is not None:
@@ -222,17 +276,22 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
 def _summary(exp: Experiment, state: ServerState, stopped_by: str, seconds: float, folder: RunFolder | None) -> dict[str, Any]:
     metric, mode = _headline_metric(exp)
     best = state.best(metric, mode)
-    last = {k: v for k, v in state.history[-1].items() if k != "failures"} if state.history else {}
+    last_with = next((r for r in reversed(state.history) if isinstance(r.get(metric), (int, float))), None)
+    final = {k: v for k, v in state.history[-1].items() if k != "failures"} if state.history else {}
     return {
         "name": exp.config.name,
         "folder": str(folder.path) if folder else None,
         "stopped_by": stopped_by,
         "rounds_completed": state.round,
+        "model_version": state.version,
+        # the best round is chosen on the test set, so it is optimistic: the last round is the honest figure
         "best": {"metric": metric, "value": best[metric], "round": best["round"]} if best else None,
-        "final": last,
+        "last": {"metric": metric, "value": last_with[metric], "round": last_with["round"]} if last_with else None,
+        "final": final,
         "seconds": round(seconds, 3),
+        "simulated_time": state.clock,
         "num_clients": exp.num_clients,
-        "num_parameters": num_parameters(state.arrays),
+        "num_parameters": num_parameters(state.model),
         "examples_per_client": {k: int(f(exp.partition.sizes())) for k, f in
                                 (("min", np.min), ("median", np.median), ("max", np.max))},
     }

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping
 
 from cohort.algorithms.base import Algorithm
 from cohort.algorithms.fedavg import fedavg
-from cohort.channel.inprocess import InProcessChannel, ProcessPoolChannel
+from cohort.channel.base import SimulationChannel
+from cohort.channel.inprocess import InProcessChannel
+from cohort.channel.pool import ProcessPoolChannel
 from cohort.client.base import ClientFn
 from cohort.core.arrays import NamedArrays
 from cohort.core.errors import ConfigError
-from cohort.server.loop import Evaluate, LoopSettings, OnRound, run_rounds
-from cohort.server.state import ServerState
+from cohort.server.loop import Evaluate, LoopSettings, OnRound, run
+from cohort.server.state import ServerState, initial_state
+
+BACKENDS = ("inprocess", "processes")
+
+
+def make_channel(client_fn: ClientFn, algorithm: Algorithm, backend: str = "inprocess", *, workers: int = 0,
+                 threads: int = 1) -> SimulationChannel:
+    """The simulation channel ``backend`` names ("inprocess" or "processes")."""
+    if backend == "processes":
+        return ProcessPoolChannel(client_fn, algorithm.client, workers=workers, threads=threads)
+    if backend == "inprocess":
+        return InProcessChannel(client_fn, algorithm.client, threads=threads)
+    raise ConfigError(f"backend is {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
 def simulate(
@@ -22,25 +36,35 @@ def simulate(
     *,
     algorithm: Algorithm | None = None,
     evaluate: Evaluate | None = None,
-    on_round: Sequence[OnRound] = (),
+    on_round: Iterable[OnRound] = (),
     backend: str = "inprocess",
     workers: int = 0,
     threads: int = 1,
     seed: int = 0,
+    reported: Iterable[str] | None = None,
 ) -> tuple[ServerState, str]:
     """Run ``settings.rounds`` rounds of ``algorithm`` (default FedAvg) from ``arrays`` over clients
     ``0..num_clients-1`` built by ``client_fn``; ``backend`` is "inprocess" or "processes" (then
-    ``client_fn`` must pickle). Returns the final state and why the run stopped."""
-    algorithm = algorithm or fedavg()
-    if backend == "processes":
-        channel = ProcessPoolChannel(client_fn, workers=workers, threads=threads)
-    elif backend == "inprocess":
-        channel = InProcessChannel(client_fn, threads=threads)
-    else:
-        raise ConfigError(f"backend is {backend!r}; expected 'inprocess' or 'processes'")
-    state = ServerState(0, arrays, algorithm.aggregator.init(arrays), seed)
+    ``client_fn`` must pickle). ``reported``, if given, lists the metrics the run reports, so a target
+    on any other metric is refused now rather than never reached. Returns the final state and why
+    the run stopped."""
+    if algorithm is None:
+        algorithm = fedavg()
+    if not isinstance(algorithm, Algorithm):
+        hint = " (call the factory: cohort.fedavg())" if callable(algorithm) else ""
+        raise ConfigError(f"algorithm is a {type(algorithm).__name__}; expected a cohort.Algorithm{hint}")
+    if not isinstance(settings, LoopSettings):
+        raise ConfigError(f"settings is a {type(settings).__name__}; expected cohort.LoopSettings(rounds=...)")
+    if not callable(client_fn):
+        raise ConfigError(f"client_fn is a {type(client_fn).__name__}; expected a function client_id -> client")
+    if not isinstance(arrays, Mapping):
+        raise ConfigError(f"arrays is a {type(arrays).__name__}; expected a dict of named numpy arrays")
+    size = settings.check(num_clients, reported)
+    print(f"cohort: {num_clients} clients, {size} per round, {algorithm.name}, up to {settings.rounds} rounds")
+    state = initial_state(algorithm, arrays, seed)
+    channel = make_channel(client_fn, algorithm, backend, workers=workers, threads=threads)
     try:
-        return run_rounds(state, algorithm=algorithm, channel=channel, num_clients=num_clients,
-                          settings=settings, evaluate=evaluate, on_round=on_round)
+        return run(state, algorithm=algorithm, channel=channel, num_clients=num_clients, settings=settings,
+                   evaluate=evaluate, on_round=on_round)
     finally:
         channel.close()

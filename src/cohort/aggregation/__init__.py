@@ -1,21 +1,14 @@
 """Server-side aggregation as a pipeline of small steps."""
 
-from cohort.aggregation.pipeline import (
-    Aggregate,
-    Aggregator,
-    AggregatorState,
-    Combine,
-    RoundAccumulator,
-    Step,
-    chain,
-    divide,
-    identity,
-    process,
+from cohort.aggregation.compose import process
+from cohort.aggregation.pipeline import Aggregate, Aggregator, AggregatorState, Combine, RoundAccumulator, Step, chain, divide
+from cohort.aggregation.server_opt import SgdState, sgd
+from cohort.aggregation.weighting import (
+    divide_by_population, staleness_weight, uniform_weights, validate, weighted_sum,
 )
-from cohort.aggregation.server_opt import sgd
-from cohort.aggregation.weighting import uniform_weights, validate, weighted_sum
 
 __all__ = [
-    "Aggregate", "Aggregator", "AggregatorState", "Combine", "RoundAccumulator", "Step",
-    "chain", "divide", "identity", "process", "sgd", "uniform_weights", "validate", "weighted_sum",
+    "Aggregate", "Aggregator", "AggregatorState", "Combine", "RoundAccumulator", "SgdState", "Step",
+    "chain", "divide", "divide_by_population", "process", "sgd", "staleness_weight", "uniform_weights",
+    "validate", "weighted_sum"
 ]

@@ -7,13 +7,14 @@ A :class:`Step` is ``NamedTuple(init, update)``: ``init(global_arrays) -> state`
 :class:`ClientUpdate`; global steps map an :class:`Aggregate`, which holds a *sum* and its total weight,
 so that a sum-only combine (secure aggregation) or sum noise (central DP) can stand in without knowing
 about the mean; the division happens once, at the very end. The server optimizer maps the mean delta to
-the step added to the global arrays (FedAvg is ``sgd(1.0)``).
+the step added to the global arrays (FedAvg is ``sgd(1.0)``). Build a whole pipeline with
+:func:`cohort.aggregation.process`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -28,10 +29,6 @@ class Step(NamedTuple):
 
     init: Callable[[NamedArrays], Any]
     update: Callable[[Any, Any, RoundContext], tuple[Any, Any]]
-
-
-def identity() -> Step:
-    return Step(lambda arrays: (), lambda value, state, ctx: (value, state))
 
 
 def chain(*steps: Step) -> Step:
@@ -78,6 +75,8 @@ class Combine(NamedTuple):
 
 
 class AggregatorState(NamedTuple):
+    """The state of each part of a pipeline: what a checkpoint writes and a resume reads back."""
+
     pre: Any
     post: Any
     server_optimizer: Any
@@ -106,13 +105,22 @@ class Aggregator:
         return AggregatorState(self.pre.init(arrays), self.post.init(arrays), self.server_optimizer.init(arrays))
 
     def start(self, arrays: NamedArrays, state: AggregatorState, ctx: RoundContext) -> RoundAccumulator:
-        return RoundAccumulator(arrays, ctx, state, self.combine.init(arrays), 0)
+        """A round over ``arrays`` (the group's global arrays, which steps see as ``ctx.arrays``)."""
+        return RoundAccumulator(arrays, replace(ctx, arrays=arrays), state, self.combine.init(arrays), 0)
+
+    def prepare(self, round_acc: RoundAccumulator, update: ClientUpdate) -> tuple[ClientUpdate, Any]:
+        """Run the per-client steps (validation first). Raises ``UpdateRejected`` and changes nothing
+        if a step refuses the update; :meth:`fold` then takes what this returns."""
+        return self.pre.update(update, round_acc.state.pre, round_acc.ctx)
+
+    def fold(self, round_acc: RoundAccumulator, prepared: tuple[ClientUpdate, Any]) -> RoundAccumulator:
+        update, pre_state = prepared
+        acc = self.combine.add(round_acc.acc, update)
+        return round_acc._replace(state=round_acc.state._replace(pre=pre_state), acc=acc, count=round_acc.count + 1)
 
     def add(self, round_acc: RoundAccumulator, update: ClientUpdate) -> RoundAccumulator:
         """Fold one update in. Raises ``UpdateRejected`` (leaving ``round_acc`` usable) if a step refuses it."""
-        update, pre_state = self.pre.update(update, round_acc.state.pre, round_acc.ctx)
-        acc = self.combine.add(round_acc.acc, update)
-        return round_acc._replace(state=round_acc.state._replace(pre=pre_state), acc=acc, count=round_acc.count + 1)
+        return self.fold(round_acc, self.prepare(round_acc, update))
 
     def finish(self, round_acc: RoundAccumulator) -> tuple[NamedArrays, AggregatorState]:
         """The next global arrays and aggregator state. Needs at least one update; raises
@@ -147,23 +155,3 @@ def divide(aggregate: Aggregate, like: NamedArrays) -> NamedArrays:
         mean = s / aggregate.total_weight
         out[name] = mean.astype(like[name].dtype) if like[name].dtype.kind == "f" else mean
     return out
-
-
-def process(
-    pre: Sequence[Step] = (),
-    combine: Combine | None = None,
-    post: Sequence[Step] = (),
-    server_optimizer: Step | None = None,
-) -> Aggregator:
-    """Build an aggregator. Every update is validated (names, shapes, finite values, weight) before
-    ``pre`` runs; ``combine`` defaults to the weighted sum and ``server_optimizer`` to ``sgd(1.0)``."""
-    from cohort.aggregation.server_opt import sgd
-    from cohort.aggregation.weighting import validate, weighted_sum
-
-    return Aggregator(
-        pre=chain(validate(), *pre),
-        combine=combine if combine is not None else weighted_sum(),
-        post=chain(*post),
-        server_optimizer=server_optimizer if server_optimizer is not None else sgd(1.0),
-    )
-

@@ -1,17 +1,17 @@
-"""The plain mean: validation, weights, and the streaming weighted sum."""
+"""The plain mean: validation, weights, staleness, and the streaming weighted sum."""
 
 from __future__ import annotations
 
-from numbers import Integral
+import math
 from dataclasses import replace
+from numbers import Integral
 
 import numpy as np
 
 from cohort.aggregation.pipeline import Aggregate, Combine, Step
 from cohort.core.arrays import NamedArrays, check_like, spec_of
-from cohort.core.errors import UpdateRejected
-from cohort.core.types import ClientUpdate
-
+from cohort.core.errors import ConfigError, UpdateRejected
+from cohort.core.types import ClientUpdate, RoundContext
 
 MAX_EXAMPLES = 2**53  # counts and weights above this lose integer precision in float64 and can overflow a sum
 
@@ -22,21 +22,21 @@ def is_example_count(n: object) -> bool:
 
 
 def validate() -> Step:
-    """Reject an update whose names, shapes or dtypes differ from the model's, that holds NaN or inf,
-    whose example count is not an integer >= 1, or whose weight is not a positive finite number.
-    Always the first per-client step."""
+    """Reject an update whose names, shapes or dtypes differ from the group's global arrays
+    (``ctx.arrays``), that holds NaN or inf, whose example count is not an integer >= 1, or whose
+    weight is not a positive finite number. Always the first per-client step. Stateless."""
 
-    def update(u: ClientUpdate, spec, ctx):
-        check_like(u.delta, spec, what=f"update of client {u.client_id}")
+    def update(u: ClientUpdate, state, ctx: RoundContext):
+        check_like(u.delta, spec_of(ctx.arrays), what=f"update of client {u.client_id}")
         n = u.num_examples
         if not is_example_count(n):
             raise UpdateRejected(f"update of client {u.client_id} has num_examples {n!r}; "
                                  f"expected an integer from 1 to {MAX_EXAMPLES}")
         if not (isinstance(u.weight, (int, float, np.number)) and 0 < u.weight <= MAX_EXAMPLES):
             raise UpdateRejected(f"update of client {u.client_id} has weight {u.weight!r}; expected a number in (0, {MAX_EXAMPLES}]")
-        return u, spec
+        return u, state
 
-    return Step(spec_of, update)
+    return Step(lambda arrays: (), update)
 
 
 def uniform_weights() -> Step:
@@ -44,23 +44,59 @@ def uniform_weights() -> Step:
     return Step(lambda arrays: (), lambda u, state, ctx: (replace(u, weight=1.0), state))
 
 
+def staleness_weight(exponent: float = 0.5) -> Step:
+    """Scale a delta computed on model version ``v`` and arriving at version ``v + s`` by
+    ``(1 + s) ** -exponent`` (FedBuff, Nguyen et al. 2022: ``1/√(1+s)``). Its weight in the mean is
+    kept, so a stale update counts as often but moves the model less."""
+    if not 0 <= exponent < math.inf:
+        raise ConfigError(f"staleness exponent is {exponent!r}; expected a finite number >= 0")
+
+    def update(u: ClientUpdate, state, ctx: RoundContext):
+        s = ctx.version - u.version
+        if s < 0:
+            raise UpdateRejected(f"update of client {u.client_id} claims model version {u.version}, "
+                                 f"newer than the server's {ctx.version}")
+        if s == 0 or exponent == 0:
+            return u, state
+        scale = (1.0 + s) ** -exponent
+        return replace(u, delta={k: _scaled(d, scale) for k, d in u.delta.items()}), state
+
+    return Step(lambda arrays: (), update)
+
+
+def _scaled(d: np.ndarray, scale: float) -> np.ndarray:
+    return (d * np.asarray(scale, d.dtype)) if d.dtype.kind == "f" else d * scale
+
+
+def divide_by_population() -> Step:
+    """A global step: divide the sum by the number of clients in the federation rather than by its
+    total weight, so ``Σ delta / N`` comes out (SCAFFOLD's server control variate:
+    ``c ← c + |S|/N · mean(Δc)``). Use with :func:`uniform_weights`."""
+
+    def update(agg: Aggregate, state, ctx: RoundContext):
+        if ctx.num_clients < 1:
+            raise ValueError("divide_by_population needs the round context's num_clients")
+        return replace(agg, total_weight=float(ctx.num_clients)), state
+
+    return Step(lambda arrays: (), update)
+
+
 def weighted_sum() -> Combine:
-    """Σ weight · delta in float64, folded in as updates arrive: memory is one model, whatever the cohort."""
+    """Σ weight · delta in float64, folded in as updates arrive: memory is one model, whatever the cohort.
+    The accumulator belongs to one round and is updated in place."""
 
-    def init(arrays: NamedArrays) -> tuple[NamedArrays, list]:
-        return {name: np.zeros(a.shape, np.float64) for name, a in arrays.items()}, [0.0, 0]
+    def init(arrays: NamedArrays) -> dict:
+        return {"sums": {name: np.zeros(a.shape, np.float64) for name, a in arrays.items()}, "weight": 0.0, "count": 0}
 
-    def add(acc, u: ClientUpdate):
-        sums, totals = acc
+    def add(acc: dict, u: ClientUpdate) -> dict:
         w = np.float64(u.weight)  # a float64 scalar makes w·delta float64 (NEP 50): no float32 overflow
-        for name, s in sums.items():
+        for name, s in acc["sums"].items():
             s += w * u.delta[name]
-        totals[0] += float(w)
-        totals[1] += 1
+        acc["weight"] += float(w)
+        acc["count"] += 1
         return acc
 
-    def result(acc) -> Aggregate:
-        sums, (total_weight, count) = acc
-        return Aggregate(sums, total_weight, count)
+    def result(acc: dict) -> Aggregate:
+        return Aggregate(acc["sums"], acc["weight"], acc["count"])
 
     return Combine(init, add, result)

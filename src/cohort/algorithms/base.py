@@ -1,4 +1,12 @@
-"""An algorithm is a recipe: what clients are told each round, and how the server aggregates."""
+"""An algorithm is one object with two halves (FedJAX's ``FederatedAlgorithm`` is the model).
+
+- The **client half** (:class:`ClientHalf`) says what a client does with a message: which local
+  training (plain steps, a proximal term, a gradient correction, a full gradient), which groups go
+  back, and what it keeps in its per-client state. It runs wherever the client runs (in this
+  process, in a worker, in a client process), so it is a small picklable object.
+- The **server half** is one aggregation pipeline per group the clients send back (validation,
+  per-client steps, combine, global steps, server optimizer), and the groups that go down.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +14,82 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cohort.aggregation.pipeline import Aggregator
+from cohort.aggregation.pipeline import Aggregator, AggregatorState, RoundAccumulator
+from cohort.client.base import Trainer
+from cohort.core.arrays import NamedArrays
+from cohort.core.errors import ConfigError, UpdateRejected
+from cohort.core.types import MODEL, ClientUpdate, EvaluateResult, Groups, Message, Reply, RoundContext
+
+ClientState = Groups | None  # what one client keeps between its rounds (None before its first)
+
+
+class ClientHalf:
+    """What a client does with each task. Subclasses define ``fit`` (and may add tasks)."""
+
+    tasks: tuple[str, ...] = ("fit", "evaluate")
+
+    def handle(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply | EvaluateResult, ClientState]:
+        if message.task not in self.tasks:
+            raise ConfigError(f"task {message.task!r} is not one of this algorithm's: {', '.join(self.tasks)}")
+        return getattr(self, message.task)(message, trainer, state)
+
+    def fit(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply, ClientState]:
+        raise NotImplementedError
+
+    def evaluate(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[EvaluateResult, ClientState]:
+        return trainer.evaluate(message.arrays[MODEL], message.config), state
+
+
+def _model_only(model: NamedArrays) -> Groups:
+    return {MODEL: model}
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    name: str
-    aggregator: Aggregator
-    client_config: Mapping[str, Any] = field(default_factory=dict)  # sent to every client, every round
-    schedule: Callable[[int], Mapping[str, Any]] | None = None  # per-round additions, e.g. a decayed lr
+    """Both halves of an algorithm. Build one with a factory (``fedavg()``, ``scaffold()``, ...)."""
 
-    def configure(self, round: int) -> dict[str, Any]:
-        """The config for ``round`` (the loop adds ``round`` and ``seed``)."""
-        extra = self.schedule(round) if self.schedule is not None else {}
-        return {**self.client_config, **extra}
+    name: str
+    client: ClientHalf
+    aggregators: Mapping[str, Aggregator]  # one pipeline per group the clients send back
+    groups: Callable[[NamedArrays], Groups] = _model_only  # the global groups, from the initial model
+    config: Mapping[str, Any] = field(default_factory=dict)  # sent to every client, every round
+
+    def __post_init__(self) -> None:
+        if MODEL not in self.aggregators:
+            raise ConfigError(f"algorithm {self.name!r} has no pipeline for the {MODEL!r} group")
+
+    def init(self, model: NamedArrays) -> tuple[Groups, dict[str, AggregatorState]]:
+        """The global groups and every pipeline's state before the first round."""
+        groups = self.groups(model)
+        missing = [g for g in self.aggregators if g not in groups]
+        if missing:
+            raise ConfigError(f"algorithm {self.name!r} aggregates groups {missing} that it does not create")
+        return groups, {g: agg.init(groups[g]) for g, agg in self.aggregators.items()}
+
+    def start(self, groups: Groups, steps: Mapping[str, AggregatorState], ctx: RoundContext) -> dict[str, RoundAccumulator]:
+        return {g: agg.start(groups[g], steps[g], ctx) for g, agg in self.aggregators.items()}
+
+    def add(self, accs: dict[str, RoundAccumulator], client_id: int, reply: Reply) -> dict[str, RoundAccumulator]:
+        """Fold every group of ``reply`` in, or none: raises UpdateRejected (``accs`` unchanged) if any
+        group is missing, unexpected or refused by a step."""
+        arrays = reply.arrays
+        if not isinstance(arrays, Mapping) or set(arrays) != set(self.aggregators):
+            got = sorted(arrays) if isinstance(arrays, Mapping) else type(arrays).__name__
+            raise UpdateRejected(f"reply of client {client_id} has groups {got}; {self.name} expects "
+                                 f"{sorted(self.aggregators)}")
+        prepared = {}
+        for g, agg in self.aggregators.items():
+            update = ClientUpdate(client_id, arrays[g], reply.num_examples, reply.num_examples, reply.metrics, reply.version)
+            try:
+                prepared[g] = agg.prepare(accs[g], update)
+            except UpdateRejected as e:
+                raise UpdateRejected(f"{e} (group {g!r})" if g != MODEL else str(e)) from e
+        return {g: self.aggregators[g].fold(accs[g], prepared[g]) for g in self.aggregators}
+
+    def finish(self, accs: dict[str, RoundAccumulator], groups: Groups, steps: Mapping[str, AggregatorState]
+               ) -> tuple[Groups, dict[str, AggregatorState]]:
+        """The next global groups and pipeline states; all groups or, if one would turn non-finite, none."""
+        new_groups, new_steps = dict(groups), dict(steps)
+        for g, agg in self.aggregators.items():
+            new_groups[g], new_steps[g] = agg.finish(accs[g])
+        return new_groups, new_steps

@@ -3,16 +3,22 @@ the server averages the gradients and takes one step with its learning rate.
 
 The gradient travels as a delta like any update, with the sign of a step: ``delta = -gradient``; so
 the server step ``lr · mean(delta)`` is exactly ``-lr · mean(gradient)``, and FedSGD is FedAvg's
-aggregation with the clients in gradient mode.
+aggregation with a client half that computes one full gradient instead of training.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from cohort.algorithms.base import Algorithm, ClientHalf, ClientState
+from cohort.algorithms.fedavg import model_pipeline
+from cohort.client.base import Trainer
+from cohort.core.types import MODEL, Message, Reply
 
-from cohort.algorithms.base import Algorithm
-from cohort.algorithms.fedavg import fedavg
+
+class FullGradient(ClientHalf):
+    def fit(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply, ClientState]:
+        t = trainer.gradient(message.arrays[MODEL], message.config)
+        return Reply({MODEL: {k: -g for k, g in t.delta.items()}}, t.num_examples, t.metrics), state
 
 
 def fedsgd(server_lr: float = 0.1, server_momentum: float = 0.0, weighted: bool = True) -> Algorithm:
-    return replace(fedavg(server_lr, server_momentum, weighted), name="fedsgd", client_config={"mode": "gradient"})
+    return Algorithm("fedsgd", FullGradient(), {MODEL: model_pipeline(server_lr, server_momentum, weighted)})

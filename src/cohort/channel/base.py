@@ -1,60 +1,97 @@
 """The Channel protocol: how the round loop reaches clients. In-process, process pool and gRPC are
-implementations of this one interface; the loop and the client code do not change between them."""
+implementations of this one interface; the loop, the algorithms and the client code do not change
+between them."""
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol, Union
+from typing import Protocol
 
+import numpy as np
+
+from cohort.algorithms.base import ClientHalf, ClientState
+from cohort.algorithms.fedavg import LocalSteps
 from cohort.client.base import ClientFn
-from cohort.core.arrays import NamedArrays
-from cohort.core.types import ClientFailure, EvaluateResult, FitResult, Instruction
-
-Reply = Union[FitResult, EvaluateResult, ClientFailure]
-TASKS = {"fit": FitResult, "evaluate": EvaluateResult}
+from cohort.client.runtime import Outcome, run_client
+from cohort.client.store import ClientStateStore
+from cohort.core.arrays import nbytes
+from cohort.core.errors import ConfigError
+from cohort.core.types import Groups, Instruction, Message, Reply
 
 
 class Channel(Protocol):
     bytes_sent: int  # payload sent to clients so far
     bytes_received: int  # payload received from clients so far
 
-    def run(
-        self, task: str, arrays: NamedArrays, instructions: Sequence[Instruction], timeout_s: float | None = None
-    ) -> Iterator[tuple[int, Reply]]:
-        """Send ``arrays`` and each instruction to its client for ``task`` ("fit" or "evaluate").
+    def run(self, message: Message, instructions: Sequence[Instruction], timeout_s: float | None = None
+            ) -> Iterator[tuple[int, Outcome]]:
+        """Send ``message`` to each instruction's client (its config merged over ``message.config``).
 
-        Yields ``(position in instructions, reply)`` as replies arrive, in any order, exactly once per
-        instruction; a client that fails, raises or misses the ``timeout_s`` deadline yields a
-        :class:`ClientFailure`. Never raises for a client's fault.
+        Yields ``(position in instructions, outcome)`` **in instruction order**, exactly once per
+        instruction, holding at most a bounded number of replies that arrived ahead of a slower one;
+        a client that fails, raises or misses the ``timeout_s`` deadline yields a ClientFailure.
+        Never raises for a client's fault.
         """
         ...
 
     def close(self) -> None: ...
 
 
-def call_client(client_fn: ClientFn, task: str, instruction: Instruction, arrays: NamedArrays) -> Reply:
-    """Build the client and run ``task``; anything it raises or returns wrongly becomes a ClientFailure."""
-    cid = instruction.client_id
-    try:
-        client = client_fn(cid)
-        result = getattr(client, task)(arrays, instruction.config)
-    except (Exception, SystemExit) as e:  # user code: its exceptions, even sys.exit, fail this client only
-        return ClientFailure(cid, task, _describe(e))
-    expected = TASKS[task]
-    if not isinstance(result, expected):
-        return ClientFailure(cid, task, f"{task}() returned a {type(result).__name__}; expected {expected.__name__}")
-    return result
+def readonly(groups: Groups) -> Groups:
+    """Read-only views of every array: a client that writes into what it received gets an error
+    instead of silently changing the global model."""
+    out = {}
+    for g, arrays in groups.items():
+        views = {}
+        for k, a in arrays.items():
+            v = a.view()
+            v.flags.writeable = False
+            views[k] = v
+        out[g] = views
+    return out
 
 
-def _describe(e: BaseException) -> str:
-    frames = traceback.extract_tb(e.__traceback__)[-3:]
-    where = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
-    return f"{type(e).__name__}: {e} (at {where})" if where else f"{type(e).__name__}: {e}"
+def groups_nbytes(groups: Mapping[str, Mapping[str, np.ndarray]]) -> int:
+    return sum(nbytes(a) for a in groups.values())
 
 
-def payload_nbytes(reply: Reply) -> int:
-    """Bytes a reply carries as raw tensors (what an in-process channel counts as received)."""
-    if isinstance(reply, FitResult) and isinstance(reply.delta, Mapping):
-        return sum(getattr(a, "nbytes", 0) for a in reply.delta.values())
+def reply_nbytes(outcome: Outcome) -> int:
+    """Bytes a reply carries as raw tensors (what a simulation counts as received)."""
+    if isinstance(outcome, Reply) and isinstance(outcome.arrays, Mapping):
+        return sum(getattr(a, "nbytes", 0) for g in outcome.arrays.values() if isinstance(g, Mapping) for a in g.values())
     return 0
+
+
+def client_message(message: Message, instruction: Instruction) -> Message:
+    config = {**message.config, **instruction.config} if instruction.config else message.config
+    return Message(message.task, message.arrays, config, message.version)
+
+
+class SimulationChannel:
+    """What the simulation backends share: the client code, the algorithm's client half, the store
+    of per-client state (the client runtime owns it in simulation), and traffic counters."""
+
+    def __init__(self, client_fn: ClientFn, client_half: ClientHalf | None = None, *,
+                 states: ClientStateStore | None = None) -> None:
+        if not callable(client_fn):
+            raise ConfigError(f"client_fn is a {type(client_fn).__name__}; expected a callable client_id -> client")
+        self.client_fn = client_fn
+        self.client_half = client_half if client_half is not None else LocalSteps()
+        self.states = states if states is not None else ClientStateStore()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.max_held = 0  # most replies held at once while waiting for a slower one (a memory bound)
+
+    def _sent(self, message: Message, count: int) -> None:
+        self.bytes_sent += groups_nbytes(message.arrays) * count
+
+    def _received(self, cid: int, outcome: Outcome, state_before: ClientState, state_after: ClientState) -> Outcome:
+        self.bytes_received += reply_nbytes(outcome)
+        if state_after is not state_before:
+            self.states.put(cid, state_after)
+        return outcome
+
+    def _run_here(self, message: Message, ins: Instruction) -> tuple[Outcome, ClientState, ClientState]:
+        before = self.states.get(ins.client_id)
+        outcome, after = run_client(self.client_fn, self.client_half, ins.client_id, client_message(message, ins), before)
+        return outcome, before, after

@@ -7,53 +7,21 @@ of one permuted copy per epoch; the delta is computed once, from the state_dict,
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cohort.core.arrays import NamedArrays, from_torch, to_torch
+from cohort.client.base import Hooks, Trained
+from cohort.client.settings import TrainSettings
+from cohort.core.arrays import NamedArrays, from_torch
 from cohort.core.errors import ConfigError, DataError
 from cohort.core.seeding import Stage, rng, torch_seed
 from cohort.core.types import Config, EvaluateResult, FitResult
-
-OPTIMIZERS = ("sgd", "adam")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Local training of one client in one round."""
-
-    epochs: int = 1  # E: passes over the client's examples
-    batch_size: int = 10  # B: examples per step; 0 means the whole client dataset (B = ∞)
-    optimizer: str = "sgd"  # "sgd" or "adam"; a fresh optimizer every round
-    lr: float = 0.01  # local learning rate
-    momentum: float = 0.0  # SGD momentum
-    weight_decay: float = 0.0  # L2 penalty, both optimizers
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise ConfigError(f"client.epochs is {self.epochs!r}; expected an integer >= 1")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 0):
-            raise ConfigError(f"client.batch_size is {self.batch_size!r}; expected an integer >= 1, or 0 for the whole dataset")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"client.optimizer is {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-        if not 0 < self.lr < math.inf:
-            raise ConfigError(f"client.lr is {self.lr!r}; expected a finite number > 0")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"client.momentum is {self.momentum!r}; expected 0 <= momentum < 1")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ConfigError(f"client.weight_decay is {self.weight_decay!r}; expected a finite number >= 0")
-
-    def override(self, config: Config) -> "TrainSettings":
-        """These settings with any of their fields that the round's config sets (e.g. a decayed ``lr``)."""
-        changes = {f.name: config[f.name] for f in fields(self) if f.name in config}
-        return replace(self, **changes) if changes else self
-
 
 def _mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if output.ndim == target.ndim + 1 and output.shape[-1] == 1:
@@ -88,13 +56,29 @@ def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Opti
     return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
-def train_epochs(model, x, y, loss_fn, s: TrainSettings, shuffle: np.random.Generator) -> float:
-    """Local SGD/Adam: ``s.epochs`` passes in a seeded order, a last partial batch included. Mean loss."""
+def _corrections(model: torch.nn.Module, anchor: NamedArrays, hooks: Hooks) -> list[tuple[torch.Tensor, Any, Any]]:
+    """(parameter, anchor tensor or None, offset tensor or None) for every parameter a hook touches."""
+    out = []
+    offset = hooks.gradient_offset or {}
+    for name, p in model.named_parameters():
+        a = torch.from_numpy(np.array(anchor[name], copy=True)) if hooks.proximal_mu else None
+        o = torch.from_numpy(np.asarray(offset[name], dtype=np.float32).copy()).to(p.dtype) if name in offset else None
+        if a is not None or o is not None:
+            out.append((p, a, o))
+    return out
+
+
+def train_epochs(model, x, y, loss_fn, s: TrainSettings, shuffle: np.random.Generator,
+                 hooks: Hooks = Hooks(), anchor: NamedArrays | None = None) -> tuple[float, int]:
+    """Local SGD/Adam: ``s.epochs`` passes in a seeded order, a last partial batch included, each
+    step's gradient corrected as ``hooks`` say. Returns the mean loss and the number of steps."""
     n = len(x)
     b = n if s.batch_size == 0 else min(s.batch_size, n)
     optimizer = make_optimizer(model, s)
+    corrections = [] if hooks.plain else _corrections(model, anchor or {}, hooks)
+    mu = hooks.proximal_mu
     model.train()
-    total = 0.0
+    total, steps = 0.0, 0
     for _ in range(s.epochs):
         perm = torch.from_numpy(shuffle.permutation(n))
         xs, ys = x[perm], y[perm]  # one gather per epoch; batches below are views
@@ -103,9 +87,17 @@ def train_epochs(model, x, y, loss_fn, s: TrainSettings, shuffle: np.random.Gene
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
+            if corrections:
+                with torch.no_grad():
+                    for p, a, o in corrections:  # FedProx: + μ(w − w_received); SCAFFOLD: + (c − cᵢ)
+                        if a is not None:
+                            p.grad.add_(p - a, alpha=mu)
+                        if o is not None:
+                            p.grad.add_(o)
             optimizer.step()
+            steps += 1
             total += loss.item() * len(xb)  # a CPU scalar read: cheaper than tensor arithmetic per step
-    return total / (n * s.epochs)
+    return total / (n * s.epochs), steps
 
 
 def full_gradient(model, x, y, loss_fn, batch_size: int) -> tuple[dict[str, torch.Tensor], float]:
@@ -144,19 +136,23 @@ def evaluate_model(model, x, y, loss: str, batch_size: int = 1024) -> tuple[floa
 
 
 def load_arrays(model: torch.nn.Module, arrays: NamedArrays) -> None:
-    """Copy named arrays into the model; a mismatch names the offending entries."""
+    """Copy named arrays into the model; a mismatch names the offending entries. The arrays may be
+    read-only (a broadcast): they are only read, as load_state_dict copies."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = {name: torch.from_numpy(np.asarray(a)) for name, a in arrays.items()}
     try:
-        model.load_state_dict(to_torch(arrays), strict=True)
+        model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise ConfigError(f"the arrays do not fit the model: {e}") from e
 
 
 class TorchClient:
-    """A client training a torch model on its own examples.
+    """A client training a torch model on its own examples: a :class:`cohort.Trainer`.
 
-    ``fit`` trains with ``settings`` (any field can be overridden per round through the config) and
-    returns the delta; with ``config["mode"] == "gradient"`` it instead returns the negative full-batch
-    gradient (FedSGD). Shuffling and dropout are seeded from (seed, round, client id).
+    ``train`` runs local SGD/Adam with ``settings`` (any field can be overridden per round through
+    the config) under the algorithm's hooks; ``gradient`` returns the full-batch gradient (FedSGD);
+    ``fit`` is ``train`` without hooks. Shuffling and dropout are seeded from (seed, round, client id).
     """
 
     def __init__(
@@ -173,26 +169,45 @@ class TorchClient:
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"loss is {loss!r}; expected one of {', '.join(LOSSES)}")
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"model is a {type(model).__name__}; expected a torch.nn.Module")
+        _check_tensors(x, y, loss, "training data")
+        if test is not None:
+            _check_tensors(*test, loss, "held-out data", allow_empty=True)
         if len(x) != len(y) or len(x) == 0:
             raise DataError(f"client {client_id} has {len(x)} examples and {len(y)} labels; expected the same count, at least 1")
         self.model, self.x, self.y, self.test = model, x, y, test
         self.settings, self.loss, self.client_id, self.seed = settings, loss, client_id, seed
 
-    def fit(self, arrays: NamedArrays, config: Config) -> FitResult:
+    def _streams(self, config: Config) -> tuple[int, int]:
+        return int(config.get("round", 0)), int(config.get("seed", self.seed))
+
+    def train(self, arrays: NamedArrays, config: Config, hooks: Hooks = Hooks()) -> Trained:
         settings = self.settings.override(config)
-        round_, seed = int(config.get("round", 0)), int(config.get("seed", self.seed))
+        round_, seed = self._streams(config)
         load_arrays(self.model, arrays)
-        loss_fn = LOSSES[self.loss]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed(seed, round_, Stage.TORCH, self.client_id))
-            if config.get("mode", "train") == "gradient":
-                grads, mean_loss = full_gradient(self.model, self.x, self.y, loss_fn, settings.batch_size)
-                delta = _delta(self.model, arrays, replace_with={k: -g for k, g in grads.items()})
-            else:
-                shuffle = rng(seed, round_, Stage.SHUFFLE, self.client_id)
-                mean_loss = train_epochs(self.model, self.x, self.y, loss_fn, settings, shuffle)
-                delta = _delta(self.model, arrays)
-        return FitResult(delta, len(self.x), {"train_loss": mean_loss})
+            shuffle = rng(seed, round_, Stage.SHUFFLE, self.client_id)
+            mean_loss, steps = train_epochs(self.model, self.x, self.y, LOSSES[self.loss], settings, shuffle, hooks, arrays)
+        new = self.model.state_dict()
+        delta = {name: np.subtract(t.numpy(), arrays[name]) for name, t in new.items()}
+        return Trained(delta, len(self.x), steps, settings.lr, {"train_loss": mean_loss})
+
+    def gradient(self, arrays: NamedArrays, config: Config) -> Trained:
+        settings = self.settings.override(config)
+        round_, seed = self._streams(config)
+        load_arrays(self.model, arrays)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed(seed, round_, Stage.TORCH, self.client_id))
+            grads, mean_loss = full_gradient(self.model, self.x, self.y, LOSSES[self.loss], settings.batch_size)
+        # entries without a gradient (buffers) do not move
+        delta = {name: grads[name].numpy() if name in grads else np.zeros_like(a) for name, a in arrays.items()}
+        return Trained(delta, len(self.x), 1, settings.lr, {"train_loss": mean_loss})
+
+    def fit(self, arrays: NamedArrays, config: Config) -> FitResult:
+        t = self.train(arrays, config)
+        return FitResult(t.delta, t.num_examples, t.metrics)
 
     def evaluate(self, arrays: NamedArrays, config: Config) -> EvaluateResult:
         if self.test is None or len(self.test[0]) == 0:
@@ -202,13 +217,18 @@ class TorchClient:
         return EvaluateResult(loss, n, metrics)
 
 
-def _delta(model: torch.nn.Module, old: NamedArrays, replace_with: Mapping[str, torch.Tensor] | None = None) -> NamedArrays:
-    replace_with = replace_with or {}
-    new = model.state_dict()
-    return {
-        name: (replace_with[name].numpy() if name in replace_with else np.subtract(t.numpy(), old[name]))
-        for name, t in new.items()
-    }
+def _check_tensors(x: object, y: object, loss: str, what: str, allow_empty: bool = False) -> None:
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise DataError(f"TorchClient {what}: {name} is a {type(t).__name__}; expected a torch.Tensor "
+                            "(convert NumPy data with cohort.client.torch.to_tensors(x, y))")
+    if loss == "cross_entropy" and y.dtype != torch.int64:
+        raise DataError(f"TorchClient {what}: labels have dtype {y.dtype}; the cross-entropy loss expects class "
+                        "indices as torch.int64 (use y.long(), or loss='mse' for real-valued targets)")
+    if loss == "mse" and not y.dtype.is_floating_point:
+        raise DataError(f"TorchClient {what}: targets have dtype {y.dtype}; the mse loss expects floats (use y.float())")
+    if not x.dtype.is_floating_point:
+        raise DataError(f"TorchClient {what}: features have dtype {x.dtype}; expected floats (use x.float())")
 
 
 class TorchClientFactory:
@@ -269,3 +289,38 @@ def initial_arrays(model_fn: Callable[[], torch.nn.Module], seed: int) -> NamedA
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(torch_seed(seed, 0, Stage.INIT))
         return from_torch(model_fn().state_dict())
+
+
+def _build_model(name: str, feature_shape: tuple[int, ...], outputs: int, example: Any) -> Callable[[], torch.nn.Module]:
+    from cohort.models import check_fits, model_factory
+
+    model_fn = model_factory(name, feature_shape, outputs)
+    x, _ = to_tensors(example.x[:1], example.y[:1], example.x_scale)
+    check_fits(model_fn, x[0], outputs, name)
+    return model_fn
+
+
+def _client_fn(model_fn, train, partition, holdout, settings: TrainSettings, seed: int) -> TorchClientFactory:
+    return TorchClientFactory(model_fn, train, partition, holdout, settings=settings, seed=seed)
+
+
+def save_torch_model(arrays: NamedArrays, folder: Path) -> Path:
+    """``model.pt``: the arrays as a torch state_dict, for ``torch.load``."""
+    import os
+
+    from cohort.core.arrays import to_torch
+
+    path, tmp = Path(folder) / "model.pt", Path(folder) / "model.pt.tmp"
+    torch.save({k: v.clone() for k, v in to_torch(arrays).items()}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _framework():
+    from cohort.frameworks import Framework
+    from cohort.models import MODELS
+
+    return Framework("torch", tuple(MODELS), _build_model, _client_fn, TorchEvaluator, initial_arrays, save_torch_model)
+
+
+FRAMEWORK = _framework()

@@ -112,23 +112,71 @@ def check_like(arrays: object, spec: Spec, *, what: str = "update") -> None:
 
 
 def save_safetensors(arrays: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write arrays to a safetensors file atomically (temp file + rename)."""
-    from safetensors.numpy import save_file
+    """Write arrays to a safetensors file atomically (temp file + rename).
+
+    The same arrays and metadata give the same bytes in any process, and the file gets the permissions
+    of any new file (``0o666 & ~umask``).
+    """
+    from safetensors.numpy import save
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     # safetensors sorts tensors by name; the model's order is kept in the metadata.
     meta = {**(metadata or {}), "order": json.dumps(list(arrays))}
-    save_file({k: np.asarray(v, order="C") for k, v in arrays.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    blob = save({k: np.asarray(v, order="C") for k, v in arrays.items()}, metadata=meta)
+    # safetensors (0.8) writes the metadata in the order of a Rust HashMap, which changes from process to
+    # process (safetensors issue #584: sorting the dict here does not help), so two saves of one model
+    # differ. The JSON header is rewritten in a fixed order: metadata sorted by key, tensors in the order
+    # of their data. The tensor bytes are untouched; their offsets count from the end of the header.
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    tensors = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                     key=lambda kv: (kv[1]["data_offsets"], kv[0]))
+    canonical = {"__metadata__": dict(sorted(header.get("__metadata__", {}).items())), **dict(tensors)}
+    text = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)  # pad with spaces, as safetensors does: the data stays 8-byte aligned
+    # A fresh temp file: os.open applies the umask to 0o666, as open() does (a stale temp file from a
+    # crashed save would keep its old mode, so it goes first).
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(text).to_bytes(8, "little"))
+            f.write(text)
+            f.write(memoryview(blob)[8 + size :])
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the model
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed save (a full disk) leaves no half-written temp file behind
+        raise
     return path
 
 
 def load_safetensors(path: str | os.PathLike) -> NamedArrays:
-    """Read arrays from a safetensors file, in the order they were written."""
-    from safetensors import safe_open
+    """Read arrays from a safetensors file, in the order they were written.
 
-    with safe_open(str(path), framework="numpy") as f:
-        order = (f.metadata() or {}).get("order")
-        keys = json.loads(order) if order else list(f.keys())
-        return {k: f.get_tensor(k) for k in keys}
+    Raises :class:`~cohort.core.errors.DataError` if the file is not a safetensors file or its recorded
+    order does not name exactly the tensors it holds; a missing file is a ``FileNotFoundError``.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from cohort.core.errors import DataError
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            names = list(f.keys())
+            order = (f.metadata() or {}).get("order")
+            if order is None:  # written by another tool: the file's own (sorted) order
+                return {k: f.get_tensor(k) for k in names}
+            try:
+                keys = json.loads(order)
+            except ValueError:
+                keys = None
+            if (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
+                    or len(set(keys)) != len(keys) or set(keys) != set(names)):
+                raise DataError(f"{path}: the metadata 'order' {order[:200]!r} does not name exactly the "
+                                f"{len(names)} tensors of the file {sorted(names)[:5]}; expected a JSON list of their names")
+            return {k: f.get_tensor(k) for k in keys}
+    except SafetensorError as e:
+        raise DataError(f"{path} is not a readable safetensors file: {e}") from e

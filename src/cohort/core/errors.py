@@ -18,7 +18,12 @@ class UpdateRejected(CohortError):
 
 
 class RoundFailed(CohortError):
-    """Too few clients succeeded, round after round, for the run to go on."""
+    """Too few clients succeeded, round after round, for the run to go on. ``state`` is the run's
+    last state (the last good global model, every round's record), so nothing is lost."""
+
+    def __init__(self, message: str, state: object = None) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 class TransportError(CohortError):

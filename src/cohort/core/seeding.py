@@ -22,6 +22,8 @@ class Stage(enum.IntEnum):
     HOLDOUT = 5  # a client's train / held-out split
     EVAL_SAMPLE = 6  # choosing the clients of a federated evaluation
     SPLIT = 7  # server test split of a dataset
+    SPEED = 8  # a client's compute speed on the simulated (virtual) clock
+    ASYNC_SAMPLE = 9  # choosing the next client an asynchronous policy starts
 
 
 def seed_sequence(seed: int, round: int, stage: Stage, client: int = 0) -> np.random.SeedSequence:

@@ -45,6 +45,9 @@ def load_csv(
     """
     if task not in TASKS:
         raise ConfigError(f"task={task!r}; expected one of {TASKS}")
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n\"":
+        raise ConfigError(f"delimiter={delimiter!r}; expected one character such as ',', ';' or '\\t' "
+                          f"(not a quote or a line break)")
     path = Path(path)
     header, rows = _read_rows(path, delimiter)
     if target not in header:
@@ -60,8 +63,7 @@ def load_csv(
         y = np.array([_number(v, path, target, line) for v, (line, _) in zip(raw_y, rows)], dtype=np.float32)
         return ArrayDataset(x=x, y=y, task="regression", name=path.stem)
     for value, (line, _) in zip(raw_y, rows):
-        if not value.strip():
-            raise DataError(f"{path}, line {line}, column {target!r}: the label is empty")
+        _check_label(value, path, target, line)
     y, num_classes = _encode_labels(raw_y, path, target)
     return ArrayDataset(x=x, y=y, task="classification", num_classes=num_classes, name=path.stem)
 
@@ -110,12 +112,26 @@ def _number(value: str, path: Path, column: str, line: int) -> float:
     return number
 
 
+def _check_label(value: str, path: Path, column: str, line: int) -> None:
+    """Refuse a class label that is a missing value, as :func:`_number` refuses one among the features:
+    an empty cell, NaN (which would become a class of its own) or an infinite number."""
+    if not value.strip():
+        raise DataError(f"{path}, line {line}, column {column!r}: the label is empty")
+    try:
+        number = float(value)
+    except ValueError:
+        return  # a string label such as 'setosa'
+    if math.isnan(number):
+        raise DataError(f"{path}, line {line}, column {column!r}: label {value!r} is a missing value (NaN); "
+                        f"expected a class label")
+    if math.isinf(number):
+        raise DataError(f"{path}, line {line}, column {column!r}: label {value!r} is infinite; expected a class label")
+
+
 def _encode_labels(raw: list[str], path: Path, target: str) -> tuple[np.ndarray, int]:
-    values = [v.strip() for v in raw]
+    values = [v.strip() for v in raw]  # every label passed _check_label: no NaN, no inf
     try:
         keys: list = [float(v) for v in values]
-        if any(math.isnan(k) for k in keys):
-            keys = values
     except ValueError:
         keys = values  # at least one label is not a number: sort them all as strings
     distinct = sorted(set(keys))

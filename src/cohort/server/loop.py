@@ -1,32 +1,44 @@
 """The round loop: the only place where state passes from one round to the next.
 
-    sample cohort ─► configure ─► channel.run("fit") ─► fold replies in cohort order ─► finish
-    ─► evaluate (centralized, federated) ─► record ─► stop at the round limit or the target
+    policy step (sample ─► send ─► fold in cohort order ─► server step) ─► evaluate (centralized,
+    federated) ─► record ─► yield (state, record) ─► stop at the round limit or the target
+
+``run_rounds`` is a generator: checkpointing, tracking and a live view subscribe to what it yields
+instead of being patched into it. ``run`` drives it to the end for scripts.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, replace
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any
 
 from cohort.algorithms.base import Algorithm
-from cohort.channel.base import Channel, Reply
 from cohort.aggregation.weighting import is_example_count
-from cohort.core.arrays import NamedArrays
-from cohort.core.errors import ConfigError, RoundFailed, UpdateRejected
+from cohort.channel.base import Channel
+from cohort.core.errors import ConfigError, RoundFailed
+from cohort.core.limits import MAX_ROUNDS, MAX_TIMEOUT_S
 from cohort.core.seeding import Stage
-from cohort.core.types import ClientFailure, ClientUpdate, Instruction, RoundContext
+from cohort.core.types import ClientFailure, EvaluateResult, FailureStage, Instruction, Message
+from cohort.server.policies import ClientSpeeds, FedBuff, StepContext, Synchronous
+from cohort.server.records import WeightedMean, checked_evaluation, failure_lines
 from cohort.server.sampling import cohort_size, sample_cohort
 from cohort.server.state import ServerState
 
-Evaluate = Callable[[NamedArrays], Mapping[str, float]]
+Evaluate = Callable[[Mapping[str, Any]], Mapping[str, float]]
 OnRound = Callable[[Mapping[str, Any], ServerState], None]
-MAX_FAILURES_RECORDED = 10
-MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week; longer waits overflow the OS timers
+Policy = Synchronous | FedBuff
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,10 @@ class Target:
     mode: str = "max"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ConfigError(f"target metric is {self.metric!r}; expected a metric name such as 'accuracy'")
+        if not (_is_real(self.value) and math.isfinite(self.value)):
+            raise ConfigError(f"target value is {self.value!r}; expected a finite number")
         if self.mode not in ("max", "min"):
             raise ConfigError(f"target mode is {self.mode!r}; expected 'max' or 'min'")
 
@@ -48,202 +64,139 @@ class Target:
 
 @dataclass(frozen=True)
 class LoopSettings:
-    rounds: int  # round limit
-    fraction: float = 0.1  # C: fraction of clients sampled per round
-    min_clients: int = 1  # at least this many clients per round
+    rounds: int  # round limit (server steps under an asynchronous policy)
+    fraction: float = 1.0  # C: fraction of clients sampled per round (synchronous policy)
+    min_clients: int = 1  # at least this many clients per round (synchronous policy)
     min_successful_clients: int = 1  # a round stands only with this many accepted updates
     max_failed_rounds: int = 3  # consecutive rounds that do not stand before RoundFailed
     round_timeout_s: float | None = None  # deadline for a round's fit, and for its federated evaluation
     evaluate_every: int = 1  # evaluate every k rounds, and always after the last
     federated_fraction: float = 0.0  # fraction of clients evaluated on their held-out data; 0: none
     target: Target | None = None  # stop early once reached
+    policy: FedBuff | None = None  # None: synchronous rounds of a sampled cohort
+    speed_spread: float = 1.0  # simulation: fastest/slowest client speed on the virtual clock
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError(f"rounds is {self.rounds}; expected >= 1")
-        if self.min_successful_clients < 1:
-            raise ConfigError(f"min_successful_clients is {self.min_successful_clients}; expected >= 1")
-        if self.max_failed_rounds < 1:
-            raise ConfigError(f"max_failed_rounds is {self.max_failed_rounds}; expected >= 1")
-        if self.round_timeout_s is not None and not 0 < self.round_timeout_s <= MAX_TIMEOUT_S:
-            raise ConfigError(f"round_timeout_s is {self.round_timeout_s}; expected seconds in (0, one week] (or None: no deadline)")
-        if self.evaluate_every < 1:
-            raise ConfigError(f"evaluate_every is {self.evaluate_every}; expected >= 1")
-        if not 0 <= self.federated_fraction <= 1:
-            raise ConfigError(f"federated_fraction is {self.federated_fraction}; expected 0 <= fraction <= 1")
+        checks = (
+            ("rounds", _is_int(self.rounds) and 1 <= self.rounds <= MAX_ROUNDS, f"an integer from 1 to {MAX_ROUNDS}"),
+            ("min_successful_clients", _is_int(self.min_successful_clients) and self.min_successful_clients >= 1, "an integer >= 1"),
+            ("max_failed_rounds", _is_int(self.max_failed_rounds) and 1 <= self.max_failed_rounds <= MAX_ROUNDS, "an integer >= 1"),
+            ("round_timeout_s", self.round_timeout_s is None or (_is_real(self.round_timeout_s) and 0 < self.round_timeout_s <= MAX_TIMEOUT_S),
+             "seconds in (0, one week], or None for no deadline"),
+            ("evaluate_every", _is_int(self.evaluate_every) and 1 <= self.evaluate_every <= MAX_ROUNDS, "an integer >= 1"),
+            ("federated_fraction", _is_real(self.federated_fraction) and 0 <= self.federated_fraction <= 1, "0 <= fraction <= 1"),
+            ("target", self.target is None or isinstance(self.target, Target), "a cohort.Target or None"),
+            ("policy", self.policy is None or isinstance(self.policy, FedBuff), "None (synchronous) or a cohort.FedBuff"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{name} is {getattr(self, name)!r}; expected {expected}")
+        Synchronous(self.fraction, self.min_clients)  # checks both
+        ClientSpeeds(0, self.speed_spread)  # checks the spread
 
-    def check(self, num_clients: int) -> None:
-        """Raise ConfigError now, before any training, if these settings cannot work for ``num_clients``."""
-        size = cohort_size(num_clients, self.fraction, self.min_clients)
+    def make_policy(self) -> Policy:
+        return self.policy if self.policy is not None else Synchronous(self.fraction, self.min_clients)
+
+    def check(self, num_clients: int, reported: Iterable[str] | None = None) -> int:
+        """Raise ConfigError now, before any training, if these settings cannot work for
+        ``num_clients`` (or if the target's metric is not among ``reported``, when given). Returns
+        the clients each round samples."""
+        if not (_is_int(num_clients) and num_clients >= 1):
+            raise ConfigError(f"num_clients is {num_clients!r}; expected an integer >= 1")
+        if self.min_clients > num_clients:
+            raise ConfigError(f"server.min_clients is {self.min_clients} but there are only {num_clients} clients; lower it")
+        size = self.make_policy().clients_per_step(num_clients)
         if self.min_successful_clients > size:
             raise ConfigError(
-                f"min_successful_clients (server.min_successful_clients in a config) is {self.min_successful_clients} "
-                f"but a round samples only {size} of {num_clients} clients (fraction {self.fraction}); "
-                "lower it or raise the fraction (server.fraction)"
-            )
+                f"server.min_successful_clients is {self.min_successful_clients} but a round takes only {size} of "
+                f"{num_clients} clients' updates; lower it, or raise server.fraction (or fedbuff.buffer_size)")
+        if reported is not None and self.target is not None and self.target.metric not in set(reported):
+            raise ConfigError(f"the target metric is {self.target.metric!r}, which this run does not report; "
+                              f"expected one of {', '.join(sorted(set(reported)))}")
+        return size
 
 
-def run_rounds(
-    state: ServerState,
-    *,
-    algorithm: Algorithm,
-    channel: Channel,
-    num_clients: int,
-    settings: LoopSettings,
-    evaluate: Evaluate | None = None,
-    on_round: Sequence[OnRound] = (),
-) -> tuple[ServerState, str]:
-    """Run rounds from ``state`` until ``settings.rounds`` or the target. Returns the final state and
-    why it stopped ("rounds" or "target"). Raises RoundFailed (carrying the last good state as
-    ``.state``) after ``max_failed_rounds`` consecutive rounds without enough updates."""
+def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, num_clients: int,
+               settings: LoopSettings, evaluate: Evaluate | None = None
+               ) -> Generator[tuple[ServerState, dict[str, Any]], None, str]:
+    """Run rounds from ``state`` until ``settings.rounds`` or the target, yielding ``(state, record)``
+    after each. Returns (as the generator's value) why it stopped: "rounds" or "target". Raises
+    RoundFailed, carrying the last state, after ``max_failed_rounds`` consecutive rounds without
+    enough updates (the failing round is yielded first, so subscribers keep it)."""
+    if not isinstance(algorithm, Algorithm):
+        hint = " (did you pass the factory instead of calling it, e.g. cohort.fedavg instead of cohort.fedavg()?)" if callable(algorithm) else ""
+        raise ConfigError(f"algorithm is a {type(algorithm).__name__}; expected a cohort.Algorithm{hint}")
+    if not isinstance(state, ServerState):
+        raise ConfigError(f"state is a {type(state).__name__}; expected a cohort.ServerState (see cohort.initial_state)")
     settings.check(num_clients)
+    policy = settings.make_policy()
+    ctx = StepContext(algorithm, channel, num_clients, ClientSpeeds(state.seed, settings.speed_spread),
+                      settings.min_successful_clients, settings.round_timeout_s)
     while state.round < settings.rounds:
-        state, record = run_round(state, algorithm=algorithm, channel=channel, num_clients=num_clients,
-                                  settings=settings, evaluate=evaluate)
-        for callback in on_round:
-            callback(record, state)
+        started = time.perf_counter()
+        sent0, received0 = channel.bytes_sent, channel.bytes_received
+        out = policy.step(state, ctx)
+        state, record, failures = out.state, out.record, list(out.failures)
+        r = state.round
+        record["version"] = state.version
+        if r % settings.evaluate_every == 0 or r == settings.rounds:
+            if evaluate is not None:
+                record.update(checked_evaluation(evaluate(dict(state.model))))
+            if settings.federated_fraction > 0:
+                metrics, eval_failures = federated_evaluation(state, channel, num_clients, settings)
+                record.update(metrics, evaluations_failed=len(eval_failures))
+                failures += eval_failures
+        record["bytes_sent"] = channel.bytes_sent - sent0
+        record["bytes_received"] = channel.bytes_received - received0
+        record["seconds"] = time.perf_counter() - started
+        record["simulated_time"] = state.clock
+        if failures:
+            record["failures"] = failure_lines(failures)
+        state = replace(state, history=(*state.history, record))
+        yield state, record
+        if not out.stands and state.failed_rounds >= settings.max_failed_rounds:
+            shown = "\n  ".join([*([record["aggregate_error"]] if "aggregate_error" in record else []),
+                                 *record.get("failures", [])[:3]]) or "no replies"
+            raise RoundFailed(
+                f"round {r}: {record['clients_succeeded']} of {record['clients_sampled']} clients succeeded "
+                f"(min_successful_clients={settings.min_successful_clients}), and no round has stood for "
+                f"{state.failed_rounds} rounds in a row. First problems:\n  {shown}", state=state)
         if settings.target is not None and settings.target.reached(record):
-            return state, "target"
-    return state, "rounds"
+            return "target"
+    return "rounds"
 
 
-def run_round(state: ServerState, *, algorithm: Algorithm, channel: Channel, num_clients: int,
-              settings: LoopSettings, evaluate: Evaluate | None = None) -> tuple[ServerState, dict[str, Any]]:
-    """One round from ``state``: the next state and the round's record."""
-    started = time.perf_counter()
-    sent0, received0 = channel.bytes_sent, channel.bytes_received
-    r, seed = state.round + 1, state.seed
-    cohort = sample_cohort(num_clients, cohort_size(num_clients, settings.fraction, settings.min_clients), seed, r)
-    config = {**algorithm.configure(r), "round": r, "seed": seed}
-    instructions = [Instruction(int(cid), config) for cid in cohort]
-
-    aggregator = algorithm.aggregator
-    acc = aggregator.start(state.arrays, state.aggregator, RoundContext(r, seed, len(cohort)))
-    failures: list[ClientFailure] = []
-    fit_metrics = _WeightedMean()
-    replies = channel.run("fit", state.arrays, instructions, settings.round_timeout_s)
-    for ins, reply in _in_cohort_order(replies, instructions):
-        if isinstance(reply, ClientFailure):
-            failures.append(reply)
-            continue
-        update = ClientUpdate(ins.client_id, reply.delta, reply.num_examples, reply.num_examples, reply.metrics)
+def run(state: ServerState, *, on_round: Iterable[OnRound] = (), **kwargs) -> tuple[ServerState, str]:
+    """Drive :func:`run_rounds` to its end, calling each ``on_round(record, state)``; returns the
+    final state and why the run stopped."""
+    rounds = run_rounds(state, **kwargs)
+    callbacks = list(on_round)
+    while True:
         try:
-            acc = aggregator.add(acc, update)
-        except UpdateRejected as e:
-            failures.append(ClientFailure(ins.client_id, "validate", str(e)))
-            continue
-        fit_metrics.add(reply.metrics, reply.num_examples)
-
-    stands, problem = acc.count >= settings.min_successful_clients, None
-    if stands:
-        try:
-            arrays, agg_state = aggregator.finish(acc)
-        except UpdateRejected as e:
-            stands, problem = False, str(e)
-    if stands:
-        state = replace(state, round=r, arrays=arrays, aggregator=agg_state, failed_rounds=0)
-    else:
-        state = replace(state, round=r, failed_rounds=state.failed_rounds + 1)
-
-    record: dict[str, Any] = {
-        # clients' own fit metrics are about training: named train_*, never a key of the loop's own
-        **{k if k.startswith("train_") else f"train_{k}": v for k, v in fit_metrics.result().items()},
-        "round": r,
-        "status": "ok" if stands else "skipped",
-        "clients_sampled": len(cohort),
-        "clients_succeeded": acc.count,
-        "clients_failed": len(failures),
-    }
-    if problem:
-        record["aggregate_error"] = problem
-    evaluate_now = r % settings.evaluate_every == 0 or r == settings.rounds
-    if evaluate is not None and evaluate_now:
-        record.update(evaluate(state.arrays))
-    if settings.federated_fraction > 0 and evaluate_now:
-        metrics, eval_failures = _federated_evaluation(state, channel, num_clients, settings)
-        record.update(metrics, evaluations_failed=len(eval_failures))
-        failures += eval_failures
-    record["bytes_sent"] = channel.bytes_sent - sent0
-    record["bytes_received"] = channel.bytes_received - received0
-    record["seconds"] = time.perf_counter() - started
-    if failures:
-        record["failures"] = [f"client {f.client_id} ({f.stage}): {f.reason}" for f in failures[:MAX_FAILURES_RECORDED]]
-    state = replace(state, history=(*state.history, record))
-
-    if not stands and state.failed_rounds >= settings.max_failed_rounds:
-        shown = "\n  ".join([*([problem] if problem else []), *record.get("failures", [])[:3]]) or "no replies"
-        error = RoundFailed(
-            f"round {r}: {acc.count} of {len(cohort)} clients succeeded (min_successful_clients="
-            f"{settings.min_successful_clients}), and no round has stood for {state.failed_rounds} rounds in a row. "
-            f"First problems:\n  {shown}"
-        )
-        error.state = state  # the run so far is not lost: the last good arrays are in it
-        raise error
-    return state, record
+            state, record = next(rounds)
+        except StopIteration as stop:
+            return state, stop.value
+        for callback in callbacks:
+            callback(record, state)
 
 
-def _federated_evaluation(state: ServerState, channel: Channel, num_clients: int, settings: LoopSettings
-                          ) -> tuple[dict[str, float], list[ClientFailure]]:
+def federated_evaluation(state: ServerState, channel: Channel, num_clients: int, settings: LoopSettings
+                         ) -> tuple[dict[str, float], list[ClientFailure]]:
     """Example-weighted means of the sampled clients' held-out loss and metrics, and the failures."""
     size = cohort_size(num_clients, settings.federated_fraction)
     clients = sample_cohort(num_clients, size, state.seed, state.round, Stage.EVAL_SAMPLE)
-    config = {"round": state.round, "seed": state.seed}
-    instructions = [Instruction(int(cid), config) for cid in clients]
-    mean, failures = _WeightedMean(), []
-    replies = channel.run("evaluate", state.arrays, instructions, settings.round_timeout_s)
-    for ins, reply in _in_cohort_order(replies, instructions):
+    message = Message("evaluate", state.groups, {"round": state.round, "seed": state.seed, "version": state.version}, state.version)
+    instructions = [Instruction(int(cid), {}) for cid in clients]
+    mean, failures = WeightedMean(), []
+    for pos, reply in channel.run(message, instructions, settings.round_timeout_s):
+        cid = instructions[pos].client_id
         if isinstance(reply, ClientFailure):
             failures.append(reply)
-        elif is_example_count(reply.num_examples) and isinstance(reply.loss, Real) and math.isfinite(reply.loss):
+        elif isinstance(reply, EvaluateResult) and is_example_count(reply.num_examples) and _is_real(reply.loss) and math.isfinite(reply.loss):
             metrics = reply.metrics if isinstance(reply.metrics, Mapping) else {}
             mean.add({**metrics, "loss": reply.loss}, reply.num_examples)
         else:
-            failures.append(ClientFailure(ins.client_id, "validate",
-                                          f"evaluation result has loss {reply.loss!r} and num_examples "
-                                          f"{reply.num_examples!r}; expected a finite loss and an integer >= 1"))
+            failures.append(ClientFailure(cid, FailureStage.VALIDATE,
+                                          f"evaluation result has loss {getattr(reply, 'loss', None)!r} and num_examples "
+                                          f"{getattr(reply, 'num_examples', None)!r}; expected a finite loss and an integer >= 1"))
     return {f"federated_{k}": v for k, v in mean.result().items()}, failures
-
-
-def _in_cohort_order(replies: Iterable[tuple[int, Reply]], instructions: Sequence[Instruction]
-                     ) -> Iterator[tuple[Instruction, Reply]]:
-    """Replies in cohort order, each as soon as all before it have arrived.
-
-    Floating-point sums depend on their order; folding in cohort order makes the global arrays the same
-    whatever order replies arrive in (any backend, any worker count), while at most the replies that
-    arrived ahead of a slower one wait here.
-    """
-    waiting: dict[int, Reply] = {}
-    next_pos = 0
-    for pos, reply in replies:
-        waiting[pos] = reply
-        while next_pos in waiting:
-            yield instructions[next_pos], waiting.pop(next_pos)
-            next_pos += 1
-    for pos in range(next_pos, len(instructions)):  # a channel that broke its promise of one reply each
-        ins = instructions[pos]
-        yield ins, waiting.pop(pos, None) or ClientFailure(ins.client_id, "transport", "the channel returned no reply")
-
-
-class _WeightedMean:
-    """Example-weighted means of numeric metrics across clients."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
-
-    def add(self, metrics: Mapping[str, Any], weight: float) -> None:
-        if not isinstance(metrics, Mapping):  # a client's metrics are informative; bad ones are dropped
-            return
-        for k, v in metrics.items():
-            if not isinstance(k, str) or not isinstance(v, Real) or isinstance(v, bool):
-                continue
-            try:
-                value = float(v) * weight
-            except OverflowError:  # an int too large for a float
-                continue
-            if math.isfinite(value):
-                self.sums[k] = self.sums.get(k, 0.0) + value
-                self.weights[k] = self.weights.get(k, 0.0) + weight
-
-    def result(self) -> dict[str, float]:
-        return {k: s / self.weights[k] for k, s in self.sums.items() if self.weights[k] > 0}

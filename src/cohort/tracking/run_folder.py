@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ class RunFolder:
             except (OSError, ValueError) as e:
                 raise ConfigError(f"cannot create the run folder {str(path)!r} (output.dir = {str(root)!r}, "
                                   f"name = {name!r}): {e}; choose a writable folder") from e
+        self._open(path)
+
+    def _open(self, path: Path) -> None:
         self.path = path
         self.writers: list[MetricsWriter] = [JsonlWriter(path / "metrics.jsonl")]
         try:
@@ -38,6 +41,33 @@ class RunFolder:
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> "RunFolder":
+        """The folder of an earlier run, to go on writing in it (``cohort run --resume``)."""
+        path = Path(path)
+        if not (path / "config.toml").is_file():
+            raise ConfigError(f"{str(path)!r} is not a run folder (it has no config.toml); give a folder "
+                              "written by `cohort run`")
+        folder = cls.__new__(cls)
+        folder.path, folder.writers = path, []
+        return folder
+
+    def rewrite_metrics(self, history) -> None:
+        """Make metrics.jsonl and metrics.csv hold exactly ``history`` (each replaced atomically), then
+        go on appending: rounds reported after the last checkpoint are dropped, to be run again."""
+        self.close()
+        for name, make in (("metrics.jsonl", JsonlWriter), ("metrics.csv", CsvWriter)):
+            tmp = self.path / f"{name}.tmp"
+            tmp.unlink(missing_ok=True)
+            writer = make(tmp)
+            try:
+                for record in history:
+                    writer.write(record)
+            finally:
+                writer.close()
+            os.replace(tmp, self.path / name)
+        self.writers = [JsonlWriter(self.path / "metrics.jsonl"), CsvWriter(self.path / "metrics.csv", append=True)]
 
     def write_config(self, toml_text: str) -> None:
         self.write_text("config.toml", toml_text)
@@ -49,16 +79,13 @@ class RunFolder:
         for writer in self.writers:
             writer.write(record)
 
-    def save_model(self, arrays: NamedArrays, metadata: Mapping[str, str] | None = None) -> None:
-        """The model as safetensors (any framework) and as a torch state_dict (``torch.load``)."""
+    def save_model(self, arrays: NamedArrays, metadata: Mapping[str, str] | None = None,
+                   native: Callable[[NamedArrays, Path], Any] | None = None) -> None:
+        """The model as safetensors (any framework) and, with ``native``, in its framework's own
+        format too (the torch adapter writes ``model.pt`` for ``torch.load``)."""
         save_safetensors(arrays, self.path / "model.safetensors", dict(metadata or {}))
-        import torch
-
-        from cohort.core.arrays import to_torch
-
-        tmp = self.path / "model.pt.tmp"
-        torch.save({k: v.clone() for k, v in to_torch(arrays).items()}, tmp)
-        os.replace(tmp, self.path / "model.pt")
+        if native is not None:
+            native(arrays, self.path)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         _write_atomic(self.path / "summary.json", json.dumps(dict(summary), indent=2) + "\n")
@@ -66,6 +93,7 @@ class RunFolder:
     def close(self) -> None:
         for writer in self.writers:
             writer.close()
+        self.writers = []
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1,0 +1,49 @@
+"""The client runtime: one task of one client, in any backend.
+
+Builds the client, hands it and its state to the algorithm's client half, and checks what comes
+back. Anything user code raises or returns wrongly becomes a :class:`ClientFailure` value.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping
+from dataclasses import replace
+
+from cohort.algorithms.base import ClientHalf, ClientState
+from cohort.client.base import ClientFn, as_trainer
+from cohort.core.types import ClientFailure, EvaluateResult, FailureStage, Message, Reply
+
+Outcome = Reply | EvaluateResult | ClientFailure
+
+
+def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, message: Message,
+               state: ClientState) -> tuple[Outcome, ClientState]:
+    """Run ``message.task`` for client ``client_id``; return its outcome and its next state (the
+    state is unchanged when the client fails)."""
+    stage = FailureStage.of_task(message.task)
+    try:
+        trainer = as_trainer(client_fn(client_id))
+        result, new_state = client_half.handle(message, trainer, state)
+    except (Exception, SystemExit) as e:  # user code: its exceptions, even sys.exit, fail this client only
+        return ClientFailure(client_id, stage, describe(e)), state
+    expected = EvaluateResult if message.task == "evaluate" else Reply
+    if not isinstance(result, expected):
+        return ClientFailure(client_id, stage, f"{message.task} returned a {type(result).__name__}; "
+                                               f"expected {expected.__name__}"), state
+    if new_state is not None and not _is_groups(new_state):
+        return ClientFailure(client_id, stage, f"the client state is a {type(new_state).__name__}; "
+                                               "expected {group: {name: array}} or None"), state
+    if isinstance(result, Reply):
+        result = replace(result, version=message.version)  # the version it was computed from, whatever it claims
+    return result, new_state
+
+
+def _is_groups(value: object) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(g, str) and isinstance(a, Mapping) for g, a in value.items())
+
+
+def describe(e: BaseException) -> str:
+    frames = traceback.extract_tb(e.__traceback__)[-3:]
+    where = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{type(e).__name__}: {e} (at {where})" if where else f"{type(e).__name__}: {e}"

@@ -1,0 +1,53 @@
+"""``[client]``: local training settings, the same for every framework adapter (no framework here)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from numbers import Integral, Real
+
+from cohort.core.errors import ConfigError
+from cohort.core.types import Config
+
+OPTIMIZERS = ("sgd", "adam")
+MAX_EPOCHS = 10_000
+MAX_BATCH = 2**31
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local training of one client in one round."""
+
+    epochs: int = 1  # E: passes over the client's examples
+    batch_size: int = 10  # B: examples per step; 0 means the whole client dataset (B = ∞)
+    optimizer: str = "sgd"  # "sgd" or "adam"; a fresh optimizer every round
+    lr: float = 0.01  # local learning rate
+    momentum: float = 0.0  # SGD momentum
+    weight_decay: float = 0.0  # L2 penalty, both optimizers
+
+    def __post_init__(self) -> None:
+        if not (_is_int(self.epochs) and 1 <= self.epochs <= MAX_EPOCHS):
+            raise ConfigError(f"client.epochs is {self.epochs!r}; expected an integer from 1 to {MAX_EPOCHS}")
+        if not (_is_int(self.batch_size) and 0 <= self.batch_size <= MAX_BATCH):
+            raise ConfigError(f"client.batch_size is {self.batch_size!r}; expected an integer >= 1, or 0 for the whole dataset")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"client.optimizer is {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        if not (_is_real(self.lr) and 0 < self.lr < math.inf):
+            raise ConfigError(f"client.lr is {self.lr!r}; expected a finite number > 0")
+        if not (_is_real(self.momentum) and 0 <= self.momentum < 1):
+            raise ConfigError(f"client.momentum is {self.momentum!r}; expected 0 <= momentum < 1")
+        if not (_is_real(self.weight_decay) and 0 <= self.weight_decay < math.inf):
+            raise ConfigError(f"client.weight_decay is {self.weight_decay!r}; expected a finite number >= 0")
+
+    def override(self, config: Config) -> "TrainSettings":
+        """These settings with any of their fields that the round's config sets (e.g. a decayed ``lr``)."""
+        changes = {f.name: config[f.name] for f in fields(self) if f.name in config}
+        return replace(self, **changes) if changes else self
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool)

@@ -1,0 +1,109 @@
+"""Durable state: the whole server state (and the simulation's per-client store) after every round.
+
+``<run folder>/checkpoints/round-NNNNNNNN.safetensors`` holds every array; the ``.json`` beside it
+holds the rest (typed, see ``cohort.core.tree``) and the SHA-256 of the arrays file. The JSON is
+written last, each file to a temporary name, synced, then renamed: a checkpoint exists only once
+it is complete. The previous one is kept until the next is complete, so a kill at any moment
+leaves at least one whole checkpoint; a corrupt latest one falls back to the one before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cohort.core.errors import ConfigError
+from cohort.core.tree import decode, encode
+from cohort.core.types import Groups
+from cohort.server.state import ServerState
+
+FORMAT = 1
+KEEP = 2
+_NAME = re.compile(r"^round-(\d{8,})\.json$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    state: ServerState
+    clients: dict[int, Groups]  # per-client state of a simulation
+    path: Path  # the .json file it came from
+    skipped: tuple[str, ...] = ()  # why newer checkpoints were not usable
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` through a synced temporary file and a rename (then the folder is synced)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # some filesystems do not open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(folder: str | Path, state: ServerState, clients: Mapping[int, Groups] | None = None) -> Path:
+    """Write a checkpoint of ``state`` in ``folder`` (created if needed); remove the ones before the previous."""
+    from safetensors.numpy import save as to_bytes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays: dict = {}
+    tree = {"state": encode(state, arrays), "clients": encode(dict(clients or {}), arrays)}
+    blob = to_bytes(arrays) if arrays else b""
+    stem = f"round-{state.round:08d}"
+    write_atomic(folder / f"{stem}.safetensors", blob)
+    meta = {"format": FORMAT, "round": state.round, "arrays_sha256": hashlib.sha256(blob).hexdigest(), **tree}
+    write_atomic(folder / f"{stem}.json", json.dumps(meta).encode("utf-8"))
+    for old in _listed(folder)[KEEP:]:
+        for suffix in (".json", ".safetensors"):
+            old.with_suffix(suffix).unlink(missing_ok=True)
+    return folder / f"{stem}.json"
+
+
+def _listed(folder: Path) -> list[Path]:
+    """Checkpoint JSON files, newest first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("round-*.json") if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def load(folder: str | Path) -> Checkpoint:
+    """The newest complete, intact checkpoint in ``folder``; older ones stand in for corrupt newer ones
+    (``Checkpoint.skipped`` says why). Raises ConfigError when none can be read."""
+    from safetensors.numpy import load as from_bytes
+
+    folder = Path(folder)
+    problems: list[str] = []
+    for path in _listed(folder) if folder.is_dir() else []:
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+            blob = path.with_suffix(".safetensors").read_bytes()
+            if hashlib.sha256(blob).hexdigest() != meta["arrays_sha256"]:
+                raise ValueError("its arrays file does not match its checksum (truncated or changed)")
+            arrays = from_bytes(blob) if blob else {}
+            state = decode(meta["state"], arrays)
+            clients = decode(meta["clients"], arrays)
+            if not isinstance(state, ServerState):
+                raise ValueError(f"it holds a {type(state).__name__}, not a server state")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problems.append(f"{path.name}: {e}")
+            continue
+        return Checkpoint(state, clients, path, tuple(problems))
+    detail = "; ".join(problems) if problems else "there is none"
+    raise ConfigError(f"no usable checkpoint in {str(folder)!r}: {detail}. A run writes checkpoints when "
+                      "output.checkpoint = true; start it anew without --resume")

@@ -1,0 +1,256 @@
+"""Round policies: how one round (or server step) gathers replies and changes the global groups.
+
+- :class:`Synchronous`: sample a cohort, send it the global groups, fold the replies in cohort order,
+  apply one server step (FedAvg and friends).
+- :class:`FedBuff` (Nguyen et al. 2022): ``concurrency`` clients train at once, each on the model
+  version current when it started; every ``buffer_size`` arrivals make one server step, each
+  update scaled by ``1/√(1+s)`` for its staleness ``s``. In simulation the order of arrival comes
+  from a seeded virtual clock (each client has a compute speed), so a run is the same in any backend.
+
+A policy's state lives in ``ServerState.policy``; everything it needs is there, so a resume goes on
+exactly where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from cohort.algorithms.base import Algorithm
+from cohort.aggregation.weighting import staleness_weight
+from cohort.channel.base import Channel
+from cohort.core.errors import ConfigError, UpdateRejected
+from cohort.core.seeding import Stage, rng
+from cohort.core.types import ClientFailure, ClientUpdate, FailureStage, Groups, Instruction, Message, Reply, RoundContext
+from cohort.server.records import WeightedMean, failure_lines, train_metrics
+from cohort.server.sampling import cohort_size, sample_cohort
+from cohort.server.state import ServerState
+
+
+class ClientSpeeds:
+    """The virtual clock's client speeds: client ``c`` needs ``1 / speed_c`` simulated seconds per
+    task, with ``speed_c = spread ** u_c`` and ``u_c`` uniform in [0, 1), seeded per client (so the
+    fastest is at most ``spread`` times the slowest). ``spread = 1``: every client takes 1 s."""
+
+    def __init__(self, seed: int, spread: float = 1.0) -> None:
+        if not (isinstance(spread, (int, float)) and not isinstance(spread, bool) and 1 <= spread < math.inf):
+            raise ConfigError(f"simulation.speed_spread is {spread!r}; expected a finite number >= 1")
+        self.seed, self.spread = seed, float(spread)
+
+    def duration(self, client_id: int) -> float:
+        if self.spread == 1.0:
+            return 1.0
+        return float(self.spread ** -rng(self.seed, 0, Stage.SPEED, client_id).random())
+
+
+@dataclass
+class StepContext:
+    """What a policy needs to run a step (one per run)."""
+
+    algorithm: Algorithm
+    channel: Channel
+    num_clients: int
+    speeds: ClientSpeeds
+    min_successful_clients: int
+    timeout_s: float | None
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """One step's result, before the loop adds evaluation and traffic."""
+
+    state: ServerState  # with round, groups, steps, version, clock and policy state advanced
+    stands: bool
+    record: dict[str, Any]
+    failures: list[ClientFailure]
+
+
+def fold_replies(ctx: StepContext, accs, replies, failures: list[ClientFailure], fit_metrics: WeightedMean,
+                 on_reply: Callable[[int, Reply], None] | None = None):
+    """Fold ``(client_id, outcome)`` pairs into ``accs``; refused or failed ones become failures."""
+    count = 0
+    for cid, outcome in replies:
+        if isinstance(outcome, ClientFailure):
+            failures.append(outcome)
+            continue
+        try:
+            accs = ctx.algorithm.add(accs, cid, outcome)
+        except UpdateRejected as e:
+            failures.append(ClientFailure(cid, FailureStage.VALIDATE, str(e)))
+            continue
+        count += 1
+        fit_metrics.add(outcome.metrics, outcome.num_examples)
+        if on_reply is not None:
+            on_reply(cid, outcome)
+    return accs, count
+
+
+def finish_step(ctx: StepContext, state: ServerState, accs, count: int) -> tuple[ServerState, bool, str | None]:
+    """Apply the server step if enough updates stood; the state then has a new model version."""
+    if count >= ctx.min_successful_clients:
+        try:
+            groups, steps = ctx.algorithm.finish(accs, state.groups, state.steps)
+        except UpdateRejected as e:
+            return replace(state, failed_rounds=state.failed_rounds + 1), False, str(e)
+        return replace(state, groups=groups, steps=steps, version=state.version + 1, failed_rounds=0), True, None
+    return replace(state, failed_rounds=state.failed_rounds + 1), False, None
+
+
+class Synchronous:
+    """One synchronous exchange per round with a sampled cohort."""
+
+    name = "sync"
+
+    def __init__(self, fraction: float = 1.0, min_clients: int = 1) -> None:
+        if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 1):
+            raise ConfigError(f"server.fraction is {fraction!r}; expected 0 < fraction <= 1")
+        if not (isinstance(min_clients, int) and not isinstance(min_clients, bool) and min_clients >= 1):
+            raise ConfigError(f"server.min_clients is {min_clients!r}; expected an integer >= 1")
+        self.fraction, self.min_clients = float(fraction), min_clients
+
+    def clients_per_step(self, num_clients: int) -> int:
+        return cohort_size(num_clients, self.fraction, self.min_clients)
+
+    def step(self, state: ServerState, ctx: StepContext) -> StepOutcome:
+        r, seed = state.round + 1, state.seed
+        cohort = sample_cohort(ctx.num_clients, self.clients_per_step(ctx.num_clients), seed, r)
+        config = {**ctx.algorithm.config, "round": r, "seed": seed, "version": state.version}
+        message = Message("fit", state.groups, config, state.version)
+        instructions = [Instruction(int(cid), {}) for cid in cohort]
+        rctx = RoundContext(r, seed, len(cohort), ctx.num_clients, state.version)
+        accs = ctx.algorithm.start(state.groups, state.steps, rctx)
+        failures: list[ClientFailure] = []
+        fit_metrics = WeightedMean()
+        replies = ((instructions[pos].client_id, outcome) for pos, outcome in ctx.channel.run(message, instructions, ctx.timeout_s))
+        accs, count = fold_replies(ctx, accs, replies, failures, fit_metrics)
+        new, stands, problem = finish_step(ctx, state, accs, count)
+        clock = state.clock + max(ctx.speeds.duration(int(c)) for c in cohort)
+        record: dict[str, Any] = {
+            **train_metrics(fit_metrics), "round": r, "status": "ok" if stands else "skipped",
+            "clients_sampled": len(cohort), "clients_succeeded": count, "clients_failed": len(failures),
+        }
+        if problem:
+            record["aggregate_error"] = problem
+        return StepOutcome(replace(new, round=r, clock=clock), stands, record, failures)
+
+
+class InFlight(NamedTuple):
+    """One client's task under an asynchronous policy."""
+
+    finish: float  # virtual time it arrives
+    seq: int  # dispatch number (its config's "round"; breaks ties in arrival order)
+    client_id: int
+    version: int  # model version it trains on
+    reply: Reply | None = None  # computed outcome (None: not yet computed)
+    failure: ClientFailure | None = None
+
+
+class FedBuffState(NamedTuple):
+    dispatched: int  # dispatches so far
+    in_flight: tuple[InFlight, ...]  # sorted by (finish, seq)
+    snapshots: dict[int, Groups]  # global groups of older versions that work in flight was started on
+
+
+class FedBuff:
+    """Buffered asynchronous aggregation: ``buffer_size`` (K) arrivals per server step, ``concurrency``
+    (M) clients training at once, updates scaled by ``(1+s)^-staleness_exponent``."""
+
+    name = "fedbuff"
+
+    def __init__(self, buffer_size: int = 10, concurrency: int = 20, staleness_exponent: float = 0.5) -> None:
+        for key, v in (("fedbuff.buffer_size", buffer_size), ("fedbuff.concurrency", concurrency)):
+            if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000):
+                raise ConfigError(f"{key} is {v!r}; expected an integer from 1 to 1000000")
+        self.buffer_size, self.concurrency = buffer_size, concurrency
+        self.staleness = staleness_weight(staleness_exponent)  # checks the exponent
+
+    def _stale(self, work: InFlight, rctx: RoundContext) -> Reply | ClientFailure:
+        """The arrival's outcome with every group passed through the staleness step."""
+        if work.failure is not None:
+            return work.failure
+        reply = work.reply
+        if not isinstance(reply.arrays, Mapping):
+            return reply  # the algorithm's validation refuses it with a clear message
+        scaled = {}
+        for g, arrays in reply.arrays.items():
+            u = ClientUpdate(work.client_id, arrays, reply.num_examples, reply.num_examples, version=work.version)
+            scaled[g] = self.staleness.update(u, (), rctx)[0].delta if isinstance(arrays, Mapping) else arrays
+        return replace(reply, arrays=scaled)
+
+    def clients_per_step(self, num_clients: int) -> int:
+        if self.concurrency > num_clients:
+            raise ConfigError(f"fedbuff.concurrency is {self.concurrency} but there are only {num_clients} clients; "
+                              "lower it to at most the number of clients")
+        return self.buffer_size
+
+    def _dispatch(self, st: FedBuffState, state: ServerState, ctx: StepContext, now: float) -> FedBuffState:
+        busy = {w.client_id for w in st.in_flight}
+        draws = rng(state.seed, st.dispatched, Stage.ASYNC_SAMPLE)
+        cid = int(draws.integers(ctx.num_clients))
+        while cid in busy:  # at most M clients are busy, so this ends quickly while M << N
+            cid = int(draws.integers(ctx.num_clients))
+        work = InFlight(now + ctx.speeds.duration(cid), st.dispatched, cid, state.version)
+        return st._replace(dispatched=st.dispatched + 1, in_flight=tuple(sorted((*st.in_flight, work))))
+
+    def _compute(self, st: FedBuffState, state: ServerState, ctx: StepContext) -> FedBuffState:
+        """Run every task in flight not yet computed, one batch per model version."""
+        todo = [w for w in st.in_flight if w.reply is None and w.failure is None]
+        done: dict[int, tuple[Reply | None, ClientFailure | None]] = {}
+        for version in sorted({w.version for w in todo}):
+            works = [w for w in todo if w.version == version]
+            groups = state.groups if version == state.version else st.snapshots[version]
+            config = {**ctx.algorithm.config, "seed": state.seed, "version": version}
+            message = Message("fit", groups, config, version)
+            instructions = [Instruction(w.client_id, {"round": w.seq + 1}) for w in works]
+            for pos, outcome in ctx.channel.run(message, instructions, ctx.timeout_s):
+                failed = isinstance(outcome, ClientFailure)
+                done[works[pos].seq] = (None, outcome) if failed else (outcome, None)
+        in_flight = tuple(w._replace(reply=done[w.seq][0], failure=done[w.seq][1]) if w.seq in done else w
+                          for w in st.in_flight)
+        return st._replace(in_flight=in_flight)
+
+    def step(self, state: ServerState, ctx: StepContext) -> StepOutcome:
+        r = state.round + 1
+        st: FedBuffState = state.policy or FedBuffState(0, (), {})
+        clock = state.clock
+        while len(st.in_flight) < self.concurrency:
+            st = self._dispatch(st, state, ctx, clock)
+        rctx = RoundContext(r, state.seed, self.buffer_size, ctx.num_clients, state.version)
+        accs = ctx.algorithm.start(state.groups, state.steps, rctx)
+        failures: list[ClientFailure] = []
+        fit_metrics, staleness = WeightedMean(), []
+        count = 0
+        for _ in range(self.buffer_size):
+            if st.in_flight[0].reply is None and st.in_flight[0].failure is None:
+                st = self._compute(st, state, ctx)
+            work, st = st.in_flight[0], st._replace(in_flight=st.in_flight[1:])
+            clock = work.finish
+            outcome = self._stale(work, rctx)
+            accs, n = fold_replies(ctx, accs, [(work.client_id, outcome)], failures, fit_metrics)
+            if n:
+                staleness.append(state.version - work.version)
+            count += n
+            st = self._dispatch(st, state, ctx, clock)  # a slot is free: start the next client
+        new, stands, problem = finish_step(ctx, state, accs, count)
+        snapshots = dict(st.snapshots)
+        if stands:
+            snapshots[state.version] = state.groups  # work started on it is still in flight
+        referenced = {w.version for w in st.in_flight}
+        snapshots = {v: g for v, g in snapshots.items() if v in referenced and v != new.version}
+        record: dict[str, Any] = {
+            **train_metrics(fit_metrics), "round": r, "status": "ok" if stands else "skipped",
+            "clients_sampled": self.buffer_size, "clients_succeeded": count, "clients_failed": len(failures),
+            "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
+            "staleness_max": int(max(staleness)) if staleness else 0,
+        }
+        if problem:
+            record["aggregate_error"] = problem
+        new = replace(new, round=r, clock=clock, policy=st._replace(snapshots=snapshots))
+        return StepOutcome(new, stands, record, failures)
+
+
+POLICIES = ("sync", "fedbuff")
