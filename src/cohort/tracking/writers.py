@@ -40,13 +40,25 @@ class _AppendOnlyFile:
 
     def __init__(self, path: str | Path, *, truncate: bool) -> None:
         self.path = Path(path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0) | (os.O_TRUNC if truncate else 0)
+        # Read access too when keeping the file: its last byte tells whether it ends in a partial record.
+        flags = (os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+                 | (os.O_WRONLY | os.O_TRUNC if truncate else os.O_RDWR))
         try:
             self._fd: int | None = os.open(self.path, flags, 0o666)  # 0o666 & ~umask, like open()
         except OSError as e:
             raise CohortError(f"cannot open {self.path} for writing: {e.strerror or e}; "
                               f"choose a writable output folder") from e
-        self._torn = False  # an undo failed: the file may end in a partial record
+        self._torn = False  # the file may end in a partial record (an undo failed, or an earlier process died)
+        if not truncate:
+            try:
+                size = os.fstat(self._fd).st_size
+                self._torn = size > 0 and os.pread(self._fd, 1, size - 1) != b"\n"
+            except OSError:
+                pass
+
+    @property
+    def empty(self) -> bool:
+        return self._fd is not None and os.fstat(self._fd).st_size == 0
 
     def append(self, data: bytes) -> None:
         if self._fd is None:
@@ -93,14 +105,19 @@ class JsonlWriter:
 
 
 class CsvWriter:
-    """The main per-round figures as CSV, a blank where a round did not report one; each row written whole."""
+    """The main per-round figures as CSV, a blank where a round did not report one; each row written whole.
 
-    def __init__(self, path: str | Path, columns: tuple[str, ...] = CSV_COLUMNS) -> None:
+    A new file starts with the header row; with ``append=True`` an existing file keeps its rows (and its
+    header) and gets the new rows after them, as a resumed run needs.
+    """
+
+    def __init__(self, path: str | Path, columns: tuple[str, ...] = CSV_COLUMNS, *, append: bool = False) -> None:
         self.columns = tuple(columns)
-        self._file = _AppendOnlyFile(path, truncate=True)
+        self._file = _AppendOnlyFile(path, truncate=not append)
         self.path = self._file.path
         try:
-            self._file.append(self._row(dict(zip(self.columns, self.columns))))
+            if self._file.empty:
+                self._file.append(self._row(dict(zip(self.columns, self.columns))))
         except BaseException:
             self._file.close()
             raise
