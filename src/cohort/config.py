@@ -178,7 +178,7 @@ class RunConfig:
         _check(1 <= self.rounds <= MAX_ROUNDS, "rounds", self.rounds, f"an integer from 1 to {MAX_ROUNDS}")
         _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, "an integer from 0 to 2**63 - 1")
         _check(is_plain_name(self.name), "name", self.name,
-               "a plain folder name (letters, digits, '.', '_', '-'; no '/', no '..', at most 100 characters)")
+               "a plain folder name (letters, digits, spaces, '.', '_', '-'; not starting with '.'; at most 100 characters)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict; unset (None) values are left out, as TOML has no null."""
@@ -192,8 +192,8 @@ class RunConfig:
 
 def is_plain_name(name: str) -> bool:
     """A name safe as one folder name: it cannot climb out of ``output.dir`` or hide."""
-    return (isinstance(name, str) and 0 < len(name) <= 100 and name not in (".", "..") and not name.startswith(".")
-            and all(c.isalnum() or c in "._-" for c in name))
+    return (isinstance(name, str) and 0 < len(name) <= 100 and not name.startswith((".", " ")) and not name.endswith(" ")
+            and all(c.isalnum() or c in "._- " for c in name))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:

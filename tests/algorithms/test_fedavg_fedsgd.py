@@ -8,8 +8,8 @@ from cohort.algorithms import fedavg, fedsgd
 from cohort.channel import InProcessChannel
 from cohort.client.torch import TorchClientFactory, TrainSettings
 from cohort.data import ArrayDataset, Partition
-from cohort.server.loop import LoopSettings, run_rounds
-from cohort.server.state import ServerState
+from cohort.server.loop import LoopSettings, run
+from cohort.server.state import initial_state
 
 START = {"weight": np.array([[0.5, -0.25, 1.0]], np.float32), "bias": np.array([0.2], np.float32)}
 
@@ -25,10 +25,10 @@ def regression_data():
 def one_round(algorithm, settings, rounds=1):
     ds, parts = regression_data()
     factory = TorchClientFactory(lambda: nn.Linear(3, 1), ds, parts, settings=settings)
-    state = ServerState(0, dict(START), algorithm.aggregator.init(START), seed=0)
-    state, _ = run_rounds(state, algorithm=algorithm, channel=InProcessChannel(factory), num_clients=3,
-                          settings=LoopSettings(rounds=rounds, fraction=1.0))
-    return state.arrays
+    state = initial_state(algorithm, dict(START), seed=0)
+    state, _ = run(state, algorithm=algorithm, channel=InProcessChannel(factory, algorithm.client), num_clients=3,
+                   settings=LoopSettings(rounds=rounds, fraction=1.0))
+    return state.model
 
 
 def mse_gradient(x, y, w, b):

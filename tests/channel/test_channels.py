@@ -11,14 +11,18 @@ from fakes import ScriptedClients, dropout_mlp, start_arrays
 from cohort.algorithms import fedavg
 from cohort.channel import InProcessChannel, ProcessPoolChannel
 from cohort.client.torch import TorchClientFactory, TrainSettings, initial_arrays
-from cohort.core.types import ClientFailure, FitResult, Instruction
+from cohort.core.types import ClientFailure, Instruction, Message, Reply
 from cohort.data import ArrayDataset, dirichlet, split_holdout
-from cohort.server.loop import LoopSettings, run_rounds
-from cohort.server.state import ServerState
+from cohort.server.loop import LoopSettings, run
+from cohort.server.state import initial_state
 
 
 def instructions(n):
-    return [Instruction(c, {"round": 1, "seed": 0}) for c in range(n)]
+    return [Instruction(c, {}) for c in range(n)]
+
+
+def fit(arrays=None, config=None):
+    return Message("fit", {"model": arrays or start_arrays()}, config or {"round": 1, "seed": 0})
 
 
 def by_position(replies):
@@ -32,23 +36,23 @@ def pool():
 
 
 def test_pool_returns_one_reply_per_client_with_failures_as_values(pool):
-    replies = by_position(pool.run("fit", start_arrays(), instructions(3)))
+    replies = by_position(pool.run(fit(), instructions(3)))
     assert sorted(replies) == [0, 1, 2]
-    assert isinstance(replies[1], FitResult) and replies[1].num_examples == 2
+    assert isinstance(replies[1], Reply) and replies[1].num_examples == 2
     assert isinstance(replies[2], ClientFailure) and "client 2 broke" in replies[2].reason
 
 
 def test_a_client_calling_sys_exit_fails_alone(pool):
-    replies = by_position(pool.run("fit", start_arrays(), [Instruction(c, {}) for c in (5, 1)], timeout_s=60))
+    replies = by_position(pool.run(fit(), [Instruction(c, {}) for c in (5, 1)], timeout_s=60))
     assert isinstance(replies[0], ClientFailure) and "SystemExit" in replies[0].reason
-    assert isinstance(replies[1], FitResult)
+    assert isinstance(replies[1], Reply)
 
 
 def test_pool_start_up_does_not_count_against_the_deadline():
     channel = ProcessPoolChannel(ScriptedClients(), workers=2)  # spawning and importing take seconds
     try:
-        replies = by_position(channel.run("fit", start_arrays(), instructions(4), timeout_s=1.0))
-        assert all(isinstance(r, FitResult) for r in replies.values())
+        replies = by_position(channel.run(fit(), instructions(4), timeout_s=1.0))
+        assert all(isinstance(r, Reply) for r in replies.values())
     finally:
         channel.close()
 
@@ -56,20 +60,20 @@ def test_pool_start_up_does_not_count_against_the_deadline():
 def test_pool_deadline_fails_the_straggler_and_recovers(pool):
     ins = [Instruction(c, {"round": 1}) for c in (0, 3, 1)]
     started = time.monotonic()
-    replies = by_position(pool.run("fit", start_arrays(), ins, timeout_s=3.0))
+    replies = by_position(pool.run(fit(), ins, timeout_s=3.0))
     assert time.monotonic() - started < 15
     assert isinstance(replies[1], ClientFailure) and replies[1].stage == "timeout" and replies[1].client_id == 3
-    assert isinstance(replies[0], FitResult) and isinstance(replies[2], FitResult)
-    again = by_position(pool.run("fit", start_arrays(), instructions(2)))  # a fresh pool serves the next call
-    assert all(isinstance(r, FitResult) for r in again.values())
+    assert isinstance(replies[0], Reply) and isinstance(replies[2], Reply)
+    again = by_position(pool.run(fit(), instructions(2)))  # a fresh pool serves the next call
+    assert all(isinstance(r, Reply) for r in again.values())
 
 
 def test_pool_survives_a_worker_that_dies(pool):
     ins = [Instruction(c, {"round": 1}) for c in (4, 0)]
-    replies = by_position(pool.run("fit", start_arrays(), ins, timeout_s=60))
+    replies = by_position(pool.run(fit(), ins, timeout_s=60))
     assert isinstance(replies[0], ClientFailure) and "worker process failed" in replies[0].reason
-    again = by_position(pool.run("fit", start_arrays(), instructions(2), timeout_s=60))
-    assert all(isinstance(r, FitResult) for r in again.values())
+    again = by_position(pool.run(fit(), instructions(2), timeout_s=60))
+    assert all(isinstance(r, Reply) for r in again.values())
 
 
 def test_in_process_deadline_skips_clients_not_started_in_time():
@@ -78,17 +82,16 @@ def test_in_process_deadline_skips_clients_not_started_in_time():
             time.sleep(0.3)
             return super().__call__(cid)
 
-    replies = by_position(InProcessChannel(Slow()).run("fit", start_arrays(), instructions(5), timeout_s=0.5))
-    assert isinstance(replies[0], FitResult)
+    replies = by_position(InProcessChannel(Slow()).run(fit(), instructions(5), timeout_s=0.5))
+    assert isinstance(replies[0], Reply)
     assert isinstance(replies[4], ClientFailure) and replies[4].stage == "timeout"
 
 
 def run_backend(channel, num_clients, seed=0):
     algorithm = fedavg()
-    arrays = initial_arrays(dropout_mlp, seed)
-    state = ServerState(0, arrays, algorithm.aggregator.init(arrays), seed)
+    state = initial_state(algorithm, initial_arrays(dropout_mlp, seed), seed)
     with torch.random.fork_rng():
-        state, _ = run_rounds(state, algorithm=algorithm, channel=channel, num_clients=num_clients,
+        state, _ = run(state, algorithm=algorithm, channel=channel, num_clients=num_clients,
                               settings=LoopSettings(rounds=3, fraction=0.5, federated_fraction=0.5))
     channel.close()
     return state
@@ -104,8 +107,8 @@ def test_in_process_and_process_pool_give_identical_global_arrays():
     a = run_backend(InProcessChannel(factory, threads=1), 12)
     b = run_backend(ProcessPoolChannel(factory, workers=2, threads=1), 12)
     assert a.round == b.round == 3
-    for k in a.arrays:
-        assert a.arrays[k].tobytes() == b.arrays[k].tobytes(), k
-    assert not np.array_equal(a.arrays["0.weight"], initial_arrays(dropout_mlp, 0)["0.weight"])
+    for k in a.model:
+        assert a.model[k].tobytes() == b.model[k].tobytes(), k
+    assert not np.array_equal(a.model["0.weight"], initial_arrays(dropout_mlp, 0)["0.weight"])
     for ra, rb in zip(a.history, b.history):
         assert ra["train_loss"] == rb["train_loss"] and ra["federated_loss"] == rb["federated_loss"]

@@ -64,7 +64,7 @@ def test_run_prints_a_line_per_round_and_the_run_folder(demo_runs):
     assert [re.match(r"round (\d)/3  acc 0\.\d{4}  loss \d\.\d{4}", line).group(1) for line in rounds] == ["1", "2", "3"]
     assert lines[0].startswith("cohort: hospitals-demo from the embedded demo")
     assert f"run folder: {demo_runs['a']}" in lines  # on one line, however long the path
-    assert re.search(r"best accuracy 0\.\d{4} at round \d; stopped by rounds after 3 rounds", out)
+    assert re.search(r"best accuracy 0\.\d{4} at round \d, last 0\.\d{4} at round 3; stopped by rounds after 3 rounds", out)
     assert err == ""
 
 
@@ -78,7 +78,7 @@ def test_quiet_run_prints_no_round_lines(demo_runs):
 
 def test_run_folder_holds_config_metrics_model_and_summary(demo_runs):
     assert sorted(p.name for p in demo_runs["a"].iterdir()) == [
-        "clients.txt", "config.toml", "metrics.csv", "metrics.jsonl", "model.pt", "model.safetensors", "summary.json"]
+        "checkpoints", "clients.txt", "config.toml", "metrics.csv", "metrics.jsonl", "model.pt", "model.safetensors", "summary.json"]
     clients = (demo_runs["a"] / "clients.txt").read_text()
     assert clients.startswith("10 clients") and "label histogram" in clients
 

@@ -1,4 +1,4 @@
-"""TorchClient: local training as bare PyTorch would do it, seeded, with FedSGD's gradient mode."""
+"""TorchClient: local training as bare PyTorch would do it, seeded, hooks, and FedSGD's full gradient."""
 
 import numpy as np
 import pytest
@@ -88,7 +88,7 @@ def test_round_config_overrides_settings():
     assert np.abs(small).sum() * 100 < np.abs(big).sum()
 
 
-def test_gradient_mode_returns_the_negative_full_batch_gradient():
+def test_gradient_returns_the_full_batch_gradient():
     """Linear regression, MSE: grad_w = 2/n Σ (w·x + b − y) x, computed by hand."""
     g = np.random.default_rng(3)
     x = g.normal(size=(23, 4)).astype(np.float32)
@@ -96,10 +96,10 @@ def test_gradient_mode_returns_the_negative_full_batch_gradient():
     fn = lambda: nn.Linear(4, 1)  # noqa: E731
     arrays = {"weight": np.array([[0.5, -1.0, 0.25, 2.0]], np.float32), "bias": np.array([0.1], np.float32)}
     client = TorchClient(fn(), *to_tensors(x, y), loss="mse", settings=TrainSettings(batch_size=5))
-    result = client.fit(arrays, {"mode": "gradient", "round": 1})
+    result = client.gradient(arrays, {"round": 1})
     residual = x.astype(np.float64) @ arrays["weight"][0] + 0.1 - y
-    np.testing.assert_allclose(result.delta["weight"][0], -2 / 23 * residual @ x, rtol=1e-5)
-    np.testing.assert_allclose(result.delta["bias"], [-2 / 23 * residual.sum()], rtol=1e-5)
+    np.testing.assert_allclose(result.delta["weight"][0], 2 / 23 * residual @ x, rtol=1e-5)
+    np.testing.assert_allclose(result.delta["bias"], [2 / 23 * residual.sum()], rtol=1e-5)
     assert result.num_examples == 23
 
 

@@ -193,7 +193,7 @@ def test_server_fraction_inside_0_1_is_accepted(value):
     ("evaluate.target=nan", "evaluate.target"),
     ("data.dataset=imagenet", "data.dataset"),
     ("data.partition=random", "data.partition"),
-    ("server.algorithm=fedprox", "server.algorithm"),
+    ("server.algorithm=fedadam", "server.algorithm"),
     ("simulation.backend=ray", "simulation.backend"),
     ("client.optimizer=rmsprop", "client.optimizer"),
 ])
@@ -220,7 +220,7 @@ def test_missing_config_file(tmp_path):
 
 
 def test_folder_given_as_config_file(tmp_path):
-    with pytest.raises(ConfigError, match=r"does not exist; give the path of a TOML file"):
+    with pytest.raises(ConfigError, match=r"is a folder; give the path of a TOML file"):
         load_config(tmp_path)
 
 

@@ -9,28 +9,27 @@ from cohort.algorithms import fedavg
 from cohort.channel import InProcessChannel
 from cohort.core.arrays import nbytes
 from cohort.core.errors import ConfigError, RoundFailed
-from cohort.server.loop import LoopSettings, Target, run_rounds
-from cohort.server.state import ServerState
+from cohort.server.loop import LoopSettings, Target, run
+from cohort.server.state import initial_state
 
 
 def start_state(algorithm, seed=0):
-    arrays = start_arrays()
-    return ServerState(0, arrays, algorithm.aggregator.init(arrays), seed)
+    return initial_state(algorithm, start_arrays(), seed)
 
 
 def go(behaviours=None, *, num_clients=4, algorithm=None, channel=None, evaluate=None, **settings):
     algorithm = algorithm or fedavg()
     settings = LoopSettings(**{"rounds": 1, "fraction": 1.0, **settings})
-    channel = channel or InProcessChannel(ScriptedClients(behaviours))
-    return run_rounds(start_state(algorithm), algorithm=algorithm, channel=channel, num_clients=num_clients,
+    channel = channel or InProcessChannel(ScriptedClients(behaviours), algorithm.client)
+    return run(start_state(algorithm), algorithm=algorithm, channel=channel, num_clients=num_clients,
                       settings=settings, evaluate=evaluate)
 
 
 def test_one_round_of_fedavg_by_hand():
     state, why = go()
     # clients 0..3 send w = [c, -c] with c + 1 examples: weighted mean c = (0·1 + 1·2 + 2·3 + 3·4) / 10 = 2
-    np.testing.assert_allclose(state.arrays["w"], [2.0, -2.0])
-    assert state.arrays["b"] == 1.0 and state.round == 1 and why == "rounds"
+    np.testing.assert_allclose(state.model["w"], [2.0, -2.0])
+    assert state.model["b"] == 1.0 and state.round == 1 and why == "rounds"
     record = state.history[0]
     assert record["clients_sampled"] == 4 and record["clients_succeeded"] == 4 and record["clients_failed"] == 0
     assert record["train_loss"] == pytest.approx(2.0)  # example-weighted mean of the clients' train_loss
@@ -38,13 +37,13 @@ def test_one_round_of_fedavg_by_hand():
 
 def test_unweighted_mean():
     state, _ = go(algorithm=fedavg(weighted=False))
-    np.testing.assert_allclose(state.arrays["w"], [1.5, -1.5])
+    np.testing.assert_allclose(state.model["w"], [1.5, -1.5])
 
 
 def test_failing_and_malformed_clients_are_recorded_and_left_out():
     state, _ = go({1: "raise", 2: "nan", 3: "garbage", 4: "shape"}, num_clients=6)
     # only clients 0 and 5 count: (0·1 + 5·6) / 7
-    np.testing.assert_allclose(state.arrays["w"], [30 / 7, -30 / 7], rtol=1e-6)
+    np.testing.assert_allclose(state.model["w"], [30 / 7, -30 / 7], rtol=1e-6)
     record = state.history[0]
     assert record["status"] == "ok" and record["clients_succeeded"] == 2 and record["clients_failed"] == 4
     text = "\n".join(record["failures"])
@@ -57,7 +56,7 @@ def test_failing_and_malformed_clients_are_recorded_and_left_out():
 def test_malformed_counts_and_evaluation_results_are_failures_not_crashes():
     state, _ = go({1: "badcount", 2: "zero"}, num_clients=4, federated_fraction=1.0)
     record = state.history[0]
-    np.testing.assert_allclose(state.arrays["w"], [12 / 5, -12 / 5], rtol=1e-6)  # clients 0 and 3 only
+    np.testing.assert_allclose(state.model["w"], [12 / 5, -12 / 5], rtol=1e-6)  # clients 0 and 3 only
     text = "\n".join(record["failures"])
     assert "client 1 (validate): update of client 1 has num_examples '7'" in text
     assert "client 2 (validate)" in text and "num_examples 0" in text
@@ -70,7 +69,7 @@ def test_huge_counts_exits_and_odd_metrics_cannot_hurt_the_run():
     state, _ = go({1: "huge", 2: "sysexit", 3: "keys"}, num_clients=4)
     record = state.history[0]
     assert record["round"] == 1 and record["clients_succeeded"] == 2  # clients 0 and 3
-    np.testing.assert_allclose(state.arrays["w"], [12 / 5, -12 / 5], rtol=1e-6)
+    np.testing.assert_allclose(state.model["w"], [12 / 5, -12 / 5], rtol=1e-6)
     text = "\n".join(record["failures"])
     assert "client 1 (validate)" in text and "num_examples 1000" in text
     assert "client 2 (fit): SystemExit" in text
@@ -83,7 +82,7 @@ def test_an_aggregate_that_overflows_the_model_is_refused():
     state, _ = go({0: "overflow", 1: "overflow"}, num_clients=2, rounds=3, max_failed_rounds=5)
     assert [r["status"] for r in state.history] == ["ok", "skipped", "skipped"]
     assert "non-finite" in state.history[1]["aggregate_error"]
-    np.testing.assert_array_equal(state.arrays["w"], np.full(2, 3e38, np.float32))
+    np.testing.assert_array_equal(state.model["w"], np.full(2, 3e38, np.float32))
 
 
 def test_a_round_without_enough_updates_is_skipped_then_the_run_stops_with_its_state():
@@ -92,7 +91,7 @@ def test_a_round_without_enough_updates_is_skipped_then_the_run_stops_with_its_s
         go(all_fail, rounds=5, max_failed_rounds=3)
     state = info.value.state
     assert state.round == 3 and [r["status"] for r in state.history] == ["skipped"] * 3
-    np.testing.assert_array_equal(state.arrays["w"], start_arrays()["w"])  # untouched
+    np.testing.assert_array_equal(state.model["w"], start_arrays()["w"])  # untouched
 
 
 def test_min_successful_clients_decides_whether_a_round_stands():
@@ -135,11 +134,11 @@ def test_cohort_sampling_is_seeded_and_sized():
         seen = []
 
         class Spy(InProcessChannel):
-            def run(self, task, arrays, instructions, timeout_s=None):
+            def run(self, message, instructions, timeout_s=None):
                 seen.append(tuple(i.client_id for i in instructions))
-                return super().run(task, arrays, instructions, timeout_s)
+                return super().run(message, instructions, timeout_s)
 
-        run_rounds(start_state(algorithm, seed), algorithm=algorithm, channel=Spy(ScriptedClients()),
+        run(start_state(algorithm, seed), algorithm=algorithm, channel=Spy(ScriptedClients()),
                    num_clients=50, settings=LoopSettings(rounds=3, fraction=0.1))
         return seen
 
@@ -148,26 +147,6 @@ def test_cohort_sampling_is_seeded_and_sized():
     assert first != cohorts(seed=1)
     assert all(len(c) == 5 and len(set(c)) == 5 and list(c) == sorted(c) for c in first)
     assert len(set(first)) == 3  # a new cohort each round
-
-
-def test_reply_order_does_not_change_the_result():
-    """A channel may deliver in any order; folding happens in cohort order, so the bits agree."""
-
-    class Reversed(InProcessChannel):
-        def run(self, task, arrays, instructions, timeout_s=None):
-            return reversed(list(super().run(task, arrays, instructions, timeout_s)))
-
-    class Fractional(ScriptedClients):
-        def __call__(self, cid):
-            client = super().__call__(cid)
-            fit = client.fit
-            client.fit = lambda a, c: type(r := fit(a, c))({"w": r.delta["w"] / 7.3, "b": r.delta["b"] / 3.1}, r.num_examples)
-            return client
-
-    a, _ = go(num_clients=9, rounds=3, channel=InProcessChannel(Fractional()))
-    b, _ = go(num_clients=9, rounds=3, channel=Reversed(Fractional()))
-    for k in a.arrays:
-        assert a.arrays[k].tobytes() == b.arrays[k].tobytes()
 
 
 def test_traffic_is_counted_per_round():

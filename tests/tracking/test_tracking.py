@@ -97,7 +97,9 @@ def test_run_folder_writes_metrics_model_and_summary(tmp_path):
     folder.write_round(record(1))
     folder.write_round(record(2))
     arrays = {"1.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "1.bias": np.array([0.5, -1], np.float32)}
-    folder.save_model(arrays, {"round": "2"})
+    from cohort.client.torch import save_torch_model
+
+    folder.save_model(arrays, {"round": "2"}, save_torch_model)
     folder.write_summary({"rounds_completed": 2})
     folder.close()
     p = folder.path

@@ -44,7 +44,7 @@ def readonly(groups: Groups) -> Groups:
     for g, arrays in groups.items():
         views = {}
         for k, a in arrays.items():
-            v = a.view()
+            v = np.asarray(a).view()  # numpy scalars become 0-d arrays
             v.flags.writeable = False
             views[k] = v
         out[g] = views

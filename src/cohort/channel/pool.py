@@ -30,7 +30,6 @@ from cohort.core.types import ClientFailure, FailureStage, Instruction, Message
 
 MAX_WORKERS = 1024
 WARM_UP_TIMEOUT_S = 300.0
-_UNCHANGED = "unchanged"  # a worker's answer when the client state did not change (saves pickling it back)
 
 # Worker-process side: each worker unpickles the client_fn and client half once (with the shared
 # dataset inside) and keeps them, so its model is built once per worker, not once per client.
@@ -61,7 +60,8 @@ def _run_in_worker(ref: SharedRef, task: str, version: int, config, ins: Instruc
     client_fn, client_half = _worker
     message = client_message(Message(task, attach(ref), config, version), ins)
     outcome, after = run_client(client_fn, client_half, ins.client_id, message, state)
-    return outcome, (_UNCHANGED if after is state else after)
+    changed = after is not state
+    return outcome, changed, (after if changed else None)  # an unchanged state is not pickled back
 
 
 def _warm_up() -> int:
@@ -114,7 +114,7 @@ class ProcessPoolChannel(SimulationChannel):
         shared = SharedGroups(message.arrays)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pending: dict[Future, tuple[int, Instruction, ClientState, ProcessPoolExecutor]] = {}
-        arrived: dict[int, tuple[Outcome, ClientState, object]] = {}
+        arrived: dict[int, tuple[Outcome, ClientState, ClientState]] = {}  # (outcome, state before, after)
         next_submit = next_yield = 0
 
         def submit(pos: int) -> None:
@@ -140,27 +140,28 @@ class ProcessPoolChannel(SimulationChannel):
                 if not done:  # deadline passed: everything not back yet fails, and the pool is replaced
                     reason = f"no reply within the {timeout_s}s round deadline"
                     for pos, ins, state, _pool in pending.values():
-                        arrived[pos] = (ClientFailure(ins.client_id, FailureStage.TIMEOUT, reason), state, _UNCHANGED)
+                        arrived[pos] = (ClientFailure(ins.client_id, FailureStage.TIMEOUT, reason), state, state)
                     for pos in range(next_submit, len(instructions)):
                         ins = instructions[pos]
-                        arrived[pos] = (ClientFailure(ins.client_id, FailureStage.TIMEOUT, reason), None, _UNCHANGED)
+                        arrived[pos] = (ClientFailure(ins.client_id, FailureStage.TIMEOUT, reason), None, None)
                     pending.clear()
                     next_submit = len(instructions)
                     self._discard(self._pool)
                 for future in done:
                     pos, ins, state, pool = pending.pop(future)
                     try:
-                        outcome, after = future.result()
+                        outcome, changed, after = future.result()
+                        after = after if changed else state
                     except (Exception, SystemExit) as e:  # the worker died (BrokenProcessPool) or the reply did not unpickle
                         outcome, after = ClientFailure(ins.client_id, FailureStage.TRANSPORT,
-                                                       f"worker process failed: {type(e).__name__}: {e}"), _UNCHANGED
+                                                       f"worker process failed: {type(e).__name__}: {e}"), state
                         if isinstance(e, BrokenProcessPool):
                             self._discard(pool)
                     arrived[pos] = (outcome, state, after)
                 while next_yield in arrived:
                     outcome, before, after = arrived.pop(next_yield)
                     ins = instructions[next_yield]
-                    yield next_yield, self._received(ins.client_id, outcome, before, before if after is _UNCHANGED else after)
+                    yield next_yield, self._received(ins.client_id, outcome, before, after)
                     next_yield += 1
                 self.max_held = max(self.max_held, len(arrived))  # < window: they wait for a slower one
         finally:

@@ -111,7 +111,7 @@ class LoopSettings:
                 f"server.min_successful_clients is {self.min_successful_clients} but a round takes only {size} of "
                 f"{num_clients} clients' updates; lower it, or raise server.fraction (or fedbuff.buffer_size)")
         if reported is not None and self.target is not None and self.target.metric not in set(reported):
-            raise ConfigError(f"the target metric is {self.target.metric!r}, which this run does not report; "
+            raise ConfigError(f"evaluate.target_metric is {self.target.metric!r}, which this run does not report; "
                               f"expected one of {', '.join(sorted(set(reported)))}")
         return size
 
