@@ -72,3 +72,39 @@ def dropout_mlp():
     from torch import nn
 
     return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 3))
+
+
+class Constant:
+    """Every client moves w by +1 (one example), whatever it receives."""
+
+    def __call__(self, cid):
+        return self
+
+    def fit(self, arrays, config):
+        return FitResult({"w": np.ones(1)}, 1)
+
+    def evaluate(self, arrays, config):
+        return EvaluateResult(0.0, 1)
+
+
+class Writer:
+    """A client that writes into the arrays it received (it must not reach the global model)."""
+
+    def __init__(self, slow: dict[int, float] | None = None) -> None:
+        self.slow = slow or {}
+
+    def __call__(self, cid):
+        self.cid = cid
+        return self
+
+    def fit(self, arrays, config):
+        time.sleep(self.slow.get(self.cid, 0.0))
+        try:
+            arrays["w"][...] = 1e6
+            wrote = 1.0
+        except ValueError:  # read-only
+            wrote = 0.0
+        return FitResult({"w": np.full(2, 0.5, np.float32), "b": np.array(0.0, np.float32)}, 1, {"wrote": wrote})
+
+    def evaluate(self, arrays, config):
+        return EvaluateResult(0.0, 1)
