@@ -92,8 +92,14 @@ def _plot(args: argparse.Namespace) -> int:
 
     from cohort.tracking import plot_runs
 
+    import warnings
+
     out = args.output or str(Path(args.runs[0]) / "curves.png")
-    path = plot_runs(args.runs, out, metrics=args.metric or ("accuracy", "loss"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = plot_runs(args.runs, out, metrics=args.metric or ("accuracy", "loss"))
+    for w in caught:  # damaged lines skipped: one plain line each, no source excerpt
+        print(f"warning: {w.message}", file=sys.stderr)
     print(f"wrote {path}")
     return 0
 
@@ -120,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
     run.set_defaults(func=_run)
 
-    plot = sub.add_parser("plot", help="plot the curves of one or more runs, overlaid, to PNG")
+    plot = sub.add_parser("plot", help="plot the curves of one or more runs, overlaid (PNG, PDF, SVG, ...)")
     plot.add_argument("runs", nargs="+", help="run folders written by `cohort run`")
     plot.add_argument("--metric", action="append", help="metric to plot (repeatable; default: accuracy and loss)")
     plot.add_argument("-o", "--output", help="PNG file (default: curves.png in the first run folder)")

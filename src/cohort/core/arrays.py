@@ -104,8 +104,10 @@ def check_like(arrays: object, spec: Spec, *, what: str = "update") -> None:
             raise UpdateRejected(f"{what}[{name!r}] is a {type(a).__name__}; expected a numpy array")
         if a.shape != shape:
             raise UpdateRejected(f"{what}[{name!r}] has shape {a.shape}; expected {shape}")
-        if a.dtype.kind not in "fiub" or (dtype.kind == "f" and a.dtype.kind != "f"):
-            raise UpdateRejected(f"{what}[{name!r}] has dtype {a.dtype}; expected {dtype}")
+        if a.dtype.kind not in "fiub" or (dtype.kind == "f" and a.dtype != dtype):
+            # a float of another width is refused rather than cast: float16 would round 0.1 to 0.09998
+            raise UpdateRejected(f"{what}[{name!r}] has dtype {a.dtype}; expected {dtype}, the model's "
+                                 f"(cast it with .astype(np.{dtype.name}))")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             bad = int(a.size - np.count_nonzero(np.isfinite(a)))
             raise UpdateRejected(f"{what}[{name!r}] has {bad} non-finite values (NaN or inf)")

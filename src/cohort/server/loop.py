@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
@@ -132,6 +133,7 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
     policy = settings.make_policy()
     ctx = StepContext(algorithm, channel, num_clients, ClientSpeeds(state.seed, settings.speed_spread),
                       settings.min_successful_clients, settings.round_timeout_s)
+    warned = False
     while state.round < settings.rounds:
         started = time.perf_counter()
         sent0, received0 = channel.bytes_sent, channel.bytes_received
@@ -153,6 +155,12 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         if failures:
             record["failures"] = failure_lines(failures)
         state = replace(state, history=(*state.history, record))
+        if settings.target is not None and not warned and settings.target.metric not in record and (
+                r % settings.evaluate_every == 0 or r == settings.rounds):
+            warned = True  # the CLI refuses this before any round; API callers get told once
+            warnings.warn(f"the target's metric {settings.target.metric!r} is not in round {r}'s record "
+                          f"(it has {', '.join(sorted(k for k in record if k not in ('failures',)))}); "
+                          "the target can never be reached", stacklevel=2)
         yield state, record
         if not out.stands and state.failed_rounds >= settings.max_failed_rounds:
             shown = "\n  ".join([*([record["aggregate_error"]] if "aggregate_error" in record else []),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cohort.core.arrays import NamedArrays, save_safetensors
-from cohort.core.errors import ConfigError
+from cohort.core.errors import CohortError, ConfigError
 from cohort.tracking.writers import CsvWriter, JsonlWriter, MetricsWriter
 
 
@@ -83,9 +83,13 @@ class RunFolder:
                    native: Callable[[NamedArrays, Path], Any] | None = None) -> None:
         """The model as safetensors (any framework) and, with ``native``, in its framework's own
         format too (the torch adapter writes ``model.pt`` for ``torch.load``)."""
-        save_safetensors(arrays, self.path / "model.safetensors", dict(metadata or {}))
-        if native is not None:
-            native(arrays, self.path)
+        try:
+            save_safetensors(arrays, self.path / "model.safetensors", dict(metadata or {}))
+            if native is not None:
+                native(arrays, self.path)
+        except OSError as e:
+            raise CohortError(f"cannot write the model in {self.path}: {e.strerror or e}; free space or choose "
+                              "another output.dir (the metrics and checkpoints written so far are kept)") from e
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         _write_atomic(self.path / "summary.json", json.dumps(dict(summary), indent=2) + "\n")
@@ -98,5 +102,9 @@ class RunFolder:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CohortError(f"cannot write {path}: {e.strerror or e}; the run folder keeps what was written before") from e
