@@ -65,7 +65,9 @@ def _run(args: argparse.Namespace) -> int:
         source = f"{resume} (resumed)"
     else:
         config = load_config(args.config, overrides)
-        source = args.config or ("the embedded demo (hospitals, breast cancer, logistic regression)")
+        demo = not args.config and not any(o.split("=", 1)[0].strip().startswith(("data.", "model.")) for o in args.set)
+        source = args.config or ("the embedded demo (hospitals, breast cancer, logistic regression)" if demo
+                                 else "the embedded demo's settings with your --set overrides")
     console = Console()
     console.print(f"cohort: {config.name} from {source}", highlight=False, markup=False, soft_wrap=True)
     experiment = build(config)  # every check happens here, before training
