@@ -69,3 +69,12 @@ def test_memory_of_the_store_grows_with_clients_that_have_state_not_with_the_pop
     store = ClientStateStore()
     store.put(123_456_789, {"control": {"w": np.zeros(4)}})
     assert len(store) == 1 and store.get(5) is None and store.nbytes_in_memory == 32
+
+
+def test_a_pool_that_cannot_start_names_the_real_cause():
+    channel = cohort.ProcessPoolChannel(lambda cid: None, workers=1)
+    message = Message("fit", {"model": start_arrays()}, {"round": 1})
+    with pytest.raises(cohort.TransportError, match="failed to start: .*must pickle") as info:
+        list(channel.run(message, [Instruction(0, {})]))
+    assert "within" not in str(info.value)
+    channel.close()
