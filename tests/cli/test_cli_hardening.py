@@ -39,3 +39,9 @@ def test_a_csv_run_is_not_announced_as_the_demo(tmp_path, capsys):
                  "--set", "data.csv_target=y", "--set", "rounds=1", "--set", "data.partition=iid"])
     out = capsys.readouterr().out
     assert code == 0 and "with your --set overrides" in out and "hospitals, breast cancer" not in out
+
+
+def test_a_test_fraction_that_leaves_too_few_examples_is_named(tmp_path, capsys):
+    code = main(["run", "--out", str(tmp_path), "--set", "data.test_fraction=0.99"])
+    err = capsys.readouterr().err
+    assert code == 2 and "data.test_fraction = 0.99" in err and "data.num_clients is 10" in err

@@ -64,3 +64,27 @@ def test_sigterm_keeps_the_run_and_leaves_no_workers(backend, tmp_path):
     while any(alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in workers if alive(p)]
+
+
+def test_ctrl_c_with_worker_processes_prints_one_line(tmp_path):
+    """Ctrl-C reaches the whole process group: the parent stops, the workers say nothing."""
+    args = [sys.executable, "-m", "cohort.cli", "run", "--out", str(tmp_path), "--no-progress", "--quiet",
+            "--set", "rounds=100000", "--set", "name=int", "--set", "simulation.backend=processes",
+            "--set", "simulation.workers=2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not list(tmp_path.glob("int-*/checkpoints/round-00000002.json")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted;"), err
+    (folder,) = tmp_path.glob("int-*")
+    assert json.loads((folder / "summary.json").read_text())["stopped_by"] == "interrupted"
