@@ -23,6 +23,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/mnist_fedavg.py
+	$(VENV)/bin/python bench/algorithms_noniid.py
+	$(VENV)/bin/python bench/fedbuff_vs_sync.py
+	$(VENV)/bin/python bench/broadcast.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
