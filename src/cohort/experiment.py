@@ -212,10 +212,13 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     try:
         if resume is not None:
             folder = RunFolder.reopen(resume)
+            check_resumable(folder.path, config)
             found = checkpoint.load(folder.path / "checkpoints")
             for problem in found.skipped:
                 print(f"warning: skipped a damaged checkpoint ({problem}); resuming from {found.path.name}")
+            checkpoint.check_fits(found.state, exp.algorithm)
             state = found.state
+            folder.write_config(config.to_toml())  # e.g. a raised round limit
             folder.rewrite_metrics(state.history)  # rounds after the checkpoint are run again
         else:
             state = exp.initial_state()
@@ -271,6 +274,35 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     if error is not None:
         raise error
     return RunResult(state, stopped_by, folder.path if folder else None, summary)
+
+
+# Settings a resumed run may change: they do not change what the finished rounds computed.
+RESUME_MAY_CHANGE = ("rounds", "output.", "simulation.backend", "simulation.workers", "data.dir", "data.download",
+                     "evaluate.target", "evaluate.target_metric")
+
+
+def check_resumable(folder: Path, config: RunConfig) -> None:
+    """Raise ConfigError if ``config`` differs from the run's own (``folder/config.toml``) in a setting
+    that would make the resumed rounds a different run."""
+    from cohort.config import load_config
+
+    before, now = _flat(load_config(folder / "config.toml").to_dict()), _flat(config.to_dict())
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)
+                     and not k.startswith(RESUME_MAY_CHANGE))
+    if changed:
+        shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"--resume {str(folder)!r}: {shown} differ from the run's own config; a resumed run "
+                          f"may change only {', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)}. Start a new run instead")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _summary(exp: Experiment, state: ServerState, stopped_by: str, seconds: float, folder: RunFolder | None) -> dict[str, Any]:

@@ -140,3 +140,27 @@ def test_checkpointed_state_round_trips_typed(references):
     assert type(steps).__name__ == "AggregatorState"
     momentum = checkpoint.load(references["fedavgm"] / "checkpoints").state.steps["model"].server_optimizer
     assert type(momentum).__name__ == "SgdState" and all(isinstance(v, np.ndarray) for v in momentum.velocity.values())
+
+
+def test_resume_refuses_a_changed_algorithm_and_accepts_more_rounds(references, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(references["fedavgm"], folder)
+    r = subprocess.run(cohort_cmd("run", "--resume", str(folder), "--quiet", "--set", "server.algorithm=scaffold"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "server.algorithm: 'fedavg' -> 'scaffold'" in r.stderr and "Start a new run" in r.stderr
+    r = subprocess.run(cohort_cmd("run", "--resume", str(folder), "--quiet", "--set", f"rounds={ROUNDS + 2}"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert [rec["round"] for rec in records(folder)] == list(range(1, ROUNDS + 3))
+    assert f"rounds = {ROUNDS + 2}" in (folder / "config.toml").read_text()
+
+
+def test_a_checkpoint_of_another_algorithm_is_refused(references):
+    from cohort.algorithms import scaffold
+    from cohort.core.errors import ConfigError
+
+    found = checkpoint.load(references["fedavgm"] / "checkpoints")
+    with pytest.raises(ConfigError, match="do not fit algorithm 'scaffold'"):
+        checkpoint.check_fits(found.state, scaffold())

@@ -74,6 +74,37 @@ def save(folder: str | Path, state: ServerState, clients: Mapping[int, Groups] |
     return folder / f"{stem}.json"
 
 
+def structure(tree: object) -> object:
+    """The shape of a state tree: its containers and types, each array as (dtype, shape), each plain
+    value as its type name."""
+    arrays: dict = {}
+
+    def shape(node):
+        if isinstance(node, dict):
+            if "array" in node:
+                a = arrays[node["array"]]
+                return ["array", str(a.dtype), list(a.shape)]
+            return {k: v if k in ("namedtuple", "dataclass", "enum", "scalar")
+                    else [[key, shape(val)] for key, val in v] if k == "dict" else shape(v)
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [shape(v) for v in node]
+        return type(node).__name__
+
+    return shape(encode(tree, arrays))
+
+
+def check_fits(state: ServerState, algorithm) -> None:
+    """Raise ConfigError unless ``state`` has the groups and step states ``algorithm`` would have."""
+    groups, steps = algorithm.init(state.model)
+    if structure(groups) != structure(state.groups):
+        raise ConfigError(f"the checkpoint's groups ({sorted(state.groups)}) do not fit algorithm {algorithm.name!r} "
+                          f"({sorted(groups)}); resume with the config the run was started with")
+    if structure(steps) != structure(dict(state.steps)):
+        raise ConfigError(f"the checkpoint's step states do not fit algorithm {algorithm.name!r} as configured now "
+                          "(a changed server optimizer or algorithm?); resume with the config the run was started with")
+
+
 def _listed(folder: Path) -> list[Path]:
     """Checkpoint JSON files, newest first."""
     found = [(int(m.group(1)), p) for p in folder.glob("round-*.json") if (m := _NAME.match(p.name))]
