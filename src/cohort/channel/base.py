@@ -12,7 +12,7 @@ import numpy as np
 from cohort.algorithms.base import ClientHalf, ClientState
 from cohort.algorithms.fedavg import LocalSteps
 from cohort.client.base import ClientFn
-from cohort.client.runtime import Outcome, run_client
+from cohort.channel.runtime import Outcome, run_client
 from cohort.client.store import ClientStateStore
 from cohort.core.arrays import nbytes
 from cohort.core.errors import ConfigError

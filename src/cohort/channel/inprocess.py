@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from cohort.algorithms.base import ClientHalf
 from cohort.channel.base import SimulationChannel, readonly
 from cohort.client.base import ClientFn
-from cohort.client.runtime import Outcome
+from cohort.channel.runtime import Outcome
 from cohort.client.store import ClientStateStore
 from cohort.core.errors import ConfigError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message

@@ -23,7 +23,7 @@ from cohort.channel.base import SimulationChannel, client_message
 from cohort.channel.inprocess import check_threads
 from cohort.channel.shared import SharedGroups, SharedRef, attach
 from cohort.client.base import ClientFn
-from cohort.client.runtime import Outcome, run_client
+from cohort.channel.runtime import Outcome, run_client
 from cohort.client.store import ClientStateStore
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message
