@@ -5,14 +5,14 @@ STAMP := $(VENV)/.installed
 # The shared datasets (MNIST) live beside the project; override with COHORT_DATA_DIR=...
 export COHORT_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean proto
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,torch]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,torch,deploy]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -26,6 +26,10 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/algorithms_noniid.py
 	$(VENV)/bin/python bench/fedbuff_vs_sync.py
 	$(VENV)/bin/python bench/broadcast.py
+
+# Regenerates the gRPC code from the committed .proto (grpcio-tools is in the dev extra).
+proto: $(STAMP)
+	$(VENV)/bin/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src src/cohort/channel/grpc/federation.proto
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

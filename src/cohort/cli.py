@@ -42,32 +42,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from cohort.config import load_config
-    from cohort.experiment import build, run
-    from cohort.tracking import ConsoleProgress
-
+def _load(args: argparse.Namespace):
+    """The config a run, server or client command names, with --set, --data-dir and --out applied."""
     from pathlib import Path
 
+    from cohort.config import load_config
+
     overrides = list(args.set)
-    if args.data_dir:
+    if getattr(args, "data_dir", None):
         overrides.append(f"data.dir={_toml_string(args.data_dir)}")
-    if args.out:
+    if getattr(args, "out", None):
         overrides.append(f"output.dir={_toml_string(args.out)}")
-    resume = args.resume
+    resume = getattr(args, "resume", None)
     if resume is not None:
         if args.config:
             raise ConfigError("--resume continues a run with the config in its folder; give no CONFIG.toml with it")
         if not Path(resume, "config.toml").is_file():
             raise ConfigError(f"--resume {resume!r}: not a run folder (no config.toml in it); give a folder "
                               "written by `cohort run`")
-        config = load_config(Path(resume, "config.toml"), overrides)
-        source = f"{resume} (resumed)"
-    else:
-        config = load_config(args.config, overrides)
-        demo = not args.config and not any(o.split("=", 1)[0].strip().startswith(("data.", "model.")) for o in args.set)
-        source = args.config or ("the embedded demo (hospitals, breast cancer, logistic regression)" if demo
-                                 else "the embedded demo's settings with your --set overrides")
+        return load_config(Path(resume, "config.toml"), overrides), f"{resume} (resumed)"
+    config = load_config(args.config, overrides)
+    demo = not args.config and not any(o.split("=", 1)[0].strip().startswith(("data.", "model.")) for o in args.set)
+    source = args.config or ("the embedded demo (hospitals, breast cancer, logistic regression)" if demo
+                             else "the embedded demo's settings with your --set overrides")
+    return config, source
+
+
+def _run(args: argparse.Namespace, channel_for=None) -> int:
+    from cohort.experiment import build, run
+    from cohort.tracking import ConsoleProgress
+
+    config, source = _load(args)
     console = Console()
     console.print(f"cohort: {config.name} from {source}", highlight=False, markup=False, soft_wrap=True)
     experiment = build(config)  # every check happens here, before training
@@ -76,16 +81,78 @@ def _run(args: argparse.Namespace) -> int:
                   highlight=False, soft_wrap=True)
     for line in experiment.describe_clients().splitlines()[1:3]:  # sizes, and labels per client
         console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    channel = channel_for(experiment, console) if channel_for is not None else None
     progress = None if args.quiet else ConsoleProgress(config.rounds, console=console,
                                                       bar=config.output.progress and not args.no_progress)
-    result = run(config, progress=progress, experiment=experiment, resume=resume,
-                 on_folder=lambda path: setattr(args, "run_folder", path))
+    result = run(config, progress=progress, experiment=experiment, resume=args.resume,
+                 on_folder=lambda path: setattr(args, "run_folder", path), channel=channel)
     best, last = result.summary["best"], result.summary["last"]
     if best:
         console.print(f"best {best['metric']} {best['value']:.4f} at round {best['round']}, last {last['value']:.4f} "
                       f"at round {last['round']}; stopped by {result.stopped_by} after {result.state.round} rounds",
                       highlight=False, soft_wrap=True)
     console.print(f"run folder: {result.folder}", highlight=False, markup=False, soft_wrap=True)
+    return 0
+
+
+def _server(args: argparse.Namespace) -> int:
+    """``cohort server``: the same run as ``cohort run``, with clients that are processes dialing in."""
+    from cohort.channel.grpc.server import GrpcChannel
+    from cohort.experiment import algorithm_settings
+
+    def channel_for(experiment, console):
+        config = experiment.config
+        channel = GrpcChannel(args.address, config.server.algorithm, algorithm_settings(config),
+                              chunk_bytes=args.chunk_mb * 2**20, max_update_bytes=args.max_update_mb * 2**20)
+        try:
+            want = args.min_clients or experiment.num_clients
+            console.print(f"listening on {channel.address}; waiting for {want} of {experiment.num_clients} clients "
+                          f"(cohort client --server {channel.address} --id ID ...)", highlight=False, markup=False,
+                          soft_wrap=True)
+            console.file.flush()
+            channel.wait_for_clients(want, args.wait_s)
+        except BaseException:
+            channel.close("the server stopped before the run began")
+            raise
+        return channel
+
+    return _run(args, channel_for)
+
+
+def _client(args: argparse.Namespace) -> int:
+    """``cohort client``: one client process, built from --app or from the run's config."""
+    import importlib
+
+    from cohort.channel.grpc.client import serve
+    from cohort.channel.inprocess import torch_threads
+
+    if args.app and (args.config or args.set):
+        raise ConfigError("give either --app module:function (your client_fn) or --config CONFIG.toml with --set "
+                          "(the run's own data and model; none: the embedded demo), not both")
+    threads = 1
+    if args.app:
+        module, sep, attr = args.app.partition(":")
+        if not sep or not module or not attr:
+            raise ConfigError(f"--app is {args.app!r}; expected module:function, e.g. my_clients:client_fn")
+        sys.path.insert(0, ".")
+        try:
+            client_fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"--app {args.app!r}: {e}") from e
+        if not callable(client_fn):
+            raise ConfigError(f"--app {args.app!r} is a {type(client_fn).__name__}; expected a function client_id -> client")
+    else:
+        from cohort.experiment import build
+
+        args.resume = None
+        config, _ = _load(args)
+        experiment = build(config)
+        if not 0 <= args.id < experiment.num_clients:
+            raise ConfigError(f"--id is {args.id}; this config has clients 0 to {experiment.num_clients - 1}")
+        client_fn, threads = experiment.client_fn(), config.simulation.threads
+    with torch_threads(threads):  # as in simulation, so the two give the same bits
+        reason = serve(args.server, client_fn, args.id, name=args.name or f"client-{args.id}", retry_for_s=args.retry_s)
+    print(f"client {args.id}: done ({reason})", flush=True)
     return 0
 
 
@@ -127,6 +194,33 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print no per-round lines")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
     run.set_defaults(func=_run)
+
+    server = sub.add_parser("server", help="run a config as a real federation: clients are `cohort client` processes")
+    server.add_argument("config", nargs="?", help="TOML experiment config (the same one `cohort run` takes)")
+    server.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to listen on (port 0: any free port)")
+    server.add_argument("--min-clients", type=int, default=0, help="clients to wait for before round 1 (default: data.num_clients)")
+    server.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for them (seconds)")
+    server.add_argument("--chunk-mb", type=int, default=4, help="largest message on the wire, in MiB (arrays are streamed in chunks)")
+    server.add_argument("--max-update-mb", type=int, default=2048, help="largest result accepted from a client, in MiB")
+    for p in (server,):
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
+        p.add_argument("--data-dir", help="folder of downloadable datasets")
+        p.add_argument("--out", help="folder to write the run folder in")
+        p.add_argument("--quiet", action="store_true", help="print no per-round lines")
+        p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+        p.set_defaults(resume=None)
+    server.set_defaults(func=_server)
+
+    client = sub.add_parser("client", help="run one client of a federation served by `cohort server`")
+    client.add_argument("--server", required=True, help="HOST:PORT of the server")
+    client.add_argument("--id", type=int, required=True, help="this client's id (which data it holds)")
+    client.add_argument("--app", help="module:function returning the client of an id (as a simulation's client_fn)")
+    client.add_argument("--config", help="or: the run's TOML config, whose data and model this client uses (none: the demo)")
+    client.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of --config")
+    client.add_argument("--data-dir", help="folder of downloadable datasets (with --config)")
+    client.add_argument("--name", default="", help="a name for the server's logs")
+    client.add_argument("--retry-s", type=float, default=60.0, help="give up after the server is unreachable this long")
+    client.set_defaults(func=_client)
 
     plot = sub.add_parser("plot", help="plot the curves of one or more runs, overlaid (PNG, PDF, SVG, ...)")
     plot.add_argument("runs", nargs="+", help="run folders written by `cohort run`")

@@ -83,12 +83,17 @@ class Experiment:
         return initial_state(self.algorithm, self.framework.initial_arrays(self.model_fn, self.config.seed), self.config.seed)
 
 
-def make_algorithm(config: RunConfig) -> Algorithm:
-    """The algorithm ``server.algorithm`` names, with the server's settings and its own section's."""
+def algorithm_settings(config: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of ``server.algorithm``'s factory: the server's settings and its own section's."""
     s = config.server
     own = getattr(config, s.algorithm, None)  # e.g. [fedprox] mu
     extra = dataclasses.asdict(own) if dataclasses.is_dataclass(own) else {}
-    return ALGORITHMS[s.algorithm](server_lr=s.lr, server_momentum=s.momentum, weighted=s.weighted, **extra)
+    return {"server_lr": s.lr, "server_momentum": s.momentum, "weighted": s.weighted, **extra}
+
+
+def make_algorithm(config: RunConfig) -> Algorithm:
+    """The algorithm ``server.algorithm`` names, with its settings."""
+    return ALGORITHMS[config.server.algorithm](**algorithm_settings(config))
 
 
 def loop_settings(config: RunConfig) -> LoopSettings:
@@ -197,9 +202,11 @@ class RunResult:
 
 def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bool = True,
         experiment: Experiment | None = None, resume: str | Path | None = None,
-        on_folder: Callable[[Path], None] | None = None) -> RunResult:
+        on_folder: Callable[[Path], None] | None = None, channel: Any = None) -> RunResult:
     """Build (unless given) and run ``config``; write its folder unless ``write=False``. With
     ``resume``, continue the run in that folder from its latest intact checkpoint.
+
+    ``channel`` replaces the simulation channel (``cohort server`` passes its gRPC channel).
 
     Whatever stops the run (the round limit, the target, too many failed rounds, Ctrl-C, SIGTERM),
     the metrics so far, the last global model and a summary are written before returning or
@@ -207,7 +214,8 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     """
     exp = experiment or build(config)
     started = time.perf_counter()
-    stopped_by, error, channel, folder = "rounds", None, None, None
+    stopped_by, error, folder = "rounds", None, None
+    given, channel = channel, None
     state = None
     try:
         if resume is not None:
@@ -228,9 +236,10 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
                 folder.write_text("clients.txt", exp.describe_clients() + "\n")
         if folder is not None and on_folder is not None:
             on_folder(folder.path)
-        channel = exp.channel()
-        if resume is not None:
-            channel.states.replace_all(found.clients)
+        channel = given if given is not None else exp.channel()
+        states = getattr(channel, "states", None)  # a simulation's per-client store; deployed clients keep their own
+        if resume is not None and states is not None:
+            states.replace_all(found.clients)
         rounds = run_rounds(state, algorithm=exp.algorithm, channel=channel, num_clients=exp.num_clients,
                             settings=exp.settings, evaluate=exp.evaluator())
         while True:
@@ -242,7 +251,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
             if folder is not None:
                 folder.write_round(record)
                 if config.output.checkpoint:
-                    checkpoint.save(folder.path / "checkpoints", state, dict(channel.states.items()))
+                    checkpoint.save(folder.path / "checkpoints", state, dict(states.items()) if states is not None else {})
             if progress is not None:
                 progress(record, state)
     except RoundFailed as e:
@@ -254,6 +263,8 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     finally:
         if channel is not None:
             channel.close()
+        elif given is not None:
+            given.close()
         if progress is not None:
             progress.close()
     if state is None:  # nothing ran (e.g. a checkpoint that cannot be read)

@@ -1,0 +1,149 @@
+"""Deployment over gRPC with real processes on 127.0.0.1: a server and client processes give the
+same bits as the simulation (FedAvg, and SCAFFOLD whose cᵢ live in the client processes), a client
+killed mid-round does not stop the round, and garbage on the port does not crash the server."""
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cohort.core.arrays import load_safetensors
+
+TESTS = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+
+
+def cohort(*args):
+    return [sys.executable, "-m", "cohort.cli", *args]
+
+
+class Federation:
+    """A server process and its clients; everything is killed on exit, whatever happened."""
+
+    def __init__(self, out: Path, sets: list[str], server_args=()) -> None:
+        self.out, self.sets, self.procs = out, sets, []
+        args = cohort("server", "--address", "127.0.0.1:0", "--out", str(out), "--no-progress", "--wait-s", "60",
+                      *server_args, *[a for s in sets for a in ("--set", s)])
+        self.server = self._start(args)
+        self.address = self._address()
+
+    def _start(self, args):
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=TESTS)
+        self.procs.append(proc)
+        return proc
+
+    def _address(self) -> str:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.server.stdout.readline()
+            if "listening on " in line:
+                return line.split("listening on ")[1].split(";")[0]
+            assert line or self.server.poll() is None, self.server.stderr.read()
+        raise AssertionError("the server did not report its address")
+
+    def client(self, cid: int, *extra: str):
+        args = cohort("client", "--server", self.address, "--id", str(cid), "--retry-s", "20", *extra)
+        if not any(e == "--app" for e in extra):
+            args += [a for s in self.sets for a in ("--set", s)]
+        return self._start(args)
+
+    def wait(self, timeout=120):
+        out, err = self.server.communicate(timeout=timeout)
+        assert self.server.returncode == 0, err
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=30)
+
+
+def model_of(out: Path, name: str):
+    (folder,) = out.glob(f"{name}-*")
+    return load_safetensors(folder / "model.safetensors"), folder
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])
+def test_three_client_processes_give_the_simulations_bits(algorithm, tmp_path):
+    sets = ["data.num_clients=3", "rounds=4", f"server.algorithm={algorithm}", "name=dep"]
+    with Federation(tmp_path, sets) as fed:
+        clients = [fed.client(c) for c in range(3)]
+        out = fed.wait()
+        for c in clients:
+            c_out, c_err = c.communicate(timeout=60)
+            assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
+    assert "stopped by rounds after 4 rounds" in out
+    sim = subprocess.run(cohort("run", "--out", str(tmp_path), "--quiet", *[a for s in sets[:-1] + ["name=sim"] for a in ("--set", s)]),
+                         capture_output=True, text=True, timeout=120)
+    assert sim.returncode == 0, sim.stderr
+    deployed, folder = model_of(tmp_path, "dep")
+    simulated, _ = model_of(tmp_path, "sim")
+    for k in simulated:
+        assert deployed[k].tobytes() == simulated[k].tobytes(), k  # same seeds, same order: the same bits
+    assert (folder / "checkpoints").is_dir()
+
+
+def test_a_client_killed_mid_round_does_not_stop_the_round(tmp_path):
+    sets = ["data.num_clients=3", "rounds=4", "name=kill", "evaluate.federated_fraction=0", "server.round_timeout_s=30"]
+    with Federation(tmp_path, sets) as fed:
+        clients = [fed.client(c, "--app", "deploy_app:slow") for c in range(3)]
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("kill-*/checkpoints/round-00000001.json")):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)  # round 2 is under way: every client is in its half-second fit
+        os.kill(clients[1].pid, signal.SIGKILL)
+        started = time.monotonic()
+        fed.wait()
+        assert time.monotonic() - started < 25  # the lost connection fails the client at once, not at the deadline
+    import json
+
+    (folder,) = tmp_path.glob("kill-*")
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3, 4] and all(r["status"] == "ok" for r in records)
+    assert records[1]["clients_succeeded"] == 2 and "client 1 (transport)" in records[1]["failures"][0]
+    assert records[3]["clients_succeeded"] == 2
+
+
+def test_garbage_on_the_port_does_not_crash_the_server(tmp_path):
+    sets = ["data.num_clients=2", "rounds=3", "name=junk"]
+    with Federation(tmp_path, sets) as fed:
+        host, port = fed.address.rsplit(":", 1)
+        rng = random.Random(0)
+        idle = socket.create_connection((host, int(port)), timeout=5)  # half-open: connects, never speaks
+        for n in (1, 9, 100, 5000):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(bytes(rng.randrange(256) for _ in range(n)))
+        with socket.create_connection((host, int(port)), timeout=5) as s:  # an HTTP/2 preface cut short
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04")
+        clients = [fed.client(c) for c in range(2)]
+        out = fed.wait(timeout=90)
+        idle.close()
+        for c in clients:
+            c.communicate(timeout=30)
+    assert "stopped by rounds after 3 rounds" in out
+
+
+def test_a_public_address_is_refused_until_tls_exists(tmp_path):
+    r = subprocess.run(cohort("server", "--address", "0.0.0.0:0", "--out", str(tmp_path)), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "not a loopback address" in r.stderr
+
+
+def test_a_client_without_a_server_gives_up_with_a_clear_message():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    r = subprocess.run(cohort("client", "--server", f"127.0.0.1:{port}", "--id", "0", "--retry-s", "1"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "cannot reach the server" in r.stderr
