@@ -40,6 +40,8 @@ def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", 
     while True:
         try:
             reason, state = _session(address, client_fn, client_id, name, state, log)
+            if reason.startswith("refused:"):
+                raise TransportError(f"the server at {address} turned client {client_id} away: {reason[9:].strip()}")
             return reason
         except _Lost as e:
             if time.monotonic() > gave_up_at:

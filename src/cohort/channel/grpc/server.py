@@ -110,7 +110,11 @@ class GrpcChannel:
             self._sessions[session.client_id] = session
         return None
 
-    def _leave(self, session: _Session, why: str) -> None:
+    def _leave(self, session: _Session, why: str, refuse: bool = False) -> None:
+        """End ``session``: its tasks in flight fail with ``why``; with ``refuse``, the client is told
+        (a Bye starting "refused:") so that it stops instead of reconnecting."""
+        if refuse and session.alive:
+            session.outbound.put(pb.ServerMessage(bye=pb.Bye(reason=f"refused: {why}")))
         with self._lock:
             session.alive = False
             if self._sessions.get(session.client_id) is session:
@@ -201,12 +205,12 @@ class _Servicer(rpc.FederationServicer):
         except (StopIteration, grpc.RpcError):
             return
         if first.WhichOneof("kind") != "hello" or first.hello.client_id < 0:
-            yield pb.ServerMessage(bye=pb.Bye(reason="the first message must be a Hello with a client id >= 0"))
+            yield pb.ServerMessage(bye=pb.Bye(reason="refused: the first message must be a Hello with a client id >= 0"))
             return
         session = _Session(int(first.hello.client_id), first.hello.name[:200])
         refused = ch._join(session)
         if refused:
-            yield pb.ServerMessage(bye=pb.Bye(reason=refused))
+            yield pb.ServerMessage(bye=pb.Bye(reason=f"refused: {refused}"))
             return
         reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True,
                                   name=f"cohort-client-{session.client_id}")
@@ -230,6 +234,12 @@ class _Servicer(rpc.FederationServicer):
                 kind = msg.WhichOneof("kind")
                 if kind == "result":
                     header, parts, size = msg.result, [], 0
+                    if header.payload_bytes > ch.max_update_bytes:  # declared too big: refused before any byte
+                        self._deliver(session, header, ClientFailure(
+                            session.client_id, FailureStage.VALIDATE,
+                            f"result of {header.payload_bytes} bytes over the limit of {ch.max_update_bytes} bytes (max_update_bytes)"))
+                        ch._leave(session, f"announced a result over the limit of {ch.max_update_bytes} bytes", refuse=True)
+                        return
                 elif kind == "chunk" and header is not None:
                     size += len(msg.chunk.data)
                     if size > ch.max_update_bytes:  # refused before it is buffered whole
@@ -237,19 +247,19 @@ class _Servicer(rpc.FederationServicer):
                             session.client_id, FailureStage.VALIDATE,
                             f"result over the limit of {ch.max_update_bytes} bytes (max_update_bytes)"))
                         header, parts = None, []
-                        ch._leave(session, "sent a result over the size limit")
+                        ch._leave(session, f"sent a result over the limit of {ch.max_update_bytes} bytes", refuse=True)
                         return
                     parts.append(msg.chunk.data)
                     if msg.chunk.last:
                         self._deliver(session, header, self._decode(session, header, b"".join(parts)))
                         header, parts, size = None, [], 0
                 else:
-                    ch._leave(session, f"sent an unexpected {kind or 'empty'} message")
+                    ch._leave(session, f"sent an unexpected {kind or 'empty'} message", refuse=True)
                     return
         except grpc.RpcError:
             pass
         except Exception as e:  # a hostile or broken peer
-            ch._leave(session, f"sent a malformed stream: {type(e).__name__}: {e}")
+            ch._leave(session, f"sent a malformed stream: {type(e).__name__}: {e}", refuse=True)
             return
         ch._leave(session, "the connection was closed")
 
