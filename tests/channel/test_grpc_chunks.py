@@ -64,3 +64,42 @@ def test_a_result_over_the_limit_is_refused_as_it_arrives():
 def test_bad_chunk_sizes_are_refused():
     with pytest.raises(ConfigError, match="chunk_bytes is 10"):
         GrpcChannel("127.0.0.1:0", "fedavg", {}, chunk_bytes=10)
+
+
+def raw_stream(address, messages):
+    """Send ``messages`` on a Join stream as a hostile peer would; return what the server answered."""
+    import grpc
+
+    from cohort.channel.grpc import federation_pb2 as pb
+    from cohort.channel.grpc import federation_pb2_grpc as rpc
+
+    with grpc.insecure_channel(address) as ch:
+        replies = rpc.FederationStub(ch).Join(iter([pb.ClientMessage(**m) for m in messages]), timeout=10)
+        out = []
+        try:
+            for r in replies:
+                out.append(r)
+                if r.WhichOneof("kind") == "bye":
+                    break
+        except grpc.RpcError:
+            pass
+        return out
+
+
+def test_hostile_streams_are_turned_away_and_the_server_goes_on():
+    from cohort.channel.grpc import federation_pb2 as pb
+
+    channel = GrpcChannel("127.0.0.1:0", "fedavg", {})
+    try:
+        no_hello = raw_stream(channel.address, [{"chunk": pb.Chunk(data=b"x", last=True)}])
+        assert no_hello[0].bye.reason.startswith("refused: the first message must be a Hello")
+        negative = raw_stream(channel.address, [{"hello": pb.Hello(client_id=-5)}])
+        assert negative[0].bye.reason.startswith("refused:")
+        stray = raw_stream(channel.address, [{"hello": pb.Hello(client_id=1)}, {"hello": pb.Hello(client_id=1)}])
+        assert stray[0].WhichOneof("kind") == "welcome" and "unexpected hello" in stray[-1].bye.reason
+        assert channel.available() == []  # none of them is left registered
+        message = Message("fit", {"model": {"w": np.zeros(4, np.float32)}}, {"round": 1})
+        ((_, outcome),) = list(channel.run(message, [Instruction(1, {})], timeout_s=2))
+        assert isinstance(outcome, ClientFailure) and outcome.reason == "not connected"
+    finally:
+        channel.close()
