@@ -147,3 +147,17 @@ def test_a_client_without_a_server_gives_up_with_a_clear_message():
     r = subprocess.run(cohort("client", "--server", f"127.0.0.1:{port}", "--id", "0", "--retry-s", "1"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "cannot reach the server" in r.stderr
+
+
+def test_rounds_sample_from_the_clients_connected(tmp_path):
+    import json
+
+    sets = ["data.num_clients=3", "rounds=2", "name=two", "server.fraction=1.0"]
+    with Federation(tmp_path, sets, server_args=("--min-clients", "2")) as fed:
+        clients = [fed.client(c) for c in (0, 2)]  # client 1 never comes
+        fed.wait()
+        for c in clients:
+            c.communicate(timeout=30)
+    (folder,) = tmp_path.glob("two-*")
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["clients_sampled"], r["clients_succeeded"], r["clients_failed"]) for r in records] == [(2, 2, 0)] * 2

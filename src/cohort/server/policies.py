@@ -115,9 +115,21 @@ class Synchronous:
     def clients_per_step(self, num_clients: int) -> int:
         return cohort_size(num_clients, self.fraction, self.min_clients)
 
+    def _sample(self, ctx: StepContext, seed: int, r: int) -> np.ndarray:
+        """The round's cohort: from every client in simulation; in deployment from the clients
+        connected now (the channel's ``available()``), the same draw when all are connected."""
+        available = getattr(ctx.channel, "available", None)
+        if available is None:
+            return sample_cohort(ctx.num_clients, self.clients_per_step(ctx.num_clients), seed, r)
+        population = np.asarray(sorted(available()), dtype=np.int64)
+        if len(population) == 0:
+            return population
+        size = cohort_size(len(population), self.fraction, min(self.min_clients, len(population)))
+        return population[sample_cohort(len(population), size, seed, r)]
+
     def step(self, state: ServerState, ctx: StepContext) -> StepOutcome:
         r, seed = state.round + 1, state.seed
-        cohort = sample_cohort(ctx.num_clients, self.clients_per_step(ctx.num_clients), seed, r)
+        cohort = self._sample(ctx, seed, r)
         config = {**ctx.algorithm.config, "round": r, "seed": seed, "version": state.version}
         message = Message("fit", state.groups, config, state.version)
         instructions = [Instruction(int(cid), {}) for cid in cohort]
@@ -128,7 +140,7 @@ class Synchronous:
         replies = ((instructions[pos].client_id, outcome) for pos, outcome in ctx.channel.run(message, instructions, ctx.timeout_s))
         accs, count = fold_replies(ctx, accs, replies, failures, fit_metrics)
         new, stands, problem = finish_step(ctx, state, accs, count)
-        clock = state.clock + max(ctx.speeds.duration(int(c)) for c in cohort)
+        clock = state.clock + max((ctx.speeds.duration(int(c)) for c in cohort), default=0.0)
         record: dict[str, Any] = {
             **train_metrics(fit_metrics), "round": r, "status": "ok" if stands else "skipped",
             "clients_sampled": len(cohort), "clients_succeeded": count, "clients_failed": len(failures),
