@@ -208,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="folder to write the run folder in")
         p.add_argument("--quiet", action="store_true", help="print no per-round lines")
         p.add_argument("--no-progress", action="store_true", help="no live progress bar")
-        p.set_defaults(resume=None)
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue a server that was stopped or killed; its clients reconnect on their own")
     server.set_defaults(func=_server)
 
     client = sub.add_parser("client", help="run one client of a federation served by `cohort server`")

@@ -161,3 +161,50 @@ def test_rounds_sample_from_the_clients_connected(tmp_path):
     (folder,) = tmp_path.glob("two-*")
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [(r["clients_sampled"], r["clients_succeeded"], r["clients_failed"]) for r in records] == [(2, 2, 0)] * 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_killed_server_resumes_and_its_clients_reconnect(tmp_path):
+    import json
+
+    port = free_port()
+    sets = ["data.num_clients=3", "rounds=6", "name=crash", "evaluate.federated_fraction=0"]
+    procs = []
+    try:
+        server = subprocess.Popen(cohort("server", "--address", f"127.0.0.1:{port}", "--out", str(tmp_path), "--quiet",
+                                         *[a for s in sets for a in ("--set", s)]),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=TESTS)
+        procs.append(server)
+        clients = [subprocess.Popen(cohort("client", "--server", f"127.0.0.1:{port}", "--id", str(c), "--retry-s", "60",
+                                           "--app", "deploy_app:slow"),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=TESTS)
+                   for c in range(3)]
+        procs += clients
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("crash-*/checkpoints/round-00000002.json")):
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.02)
+        time.sleep(0.2)  # inside round 3
+        server.kill()
+        server.wait(timeout=30)
+        (folder,) = tmp_path.glob("crash-*")
+        resumed = subprocess.run(cohort("server", "--address", f"127.0.0.1:{port}", "--resume", str(folder), "--quiet"),
+                                 capture_output=True, text=True, timeout=120, env=ENV, cwd=TESTS)
+        assert resumed.returncode == 0, resumed.stderr
+        for c in clients:
+            out, err = c.communicate(timeout=60)
+            assert c.returncode == 0 and "done (the run has ended)" in out, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=30)
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3, 4, 5, 6]  # no round lost or doubled
+    assert all(r["status"] == "ok" and r["clients_succeeded"] == 3 for r in records)
+    assert json.loads((folder / "summary.json").read_text())["rounds_completed"] == 6
