@@ -208,3 +208,36 @@ def test_a_killed_server_resumes_and_its_clients_reconnect(tmp_path):
     assert [r["round"] for r in records] == [1, 2, 3, 4, 5, 6]  # no round lost or doubled
     assert all(r["status"] == "ok" and r["clients_succeeded"] == 3 for r in records)
     assert json.loads((folder / "summary.json").read_text())["rounds_completed"] == 6
+
+
+@pytest.mark.slow
+def test_three_clients_train_an_mnist_subset_and_accuracy_rises(tmp_path, data_dir):
+    import json
+
+    config = str(TESTS.parent / "examples" / "mnist_2nn_iid.toml")
+    sets = ["data.num_clients=30", "rounds=3", "name=mnist", "server.fraction=1.0", f"data.dir='{data_dir}'",
+            "evaluate.target=0.999"]
+    args = cohort("server", config, "--address", "127.0.0.1:0", "--out", str(tmp_path), "--no-progress",
+                  "--min-clients", "3", *[a for s in sets for a in ("--set", s)])
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=TESTS)]
+    try:
+        server = procs[0]
+        line = ""
+        while "listening on " not in line:
+            line = server.stdout.readline()
+            assert line or server.poll() is None, server.stderr.read()
+        address = line.split("listening on ")[1].split(";")[0]
+        for c in range(3):
+            procs.append(subprocess.Popen(cohort("client", "--server", address, "--id", str(c), "--config", config,
+                                                 *[a for s in sets for a in ("--set", s)]),
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=TESTS))
+        out, err = server.communicate(timeout=240)
+        assert server.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=30)
+    (folder,) = tmp_path.glob("mnist-*")
+    acc = [json.loads(line)["accuracy"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert len(acc) == 3 and acc[0] < acc[2] and acc[2] > 0.85
