@@ -99,11 +99,16 @@ class Writer:
 
     def fit(self, arrays, config):
         time.sleep(self.slow.get(self.cid, 0.0))
-        try:
-            arrays["w"][...] = 1e6
-            wrote = 1.0
-        except ValueError:  # read-only
-            wrote = 0.0
+        wrote = 0.0
+        for attempt in (lambda: arrays["w"].__setitem__(..., 1e6),
+                        lambda: (arrays["w"].setflags(write=True), arrays["w"].__setitem__(..., 1e6))):
+            try:
+                attempt()
+                wrote += 1.0
+            except ValueError:  # read-only, and cannot be made writable
+                pass
+        arrays["w"] = np.full(2, 1e6, np.float32)  # its own dict: the next client does not see this
+        arrays.pop("b")
         return FitResult({"w": np.full(2, 0.5, np.float32), "b": np.array(0.0, np.float32)}, 1, {"wrote": wrote})
 
     def evaluate(self, arrays, config):

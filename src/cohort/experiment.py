@@ -128,6 +128,10 @@ def build(config: RunConfig) -> Experiment:
     ev = config.evaluate
     if ev.federated_fraction > 0 and holdout is None:
         raise ConfigError("evaluate.federated_fraction > 0 needs held-out client data: set data.holdout_fraction > 0")
+    if config.server.algorithm == "scaffold" and (config.client.optimizer != "sgd" or config.client.momentum > 0):
+        raise ConfigError(f"server.algorithm = 'scaffold' needs plain local SGD (its control variates are (x − y)/(K·lr)); "
+                          f"client.optimizer is {config.client.optimizer!r} and client.momentum {config.client.momentum}: "
+                          "set client.optimizer = 'sgd' and client.momentum = 0, or use fedavg/fedprox")
     settings = loop_settings(config)
     reported = _reported_metrics(train.task, centralized=ev.centralized and test is not None,
                                  federated=ev.federated_fraction > 0)

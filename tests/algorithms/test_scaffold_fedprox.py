@@ -142,3 +142,33 @@ def test_torch_client_names_the_types_it_expects():
 
 def test_quadratic_client_is_a_trainer():
     assert isinstance(QuadraticClient(1.0, [0.0]), cohort.Trainer)
+
+
+def test_scaffold_with_local_momentum_or_adam_is_refused_before_training():
+    from cohort.config import load_config
+    from cohort.experiment import build
+
+    for sets in (["client.momentum=0.9"], ["client.optimizer=adam"]):
+        with pytest.raises(ConfigError, match="scaffold' needs plain local SGD"):
+            build(load_config(None, ["server.algorithm=scaffold", *sets]))
+
+
+def test_a_diverged_client_keeps_its_previous_control_variate():
+    class Diverges(QuadraticClients):
+        def __call__(self, cid):
+            client = super().__call__(cid)
+            if cid == 0:
+                train = client.train
+                client.train = lambda a, c, h: (lambda t: cohort.Trained({"x": t.delta["x"] * np.nan}, t.num_examples,
+                                                                          t.num_steps, t.lr))(train(a, c, h)) \
+                    if c["round"] == 2 else train(a, c, h)
+            return client
+
+    clients = Diverges([1.0, 2.0], [[1.0], [3.0]], steps=3)
+    algorithm = cohort.scaffold()
+    channel = cohort.InProcessChannel(clients, algorithm.client)
+    state = initial_state(algorithm, {"x": np.zeros(1)}, 0)
+    state, _ = run(state, algorithm=algorithm, channel=channel, num_clients=2, settings=cohort.LoopSettings(rounds=4))
+    assert state.history[1]["clients_succeeded"] == 1 and "not finite" in state.history[1]["failures"][0]
+    assert [r["clients_succeeded"] for r in state.history[2:]] == [2, 2]  # it is back the round after
+    assert np.isfinite(channel.states.get(0)[CONTROL]["x"]).all()

@@ -78,3 +78,10 @@ def test_concurrency_above_the_population_is_refused_before_any_round():
         fedbuff_run(m=40)
     with pytest.raises(ConfigError, match="fedbuff.buffer_size is 0"):
         cohort.FedBuff(buffer_size=0)
+
+
+def test_with_one_client_in_flight_every_update_is_fresh():
+    """M = K = 1: the client that takes the freed slot starts on the model the step just made."""
+    state = fedbuff_run(rounds=6, k=1, m=1)
+    assert [r["staleness_max"] for r in state.history] == [0] * 6
+    np.testing.assert_allclose(state.model["w"], [6.0])

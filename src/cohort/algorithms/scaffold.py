@@ -10,6 +10,7 @@ FedAvg settle at a biased point on heterogeneous data. After ``K`` local steps o
 
 Control variates are kept for the model's floating-point entries; the trainer applies the
 correction to parameters (buffers such as batch-norm statistics are not trained by gradients).
+Option II assumes plain SGD steps of size η: the config refuses local momentum and Adam with it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class ControlledSteps(ClientHalf):
         scale = 1.0 / (t.num_steps * t.lr)
         # cᵢ⁺ = cᵢ − c + (x − yᵢ)/(Kη), and x − yᵢ = −delta; computed in float64, kept in c's dtype
         c_new = {k: (c_i[k].astype(np.float64) - c[k] - scale * t.delta[k]).astype(c[k].dtype) for k in c}
+        if not all(np.isfinite(v).all() for v in c_new.values()):  # never keep a broken cᵢ: it would exclude the client for good
+            raise FloatingPointError("SCAFFOLD's new control variate is not finite (the local training diverged); "
+                                     "the client keeps its previous one")
         dc = {k: c_new[k] - c_i[k] for k in c}
         return Reply({MODEL: t.delta, CONTROL: dc}, t.num_examples, t.metrics), {CONTROL: c_new}
 

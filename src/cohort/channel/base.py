@@ -38,16 +38,16 @@ class Channel(Protocol):
 
 
 def readonly(groups: Groups) -> Groups:
-    """Read-only views of every array: a client that writes into what it received gets an error
-    instead of silently changing the global model."""
+    """Read-only copies of every array over immutable memory (bytes): a client that writes into what
+    it received, or tries to make it writable again, gets an error instead of changing the global
+    model or what the next client receives. One copy per task call, shared by its clients."""
     out = {}
     for g, arrays in groups.items():
-        views = {}
+        frozen = {}
         for k, a in arrays.items():
-            v = np.asarray(a).view()  # numpy scalars become 0-d arrays
-            v.flags.writeable = False
-            views[k] = v
-        out[g] = views
+            a = np.asarray(a)
+            frozen[k] = np.frombuffer(a.tobytes(), dtype=a.dtype).reshape(a.shape)
+        out[g] = frozen
     return out
 
 
@@ -63,8 +63,9 @@ def reply_nbytes(outcome: Outcome) -> int:
 
 
 def client_message(message: Message, instruction: Instruction) -> Message:
-    config = {**message.config, **instruction.config} if instruction.config else message.config
-    return Message(message.task, message.arrays, config, message.version)
+    """One client's message: its own dicts (what it adds or removes reaches no one else), the arrays shared."""
+    config = {**message.config, **instruction.config}
+    return Message(message.task, {g: dict(arrays) for g, arrays in message.arrays.items()}, config, message.version)
 
 
 class SimulationChannel:

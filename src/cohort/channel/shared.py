@@ -55,11 +55,13 @@ def attach(ref: SharedRef) -> Groups:
         return _attached[2]
     _release()
     shm = shared_memory.SharedMemory(name=ref.name)
+    view = shm.buf.toreadonly()  # over a read-only buffer, an array cannot be made writable again
     groups: dict[str, dict[str, np.ndarray]] = {}
     for g, k, dtype, shape, off in ref.layout:
-        a = np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf, offset=off)
-        a.flags.writeable = False
-        groups.setdefault(g, {})[k] = a
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        # frombuffer (not ndarray(buffer=...)) keeps numpy from making it writable again
+        groups.setdefault(g, {})[k] = np.frombuffer(view, dtype=dt, count=count, offset=off).reshape(shape)
     _attached = (ref.name, shm, groups)
     return groups
 

@@ -203,7 +203,13 @@ class FedBuff:
         busy = {w.client_id for w in st.in_flight}
         draws = rng(state.seed, st.dispatched, Stage.ASYNC_SAMPLE)
         cid = int(draws.integers(ctx.num_clients))
+        tries = 0
         while cid in busy:  # at most M clients are busy, so this ends quickly while M << N
+            tries += 1
+            if tries > 32:  # M close to N: draw among the free ones directly
+                free = np.setdiff1d(np.arange(ctx.num_clients), np.fromiter(busy, np.int64))
+                cid = int(free[draws.integers(len(free))])
+                break
             cid = int(draws.integers(ctx.num_clients))
         work = InFlight(now + ctx.speeds.duration(cid), st.dispatched, cid, state.version)
         return st._replace(dispatched=st.dispatched + 1, in_flight=tuple(sorted((*st.in_flight, work))))
@@ -236,7 +242,7 @@ class FedBuff:
         failures: list[ClientFailure] = []
         fit_metrics, staleness = WeightedMean(), []
         count = 0
-        for _ in range(self.buffer_size):
+        for i in range(self.buffer_size):
             if st.in_flight[0].reply is None and st.in_flight[0].failure is None:
                 st = self._compute(st, state, ctx)
             work, st = st.in_flight[0], st._replace(in_flight=st.in_flight[1:])
@@ -246,8 +252,10 @@ class FedBuff:
             if n:
                 staleness.append(state.version - work.version)
             count += n
-            st = self._dispatch(st, state, ctx, clock)  # a slot is free: start the next client
+            if i < self.buffer_size - 1:  # a slot is free: start the next client on the current model
+                st = self._dispatch(st, state, ctx, clock)
         new, stands, problem = finish_step(ctx, state, accs, count)
+        st = self._dispatch(st, new, ctx, clock)  # the K-th slot frees at the server step: the new model
         snapshots = dict(st.snapshots)
         if stands:
             snapshots[state.version] = state.groups  # work started on it is still in flight
