@@ -265,27 +265,28 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
         stopped_by = ("interrupted" if isinstance(e, KeyboardInterrupt) else "terminated" if isinstance(e, Terminated)
                       else f"error: {type(e).__name__}: {e}")
     finally:
-        if channel is not None:
-            channel.close()
-        elif given is not None:
-            given.close()
         if progress is not None:
             progress.close()
-    if state is None:  # nothing ran (e.g. a checkpoint that cannot be read)
+    # The model and summary are written before the channel is closed (stopping worker processes
+    # takes a moment, and a second Ctrl-C then must not cost them).
+    try:
+        if state is None:  # nothing ran (e.g. a checkpoint that cannot be read)
+            raise error
+        summary = _summary(exp, state, stopped_by, time.perf_counter() - started, folder)
+        if folder is not None:
+            try:
+                folder.save_model(state.model, {"round": str(state.round), "name": config.name}, exp.framework.save_model)
+                folder.write_summary(summary)
+            except (OSError, CohortError) as e:
+                if error is None:
+                    raise
+                print(f"warning: could not write the final model or summary: {e}")
+    finally:
         if folder is not None:
             folder.close()
-        raise error
-    summary = _summary(exp, state, stopped_by, time.perf_counter() - started, folder)
-    if folder is not None:
-        try:
-            folder.save_model(state.model, {"round": str(state.round), "name": config.name}, exp.framework.save_model)
-            folder.write_summary(summary)
-        except (OSError, CohortError) as e:
-            if error is None:
-                raise
-            print(f"warning: could not write the final model or summary: {e}")
-        finally:
-            folder.close()
+        closing = channel if channel is not None else given
+        if closing is not None:
+            closing.close()
     if error is not None:
         raise error
     return RunResult(state, stopped_by, folder.path if folder else None, summary)

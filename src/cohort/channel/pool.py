@@ -180,12 +180,15 @@ class ProcessPoolChannel(SimulationChannel):
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             if process.is_alive():
                 process.kill()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)
+        # Bounded: an interrupt that landed inside the executor's machinery must not hang the exit.
+        manager = getattr(pool, "_executor_manager_thread", None)
+        if manager is not None:
+            manager.join(timeout=10)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the workers (they hold nothing that needs a graceful exit) and free the store."""
+        self._discard(self._pool)
         self.states.close()
 
     def __enter__(self) -> "ProcessPoolChannel":
