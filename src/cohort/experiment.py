@@ -283,7 +283,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
                 print(f"warning: could not write the final model or summary: {e}")
     finally:
         if folder is not None:
-            folder.close()
+            folder.release()
         closing = channel if channel is not None else given
         if closing is not None:
             closing.close()

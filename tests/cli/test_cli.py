@@ -78,7 +78,7 @@ def test_quiet_run_prints_no_round_lines(demo_runs):
 
 def test_run_folder_holds_config_metrics_model_and_summary(demo_runs):
     assert sorted(p.name for p in demo_runs["a"].iterdir()) == [
-        "checkpoints", "clients.txt", "config.toml", "metrics.csv", "metrics.jsonl", "model.pt", "model.safetensors", "summary.json"]
+        ".lock", "checkpoints", "clients.txt", "config.toml", "metrics.csv", "metrics.jsonl", "model.pt", "model.safetensors", "summary.json"]
     clients = (demo_runs["a"] / "clients.txt").read_text()
     assert clients.startswith("10 clients") and "label histogram" in clients
 

@@ -164,3 +164,34 @@ def test_a_checkpoint_of_another_algorithm_is_refused(references):
     found = checkpoint.load(references["fedavgm"] / "checkpoints")
     with pytest.raises(ConfigError, match="do not fit algorithm 'scaffold'"):
         checkpoint.check_fits(found.state, scaffold())
+
+
+def test_an_edited_checkpoint_falls_back_and_a_folder_in_use_is_refused(references, tmp_path):
+    import shutil
+
+    from cohort.tracking.run_folder import RunFolder
+
+    folder = tmp_path / "run"
+    shutil.copytree(references["fedavgm"], folder)
+    latest = folder / "checkpoints" / f"round-{ROUNDS:08d}.json"
+    latest.write_text(latest.read_text().replace('"seed": 0', '"seed": 7', 1))  # a hand edit of the state
+    found = checkpoint.load(folder / "checkpoints")
+    assert found.state.round == ROUNDS - 1 and "checksum" in found.skipped[0]
+    holder = RunFolder.reopen(folder)  # another process holds the folder
+    try:
+        r = subprocess.run(cohort_cmd("run", "--resume", str(folder), "--quiet"), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "in use by another cohort process" in r.stderr
+    finally:
+        holder.release()
+
+
+def test_resuming_a_run_that_reached_its_target_trains_nothing_more(tmp_path):
+    args = ["run", "--out", str(tmp_path), "--quiet", "--set", "rounds=20", "--set", "evaluate.target=0.9",
+            "--set", "name=tg"]
+    first = subprocess.run(cohort_cmd(*args), capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "stopped by target" in first.stdout, first.stderr
+    (folder,) = tmp_path.glob("tg-*")
+    before = records(folder)
+    again = subprocess.run(cohort_cmd("run", "--resume", str(folder), "--quiet"), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "stopped by target" in again.stdout, again.stderr
+    assert records(folder) == before

@@ -103,7 +103,7 @@ def test_run_folder_writes_metrics_model_and_summary(tmp_path):
     folder.write_summary({"rounds_completed": 2})
     folder.close()
     p = folder.path
-    assert sorted(x.name for x in p.iterdir()) == ["config.toml", "metrics.csv", "metrics.jsonl", "model.pt",
+    assert sorted(x.name for x in p.iterdir()) == [".lock", "config.toml", "metrics.csv", "metrics.jsonl", "model.pt",
                                                    "model.safetensors", "summary.json"]  # no temp files left
     assert [r["round"] for r in read_jsonl(p / "metrics.jsonl")] == [1, 2]
     assert len(p.joinpath("metrics.csv").read_text().splitlines()) == 3

@@ -66,7 +66,8 @@ def save(folder: str | Path, state: ServerState, clients: Mapping[int, Groups] |
     blob = to_bytes(arrays) if arrays else b""
     stem = f"round-{state.round:08d}"
     write_atomic(folder / f"{stem}.safetensors", blob)
-    meta = {"format": FORMAT, "round": state.round, "arrays_sha256": hashlib.sha256(blob).hexdigest(), **tree}
+    meta = {"format": FORMAT, "round": state.round, "arrays_sha256": hashlib.sha256(blob).hexdigest(),
+            "tree_sha256": _tree_digest(tree), **tree}
     write_atomic(folder / f"{stem}.json", json.dumps(meta).encode("utf-8"))
     for old in _listed(folder)[KEEP:]:
         for suffix in (".json", ".safetensors"):
@@ -105,6 +106,10 @@ def check_fits(state: ServerState, algorithm) -> None:
                           "(a changed server optimizer or algorithm?); resume with the config the run was started with")
 
 
+def _tree_digest(tree: dict) -> str:
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def _listed(folder: Path) -> list[Path]:
     """Checkpoint JSON files, newest first."""
     found = [(int(m.group(1)), p) for p in folder.glob("round-*.json") if (m := _NAME.match(p.name))]
@@ -121,8 +126,10 @@ def load(folder: str | Path) -> Checkpoint:
     for path in _listed(folder) if folder.is_dir() else []:
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT}")
+            if _tree_digest({"state": meta.get("state"), "clients": meta.get("clients")}) != meta.get("tree_sha256"):
+                raise ValueError("its state does not match its checksum (edited or damaged)")
             blob = path.with_suffix(".safetensors").read_bytes()
             if hashlib.sha256(blob).hexdigest() != meta["arrays_sha256"]:
                 raise ValueError("its arrays file does not match its checksum (truncated or changed)")
@@ -131,7 +138,10 @@ def load(folder: str | Path) -> Checkpoint:
             clients = decode(meta["clients"], arrays)
             if not isinstance(state, ServerState):
                 raise ValueError(f"it holds a {type(state).__name__}, not a server state")
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            if state.round != meta.get("round") or len(state.history) != state.round:
+                raise ValueError(f"it says round {meta.get('round')!r} but holds round {state.round!r} with "
+                                 f"{len(state.history)} records")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             problems.append(f"{path.name}: {e}")
             continue
         return Checkpoint(state, clients, path, tuple(problems))

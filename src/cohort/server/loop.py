@@ -24,6 +24,7 @@ from cohort.core.errors import ConfigError, RoundFailed
 from cohort.core.limits import MAX_ROUNDS, MAX_TIMEOUT_S
 from cohort.core.seeding import Stage
 from cohort.core.types import ClientFailure, EvaluateResult, FailureStage, Instruction, Message
+from cohort.server.checkpoint import check_fits
 from cohort.server.policies import ClientSpeeds, FedBuff, StepContext, Synchronous
 from cohort.server.records import WeightedMean, checked_evaluation, failure_lines
 from cohort.server.sampling import cohort_size, sample_cohort
@@ -131,6 +132,10 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         raise ConfigError(f"state is a {type(state).__name__}; expected a cohort.ServerState (see cohort.initial_state)")
     settings.check(num_clients)
     policy = settings.make_policy()
+    check_fits(state, algorithm)
+    policy.check_state(state.policy, num_clients)
+    if state.history and settings.target is not None and settings.target.reached(state.history[-1]):
+        return "target"  # a resumed run that had already reached its target has nothing left to do
     ctx = StepContext(algorithm, channel, num_clients, ClientSpeeds(state.seed, settings.speed_spread),
                       settings.min_successful_clients, settings.round_timeout_s)
     warned = False

@@ -115,6 +115,11 @@ class Synchronous:
     def clients_per_step(self, num_clients: int) -> int:
         return cohort_size(num_clients, self.fraction, self.min_clients)
 
+    def check_state(self, policy_state: Any, num_clients: int) -> None:
+        if policy_state is not None:
+            raise ConfigError(f"the state holds a {type(policy_state).__name__} of another round policy; a synchronous "
+                              "run cannot continue it (resume it with the policy it was started with)")
+
     def _sample(self, ctx: StepContext, seed: int, r: int) -> np.ndarray:
         """The round's cohort: from every client in simulation; in deployment from the clients
         connected now (the channel's ``available()``), the same draw when all are connected."""
@@ -179,6 +184,16 @@ class FedBuff:
                 raise ConfigError(f"{key} is {v!r}; expected an integer from 1 to 1000000")
         self.buffer_size, self.concurrency = buffer_size, concurrency
         self.staleness = staleness_weight(staleness_exponent)  # checks the exponent
+
+    def check_state(self, st: Any, num_clients: int) -> None:
+        if st is None:
+            return
+        if not isinstance(st, FedBuffState):
+            raise ConfigError(f"the state holds a {type(st).__name__}, not FedBuff's; resume with the policy the run was started with")
+        if len(st.in_flight) != self.concurrency or any(not 0 <= w.client_id < num_clients for w in st.in_flight):
+            raise ConfigError(f"the state has {len(st.in_flight)} clients in flight (ids up to "
+                              f"{max((w.client_id for w in st.in_flight), default=0)}) but fedbuff.concurrency is "
+                              f"{self.concurrency} and there are {num_clients} clients; resume with the settings it was started with")
 
     def _stale(self, work: InFlight, rctx: RoundContext) -> Reply | ClientFailure:
         """The arrival's outcome with every group passed through the staleness step."""

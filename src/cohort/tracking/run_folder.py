@@ -33,7 +33,22 @@ class RunFolder:
                                   f"name = {name!r}): {e}; choose a writable folder") from e
         self._open(path)
 
+    def _lock(self, path: Path) -> None:
+        """Hold ``path/.lock`` for as long as this process writes the folder: a second process (a
+        --resume of a run still going) is refused instead of interleaving its writes."""
+        import fcntl
+
+        self._lock_file = open(path / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            self._lock_file.close()
+            self._lock_file = None
+            raise ConfigError(f"the run folder {str(path)!r} is in use by another cohort process; wait for it "
+                              "to finish (or stop it) before resuming") from e
+
     def _open(self, path: Path) -> None:
+        self._lock(path)
         self.path = path
         self.writers: list[MetricsWriter] = [JsonlWriter(path / "metrics.jsonl")]
         try:
@@ -50,7 +65,8 @@ class RunFolder:
             raise ConfigError(f"{str(path)!r} is not a run folder (it has no config.toml); give a folder "
                               "written by `cohort run`")
         folder = cls.__new__(cls)
-        folder.path, folder.writers = path, []
+        folder.path, folder.writers, folder._lock_file = path, [], None
+        folder._lock(path)
         return folder
 
     def rewrite_metrics(self, history) -> None:
@@ -98,6 +114,13 @@ class RunFolder:
         for writer in self.writers:
             writer.close()
         self.writers = []
+
+    def release(self) -> None:
+        """Close the writers and let another process have the folder."""
+        self.close()
+        if getattr(self, "_lock_file", None) is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
 
 def _write_atomic(path: Path, text: str) -> None:
