@@ -102,8 +102,10 @@ def _server(args: argparse.Namespace) -> int:
 
     def channel_for(experiment, console):
         config = experiment.config
+        # each connected client holds one of the server's threads for its stream
         channel = GrpcChannel(args.address, config.server.algorithm, algorithm_settings(config),
-                              chunk_bytes=args.chunk_mb * 2**20, max_update_bytes=args.max_update_mb * 2**20)
+                              chunk_bytes=args.chunk_mb * 2**20, max_update_bytes=args.max_update_mb * 2**20,
+                              threads=experiment.num_clients + 16)
         try:
             want = args.min_clients or experiment.num_clients
             console.print(f"listening on {channel.address}; waiting for {want} of {experiment.num_clients} clients "

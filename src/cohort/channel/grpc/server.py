@@ -61,7 +61,8 @@ class _Session:
 
 
 class GrpcChannel:
-    """A Channel whose clients are processes that dialed in (``cohort client``)."""
+    """A Channel whose clients are processes that dialed in (``cohort client``). Each connected client
+    holds one of ``threads`` server threads for its stream: give at least one per client."""
 
     def __init__(self, address: str, algorithm: str, algorithm_settings: dict[str, Any], *,
                  chunk_bytes: int = CHUNK_BYTES, max_update_bytes: int = MAX_UPDATE_BYTES, threads: int = 64) -> None:
