@@ -251,6 +251,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean '{where}{close[0]}'?" if close else "."
+            if not known:
+                raise ConfigError(f"unknown config key '{where}{key}': [{where.rstrip('.')}] takes no settings")
+            if not close:
+                lower = {k.lower(): k for k in known}
+                close = [lower[key.lower()]] if isinstance(key, str) and key.lower() in lower else close
+                hint = f"; did you mean '{where}{close[0]}'?" if close else hint
             raise ConfigError(f"unknown config key '{where}{key}'{hint} Known keys{' in [' + where.rstrip('.') + ']' if where else ''}: {', '.join(sorted(known))}")
     kwargs = {}
     for key, value in data.items():

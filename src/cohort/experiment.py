@@ -230,6 +230,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
                 print(f"warning: skipped a damaged checkpoint ({problem}); resuming from {found.path.name}")
             checkpoint.check_fits(found.state, exp.algorithm)
             state = found.state
+            print(f"resuming {folder.path} after round {state.round} (checkpoint {found.path.name})")
             folder.write_config(config.to_toml())  # e.g. a raised round limit
             folder.rewrite_metrics(state.history)  # rounds after the checkpoint are run again
         else:

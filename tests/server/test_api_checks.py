@@ -79,3 +79,28 @@ def test_a_float16_delta_for_a_float32_model_is_refused():
 
     state, _ = sim(client_fn=Half(), settings=cohort.LoopSettings(rounds=1, max_failed_rounds=2))
     assert state.history[0]["status"] == "skipped" and "float16" in state.history[0]["failures"][0]
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"w": [1.0, 2.0]}, r"arrays\['w'\] is a list"),
+    ({"w": np.array(["a"])}, "expected string names and numeric numpy arrays"),
+    ({"w": np.array([np.nan], np.float32)}, "holds NaN or inf"),
+])
+def test_the_initial_model_is_checked(arrays, message):
+    with pytest.raises(ConfigError, match=message):
+        cohort.initial_state(cohort.fedavg(), arrays)
+
+
+def test_the_initial_model_is_copied():
+    start = {"w": np.zeros(2, np.float32)}
+    state = cohort.initial_state(cohort.fedavg(), start)
+    assert state.model["w"] is not start["w"]
+
+
+def test_a_section_without_settings_says_so_and_case_slips_get_a_suggestion():
+    from cohort.config import load_config
+
+    with pytest.raises(ConfigError, match=r"\[scaffold\] takes no settings"):
+        load_config(None, ["scaffold.lr=1"])
+    with pytest.raises(ConfigError, match="did you mean 'fedprox.mu'"):
+        load_config(None, ["fedprox.Mu=1"])

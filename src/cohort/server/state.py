@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from cohort.aggregation.pipeline import AggregatorState
 from cohort.core.arrays import NamedArrays
 from cohort.core.types import MODEL, Groups
@@ -55,5 +57,11 @@ def initial_state(algorithm: "Algorithm", model: NamedArrays, seed: int = 0) -> 
                           "expected a non-empty dict of named numpy arrays (the initial model)")
     if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
         raise ConfigError(f"seed is {seed!r}; expected an integer from 0 to 2**63 - 1")
-    groups, steps = algorithm.init(dict(model))
+    for name, a in model.items():
+        if not isinstance(name, str) or not isinstance(a, (np.ndarray, np.generic)) or a.dtype.kind not in "fiub":
+            raise ConfigError(f"arrays[{name!r}] is a {type(a).__name__}{' of ' + str(a.dtype) if hasattr(a, 'dtype') else ''}; "
+                              "expected string names and numeric numpy arrays")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ConfigError(f"arrays[{name!r}] holds NaN or inf; the initial model must be finite")
+    groups, steps = algorithm.init({k: np.array(a, copy=True) for k, a in model.items()})  # the caller's arrays stay theirs
     return ServerState(0, groups, steps, seed)

@@ -19,7 +19,7 @@ from cohort.core.errors import CohortError, DataError
 CSV_COLUMNS = (
     "round", "status", "accuracy", "loss", "federated_accuracy", "federated_loss", "train_loss",
     "clients_sampled", "clients_succeeded", "clients_failed", "bytes_sent", "bytes_received", "seconds",
-    "r2", "federated_r2",
+    "r2", "federated_r2", "version", "simulated_time", "staleness_mean", "staleness_max",
 )
 
 
