@@ -100,8 +100,23 @@ def _server(args: argparse.Namespace) -> int:
     from cohort.channel.grpc.server import GrpcChannel
     from cohort.experiment import algorithm_settings
 
+    import math
+
+    from cohort.core.limits import MAX_TIMEOUT_S
+
+    checks = (("--wait-s", args.wait_s, 0 < args.wait_s <= MAX_TIMEOUT_S, "seconds in (0, one week]"),
+              ("--chunk-mb", args.chunk_mb, 1 <= args.chunk_mb <= 64, "1 to 64"),
+              ("--max-update-mb", args.max_update_mb, 1 <= args.max_update_mb <= 2**20, "1 to 1048576"),
+              ("--min-clients", args.min_clients, args.min_clients >= 0, "0 (all of data.num_clients) or more"))
+    for flag, value, ok, expected in checks:
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(f"{flag} is {value!r}; expected {expected}")
+
     def channel_for(experiment, console):
         config = experiment.config
+        if args.min_clients > experiment.num_clients:
+            raise ConfigError(f"--min-clients is {args.min_clients} but the config has {experiment.num_clients} clients "
+                              "(data.num_clients)")
         # each connected client holds one of the server's threads for its stream
         channel = GrpcChannel(args.address, config.server.algorithm, algorithm_settings(config),
                               chunk_bytes=args.chunk_mb * 2**20, max_update_bytes=args.max_update_mb * 2**20,
@@ -186,15 +201,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cohort {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def run_options(p: argparse.ArgumentParser, resume_help: str) -> None:
+        """What `cohort run` and `cohort server` share: the config and where the run folder goes."""
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. --set rounds=5 --set server.fraction=0.1 (repeatable)")
+        p.add_argument("--data-dir", help="folder of downloadable datasets (default: $COHORT_DATA_DIR, else ~/.cache/cohort/data)")
+        p.add_argument("--out", help="folder to write the run folder in (default: output.dir, 'runs')")
+        p.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
+        p.add_argument("--quiet", action="store_true", help="print no per-round lines")
+        p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
     run = sub.add_parser("run", help="run an experiment from a TOML config (none: the built-in demo)")
     run.add_argument("config", nargs="?", help="TOML experiment config; see examples/")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a setting, e.g. --set rounds=5 --set server.fraction=0.1 (repeatable)")
-    run.add_argument("--data-dir", help="folder of downloadable datasets (default: $COHORT_DATA_DIR, else ~/.cache/cohort/data)")
-    run.add_argument("--out", help="folder to write the run folder in (default: output.dir, 'runs')")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run from its latest checkpoint")
-    run.add_argument("--quiet", action="store_true", help="print no per-round lines")
-    run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    run_options(run, "continue a stopped or killed run from its latest checkpoint")
     run.set_defaults(func=_run)
 
     server = sub.add_parser("server", help="run a config as a real federation: clients are `cohort client` processes")
@@ -204,13 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for them (seconds)")
     server.add_argument("--chunk-mb", type=int, default=4, help="largest message on the wire, in MiB (arrays are streamed in chunks)")
     server.add_argument("--max-update-mb", type=int, default=2048, help="largest result accepted from a client, in MiB")
-    for p in (server,):
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
-        p.add_argument("--data-dir", help="folder of downloadable datasets")
-        p.add_argument("--out", help="folder to write the run folder in")
-        p.add_argument("--quiet", action="store_true", help="print no per-round lines")
-        p.add_argument("--no-progress", action="store_true", help="no live progress bar")
-        p.add_argument("--resume", metavar="RUN_DIR", help="continue a server that was stopped or killed; its clients reconnect on their own")
+    run_options(server, "continue a server that was stopped or killed; its clients reconnect on their own")
     server.set_defaults(func=_server)
 
     client = sub.add_parser("client", help="run one client of a federation served by `cohort server`")

@@ -241,3 +241,12 @@ def test_three_clients_train_an_mnist_subset_and_accuracy_rises(tmp_path, data_d
     (folder,) = tmp_path.glob("mnist-*")
     acc = [json.loads(line)["accuracy"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert len(acc) == 3 and acc[0] < acc[2] and acc[2] > 0.85
+
+
+@pytest.mark.parametrize("flag, value", [("--wait-s", "nan"), ("--wait-s", "-1"), ("--chunk-mb", "0"),
+                                         ("--max-update-mb", "0"), ("--min-clients", "-2"), ("--min-clients", "99")])
+def test_server_flags_are_checked(flag, value, tmp_path, capsys):
+    from cohort.cli import main
+
+    assert main(["server", "--address", "127.0.0.1:0", "--out", str(tmp_path), flag, value]) == 2
+    assert f"{flag} is" in capsys.readouterr().err
