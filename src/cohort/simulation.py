@@ -60,6 +60,7 @@ def simulate(
     if not isinstance(arrays, Mapping):
         raise ConfigError(f"arrays is a {type(arrays).__name__}; expected a dict of named numpy arrays")
     size = settings.check(num_clients, reported)
+    _check_client_fits(client_fn, algorithm)
     print(f"cohort: {num_clients} clients, {size} per round, {algorithm.name}, up to {settings.rounds} rounds")
     state = initial_state(algorithm, arrays, seed)
     channel = make_channel(client_fn, algorithm, backend, workers=workers, threads=threads)
@@ -68,3 +69,19 @@ def simulate(
                    evaluate=evaluate, on_round=on_round)
     finally:
         channel.close()
+
+
+def _check_client_fits(client_fn: ClientFn, algorithm: Algorithm) -> None:
+    """Build client 0 once and refuse now, not after max_failed_rounds, a client that lacks what the
+    algorithm's client half needs (a plain fit() client under FedProx, SCAFFOLD or FedSGD)."""
+    missing = []
+    if algorithm.client.requires:
+        try:
+            client = client_fn(0)
+        except Exception:  # the rounds will report it as a failure of client 0, with its traceback
+            return
+        missing = [m for m in algorithm.client.requires if not callable(getattr(client, m, None))]
+    if missing:
+        raise ConfigError(f"{algorithm.name} needs clients with {', '.join(m + '()' for m in missing)} (a cohort.Trainer); "
+                          f"client_fn returned a {type(client).__name__} without it: use cohort.TorchClient or implement "
+                          "train(arrays, config, hooks) and gradient(arrays, config)")

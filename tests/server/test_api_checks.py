@@ -104,3 +104,9 @@ def test_a_section_without_settings_says_so_and_case_slips_get_a_suggestion():
         load_config(None, ["scaffold.lr=1"])
     with pytest.raises(ConfigError, match="did you mean 'fedprox.mu'"):
         load_config(None, ["fedprox.Mu=1"])
+
+
+@pytest.mark.parametrize("algorithm", [cohort.fedprox(), cohort.scaffold(), cohort.fedsgd()])
+def test_a_plain_fit_client_is_refused_before_round_one_when_the_algorithm_needs_a_trainer(algorithm):
+    with pytest.raises(ConfigError, match=rf"{algorithm.name} needs clients with (train|gradient)\(\)"):
+        sim(algorithm=algorithm)

@@ -27,6 +27,7 @@ class ClientHalf:
     """What a client does with each task. Subclasses define ``fit`` (and may add tasks)."""
 
     tasks: tuple[str, ...] = ("fit", "evaluate")
+    requires: tuple[str, ...] = ()  # trainer methods a client must have beyond fit/evaluate ("train", "gradient")
 
     def handle(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply | EvaluateResult, ClientState]:
         if message.task not in self.tasks:

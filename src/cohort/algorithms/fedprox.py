@@ -28,6 +28,8 @@ class FedProxSettings:
 class ProximalSteps(ClientHalf):
     mu: float
 
+    requires = ("train",)
+
     def fit(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply, ClientState]:
         t = trainer.train(message.arrays[MODEL], message.config, Hooks(proximal_mu=self.mu))
         return Reply({MODEL: t.delta}, t.num_examples, t.metrics), state

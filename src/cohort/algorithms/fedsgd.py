@@ -15,6 +15,8 @@ from cohort.core.types import MODEL, Message, Reply
 
 
 class FullGradient(ClientHalf):
+    requires = ("gradient",)
+
     def fit(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply, ClientState]:
         t = trainer.gradient(message.arrays[MODEL], message.config)
         return Reply({MODEL: {k: -g for k, g in t.delta.items()}}, t.num_examples, t.metrics), state

@@ -45,6 +45,8 @@ def control_variates(model: NamedArrays) -> NamedArrays:
 class ControlledSteps(ClientHalf):
     """Local steps corrected by ``c − cᵢ``; ``cᵢ`` lives in the client's state."""
 
+    requires = ("train",)
+
     def fit(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply, ClientState]:
         x, c = message.arrays[MODEL], message.arrays[CONTROL]
         c_i = state[CONTROL] if state else {k: np.zeros_like(v) for k, v in c.items()}
