@@ -118,9 +118,14 @@ def _server(args: argparse.Namespace) -> int:
             raise ConfigError(f"--min-clients is {args.min_clients} but the config has {experiment.num_clients} clients "
                               "(data.num_clients)")
         # each connected client holds one of the server's threads for its stream
+        from cohort.channel.grpc.certs import read
+
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together: the server's certificate (chain) and its private key")
+        tls = (read(args.tls_cert, "--tls-cert"), read(args.tls_key, "--tls-key")) if args.tls_cert else None
         channel = GrpcChannel(args.address, config.server.algorithm, algorithm_settings(config),
                               chunk_bytes=args.chunk_mb * 2**20, max_update_bytes=args.max_update_mb * 2**20,
-                              threads=experiment.num_clients + 16)
+                              threads=experiment.num_clients + 16, tls=tls)
         try:
             want = args.min_clients or experiment.num_clients
             console.print(f"listening on {channel.address}; waiting for {want} of {experiment.num_clients} clients "
@@ -168,8 +173,21 @@ def _client(args: argparse.Namespace) -> int:
             raise ConfigError(f"--id is {args.id}; this config has clients 0 to {experiment.num_clients - 1}")
         client_fn, threads = experiment.client_fn(), config.simulation.threads
     with torch_threads(threads):  # as in simulation, so the two give the same bits
-        reason = serve(args.server, client_fn, args.id, name=args.name or f"client-{args.id}", retry_for_s=args.retry_s)
+        from cohort.channel.grpc.certs import read
+
+        reason = serve(args.server, client_fn, args.id, name=args.name or f"client-{args.id}", retry_for_s=args.retry_s,
+                       tls_ca=read(args.tls_ca, "--tls-ca"))
     print(f"client {args.id}: done ({reason})", flush=True)
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from cohort.channel.grpc.certs import make_certs
+
+    paths = make_certs(args.out, args.host)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}\n"
+          f"server: cohort server ... --tls-cert {paths['cert']} --tls-key {paths['key']}\n"
+          f"client: cohort client ... --tls-ca {paths['ca']}")
     return 0
 
 
@@ -223,6 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for them (seconds)")
     server.add_argument("--chunk-mb", type=int, default=4, help="largest message on the wire, in MiB (arrays are streamed in chunks)")
     server.add_argument("--max-update-mb", type=int, default=2048, help="largest result accepted from a client, in MiB")
+    server.add_argument("--tls-cert", help="the server's certificate chain (PEM); with --tls-key, serves TLS")
+    server.add_argument("--tls-key", help="the server's private key (PEM)")
     run_options(server, "continue a server that was stopped or killed; its clients reconnect on their own")
     server.set_defaults(func=_server)
 
@@ -234,8 +254,14 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of --config")
     client.add_argument("--data-dir", help="folder of downloadable datasets (with --config)")
     client.add_argument("--name", default="", help="a name for the server's logs")
+    client.add_argument("--tls-ca", help="the CA certificate (PEM) that signed the server's: connect with TLS")
     client.add_argument("--retry-s", type=float, default=60.0, help="give up after the server is unreachable this long")
     client.set_defaults(func=_client)
+
+    certs = sub.add_parser("certs", help="make a self-signed CA and a server certificate, for testing TLS")
+    certs.add_argument("--out", required=True, help="folder to write ca.pem, ca.key, server.pem, server.key in")
+    certs.add_argument("--host", action="append", default=[], help="a name or IP address clients reach the server by (repeatable)")
+    certs.set_defaults(func=_certs)
 
     plot = sub.add_parser("plot", help="plot the curves of one or more runs, overlaid (PNG, PDF, SVG, ...)")
     plot.add_argument("runs", nargs="+", help="run folders written by `cohort run`")

@@ -30,7 +30,7 @@ class _Lost(Exception):
 
 
 def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", retry_for_s: float = 60.0,
-          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> str:
+          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True), tls_ca: bytes | None = None) -> str:
     """Run client ``client_id`` against the server at ``address`` until it says goodbye; returns its reason.
     Raises TransportError once the server could not be reached for ``retry_for_s`` seconds."""
     if not (isinstance(client_id, int) and client_id >= 0):
@@ -39,7 +39,7 @@ def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", 
     delay, gave_up_at = BACKOFF_START_S, time.monotonic() + retry_for_s
     while True:
         try:
-            reason, state = _session(address, client_fn, client_id, name, state, log)
+            reason, state = _session(address, client_fn, client_id, name, state, log, tls_ca)
             if reason.startswith("refused:"):
                 raise TransportError(f"the server at {address} turned client {client_id} away: {reason[9:].strip()}")
             return reason
@@ -61,7 +61,7 @@ def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", 
             delay = min(BACKOFF_MAX_S, delay * 2)
 
 
-def _session(address, client_fn, client_id, name, state, log):
+def _session(address, client_fn, client_id, name, state, log, tls_ca=None):
     outgoing: queue.Queue = queue.Queue()
     outgoing.put(pb.ClientMessage(hello=pb.Hello(client_id=client_id, name=name)))
 
@@ -73,8 +73,10 @@ def _session(address, client_fn, client_id, name, state, log):
             yield item
 
     limit = 64 * 2**20 + 2**16
-    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", limit),
-                                                 ("grpc.max_send_message_length", limit)]) as channel:
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    opened = (grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=tls_ca), options=options)
+              if tls_ca is not None else grpc.insecure_channel(address, options=options))
+    with opened as channel:
         stream = rpc.FederationStub(channel).Join(requests())
         half, chunk_bytes, header, parts = None, 4 * 2**20, None, []
         try:

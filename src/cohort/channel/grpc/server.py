@@ -33,8 +33,8 @@ MAX_UPDATE_BYTES = 2**31
 _CLOSE = object()
 
 
-def check_address(address: str) -> tuple[str, int]:
-    """``host:port`` on a loopback interface: TLS and client keys are not built yet, so nothing else is served."""
+def check_address(address: str, tls: bool = False) -> tuple[str, int]:
+    """``host:port``; without TLS only on a loopback interface."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--address is {address!r}; expected HOST:PORT, e.g. 127.0.0.1:8080 (port 0: any free port)")
@@ -43,9 +43,10 @@ def check_address(address: str) -> tuple[str, int]:
         loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
     except ValueError:
         loopback = False
-    if not loopback:
-        raise ConfigError(f"--address {address!r} is not a loopback address. Deployment without TLS and client "
-                          "authentication is served on 127.0.0.1, localhost or [::1] only, until those are built")
+    if not loopback and not tls:
+        raise ConfigError(f"--address {address!r} is not a loopback address: serve it with TLS (--tls-cert and "
+                          "--tls-key; `cohort certs` makes test certificates). Without TLS only 127.0.0.1, "
+                          "localhost or [::1] are served")
     return host, int(port)
 
 
@@ -65,8 +66,10 @@ class GrpcChannel:
     holds one of ``threads`` server threads for its stream: give at least one per client."""
 
     def __init__(self, address: str, algorithm: str, algorithm_settings: dict[str, Any], *,
-                 chunk_bytes: int = CHUNK_BYTES, max_update_bytes: int = MAX_UPDATE_BYTES, threads: int = 64) -> None:
-        host, port = check_address(address)
+                 chunk_bytes: int = CHUNK_BYTES, max_update_bytes: int = MAX_UPDATE_BYTES, threads: int = 64,
+                 tls: tuple[bytes, bytes] | None = None) -> None:
+        """``tls``: the server's (certificate chain, private key) in PEM; None serves plain text on loopback."""
+        host, port = check_address(address, tls is not None)
         if not 1024 <= chunk_bytes <= 64 * 2**20:
             raise ConfigError(f"chunk_bytes is {chunk_bytes}; expected 1 KiB to 64 MiB")
         self.algorithm, self.algorithm_settings = algorithm, algorithm_settings
@@ -82,7 +85,10 @@ class GrpcChannel:
                                    options=[("grpc.max_receive_message_length", limit),
                                             ("grpc.max_send_message_length", limit)])
         rpc.add_FederationServicer_to_server(_Servicer(self), self._server)
-        bound = self._server.add_insecure_port(f"{host}:{port}")
+        if tls is not None:
+            bound = self._server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(tls[1], tls[0])]))
+        else:
+            bound = self._server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise ConfigError(f"cannot listen on {address!r} (in use, or not an address of this machine)")
         self.address = f"{host}:{bound}"
