@@ -26,6 +26,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/algorithms_noniid.py
 	$(VENV)/bin/python bench/fedbuff_vs_sync.py
 	$(VENV)/bin/python bench/broadcast.py
+	$(VENV)/bin/python bench/deploy_clients.py
+	$(VENV)/bin/python bench/deploy_throughput.py
 
 # Regenerates the gRPC code from the committed .proto (grpcio-tools is in the dev extra).
 proto: $(STAMP)
