@@ -25,3 +25,19 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def mnist(data_dir):
     return load_mnist(data_dir, download=False)
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The figures plot_runs saves, to look at what it drew."""
+    import matplotlib.figure
+
+    figures = []
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        figures.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return figures

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 
-import matplotlib.figure
 import numpy as np
 import pytest
 import torch
@@ -189,20 +188,6 @@ def make_run(folder, records):
         writer.write(r)
     writer.close()
     return folder
-
-
-@pytest.fixture
-def saved_figures(monkeypatch):
-    """The figures plot_runs saves, to look at what it drew."""
-    figures = []
-    original = matplotlib.figure.Figure.savefig
-
-    def savefig(self, *args, **kwargs):
-        figures.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
-    return figures
 
 
 def test_plot_overlays_runs_one_panel_per_metric(tmp_path, saved_figures):
