@@ -10,15 +10,13 @@ thread). Prints a markdown table and writes bench/results/algorithms_noniid.json
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from provenance import provenance, write_results
 
 from cohort.config import load_config
 from cohort.experiment import run
@@ -33,9 +31,6 @@ def variants(mus: list[float]) -> list[tuple[str, list[str]]]:
             *[(f"FedProx mu={mu:g}", ["server.algorithm='fedprox'", f"fedprox.mu={mu}"]) for mu in mus],
             ("SCAFFOLD", ["server.algorithm='scaffold'"])]
 
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:
@@ -69,15 +64,11 @@ def main() -> None:
     for r in runs:
         print(f"| {r['algorithm']} | {r['seed']} | {r['best_accuracy']:.4f} ({r['best_round']}) | "
               f"{r['final_accuracy']:.4f} | {r['round_to_85']} | {r['seconds_per_round']:.3f} |")
-    results = {"date": datetime.date.today().isoformat(), "commit": git("rev-parse", "--short", "HEAD"),
-               "src_dirty": bool(git("status", "--porcelain", "src")), "config": "examples/mnist_2nn_shards.toml",
+    results = {**provenance(), "config": "examples/mnist_2nn_shards.toml",
                "setting": "pathological non-IID MNIST, 2NN, 100 clients x 2 shards, C=0.1, E=1, B=10, lr=0.1",
-               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
                "seconds": "mean wall seconds per round (training + centralized evaluation), 1 torch thread",
                "runs": runs}
-    out = ROOT / "bench" / "results" / "algorithms_noniid.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results("algorithms_noniid", results)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,14 @@ sent and client updates. Prints a markdown table and writes bench/results/fedbuf
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from provenance import provenance, write_results
 
 from cohort.config import load_config
 from cohort.experiment import run
@@ -49,9 +47,6 @@ def to_level(history: list[dict], level: float) -> dict | None:
             "client_updates": int(sum(r["clients_succeeded"] for r in h)),
             "staleness_mean": round(float(np.mean([r.get("staleness_mean", 0.0) for r in h])), 3)}
 
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:
@@ -92,21 +87,17 @@ def main() -> None:
             print(f"| {r['variant']} | {r['seed']} | {t} | " + ("not reached | | | | | |" if c is None else
                   f"{c['simulated_time']:.2f} | {c['steps']} | {c['wall_seconds']:.1f} | {c['bytes_sent'] / 1e6:.1f} | "
                   f"{c['client_updates']} | {c['staleness_mean']:.2f} |"))
-    results = {"date": datetime.date.today().isoformat(), "commit": git("rev-parse", "--short", "HEAD"),
-               "src_dirty": bool(git("status", "--porcelain", "src")), "config": "examples/mnist_2nn_iid.toml",
+    results = {**provenance(), "config": "examples/mnist_2nn_iid.toml",
                "setting": "IID MNIST, 2NN, 100 clients, E=1, B=10, lr=0.1, speed_spread=10 (a client task takes "
                           "10**-u simulated s, u ~ U[0,1) per client)",
                "targets": args.targets, "round_cap": args.rounds,
-               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
                "fields": {"to": "per accuracy level, figures up to the first step reaching it (None: never)",
                           "simulated_time": "virtual clock at that step", "steps": "server steps (rounds)",
                           "wall_seconds": "sum of the steps' wall seconds (training + evaluation)",
                           "bytes_sent": "model bytes sent to clients (channel count: model size x tasks computed)",
                           "client_updates": "updates folded into the model"},
                "runs": runs}
-    out = ROOT / "bench" / "results" / "fedbuff_vs_sync.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results("fedbuff_vs_sync", results)
 
 
 if __name__ == "__main__":
