@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from cohort.algorithms.base import Algorithm
 from cohort.algorithms.fedavg import fedavg

@@ -14,7 +14,7 @@ exactly where the checkpoint left off.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -26,7 +26,7 @@ from cohort.channel.base import Channel
 from cohort.core.errors import ConfigError, UpdateRejected
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import ClientFailure, ClientUpdate, FailureStage, Groups, Instruction, Message, Reply, RoundContext
-from cohort.server.records import WeightedMean, failure_lines, train_metrics
+from cohort.server.records import WeightedMean, train_metrics
 from cohort.server.sampling import cohort_size, sample_cohort
 from cohort.server.state import ServerState
 

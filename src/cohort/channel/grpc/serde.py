@@ -26,7 +26,6 @@ def pack(groups: Groups) -> bytes:
 
 
 def unpack(blob: bytes) -> dict[str, dict[str, np.ndarray]]:
-    from safetensors import safe_open  # noqa: F401  (the numpy loader below is enough)
     from safetensors.numpy import load
 
     if not blob:
