@@ -9,49 +9,89 @@ from __future__ import annotations
 import json
 import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from cohort.algorithms import ALGORITHMS
 from cohort.channel.grpc import federation_pb2 as pb
 from cohort.channel.grpc import federation_pb2_grpc as rpc
-from cohort.channel.grpc.serde import chunks_of, outcome_meta, pack, unpack
+from cohort.channel.grpc.auth import digest_of, hello_bytes, result_bytes
+from cohort.channel.grpc.serde import chunks_of, join, outcome_meta, pack, unpack
 from cohort.channel.runtime import run_client
 from cohort.core.errors import ConfigError, TransportError
+from cohort.core.limits import MAX_TIMEOUT_S
 from cohort.core.types import ClientFailure, FailureStage, Message
 
 BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 10.0
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+             grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
 
 
 class _Lost(Exception):
     """The stream ended without the server's goodbye."""
 
+    def __init__(self, text: str, joined: bool) -> None:
+        super().__init__(text)
+        self.joined = joined
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How a client proves who it is: ``tls_ca`` (PEM) verifies the server; ``tls_cert``/``tls_key``
+    (PEM) are this client's certificate for mutual TLS; ``key`` is its Ed25519 private key
+    (:func:`cohort.channel.grpc.auth.load_private`), for a server with a registry."""
+
+    tls_ca: bytes | None = None
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    key: Any = None
+
+    def channel(self, address: str, options) -> grpc.Channel:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: this client's certificate and its private key")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ConfigError("a client certificate (--tls-cert) is for TLS: give the server's CA with --tls-ca too")
+        if self.tls_ca is None:
+            return grpc.insecure_channel(address, options=options)
+        creds = grpc.ssl_channel_credentials(root_certificates=self.tls_ca, private_key=self.tls_key,
+                                             certificate_chain=self.tls_cert)
+        return grpc.secure_channel(address, creds, options=options)
+
 
 def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", retry_for_s: float = 60.0,
-          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True), tls_ca: bytes | None = None) -> str:
+          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True), tls_ca: bytes | None = None,
+          credentials: Credentials | None = None) -> str:
     """Run client ``client_id`` against the server at ``address`` until it says goodbye; returns its reason.
-    Raises TransportError once the server could not be reached for ``retry_for_s`` seconds."""
-    if not (isinstance(client_id, int) and client_id >= 0):
+    Raises TransportError once the server could not be reached for ``retry_for_s`` seconds, or when it
+    turns this client away."""
+    if not (isinstance(client_id, int) and not isinstance(client_id, bool) and client_id >= 0):
         raise ConfigError(f"--id is {client_id!r}; expected an integer >= 0")
+    if not (isinstance(retry_for_s, (int, float)) and 0 <= retry_for_s <= MAX_TIMEOUT_S):
+        raise ConfigError(f"--retry-s is {retry_for_s!r}; expected seconds from 0 to one week")
+    credentials = credentials or Credentials(tls_ca=tls_ca)
     state = None  # this client's own state, kept across rounds and reconnections
     delay, gave_up_at = BACKOFF_START_S, time.monotonic() + retry_for_s
     while True:
         try:
-            reason, state = _session(address, client_fn, client_id, name, state, log, tls_ca)
+            reason, state, joined = _session(address, client_fn, client_id, name, state, log, credentials)
             if reason.startswith("refused:"):
                 raise TransportError(f"the server at {address} turned client {client_id} away: {reason[9:].strip()}")
             return reason
         except _Lost as e:
+            if e.joined:  # it was in: the server restarted or the network blinked; a fresh allowance
+                delay, gave_up_at = BACKOFF_START_S, time.monotonic() + retry_for_s
             if time.monotonic() > gave_up_at:
                 raise TransportError(f"the server at {address} keeps closing the connection: {e}") from e
             log(f"client {client_id}: {e}; reconnecting in {delay:.1f}s")
             time.sleep(delay)
             delay = min(BACKOFF_MAX_S, delay * 2)
         except grpc.RpcError as e:
-            if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
-                                grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
+            if e.code() not in TRANSIENT:
                 raise TransportError(f"the server at {address} refused the connection: {e.code().name}: {e.details()}") from e
             if time.monotonic() > gave_up_at:
                 raise TransportError(f"cannot reach the server at {address} (tried for {retry_for_s:.0f}s): "
@@ -61,9 +101,10 @@ def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", 
             delay = min(BACKOFF_MAX_S, delay * 2)
 
 
-def _session(address, client_fn, client_id, name, state, log, tls_ca=None):
+def _session(address, client_fn, client_id, name, state, log, credentials: Credentials):
     outgoing: queue.Queue = queue.Queue()
     outgoing.put(pb.ClientMessage(hello=pb.Hello(client_id=client_id, name=name)))
+    ended = threading.Event()
 
     def requests():
         while True:
@@ -72,39 +113,73 @@ def _session(address, client_fn, client_id, name, state, log, tls_ca=None):
                 return
             yield item
 
+    def heartbeat(period: float) -> None:  # pings go out even while this client trains
+        while not ended.wait(period):
+            outgoing.put(pb.ClientMessage(ping=pb.Ping()))
+
     limit = 64 * 2**20 + 2**16
-    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-    opened = (grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=tls_ca), options=options)
-              if tls_ca is not None else grpc.insecure_channel(address, options=options))
-    with opened as channel:
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+               ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 10_000),
+               ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+    joined = False
+    with credentials.channel(address, options) as channel:
         stream = rpc.FederationStub(channel).Join(requests())
-        half, chunk_bytes, header, parts = None, 4 * 2**20, None, []
+        link = _Link(outgoing, b"", credentials.key)
+        half, header, parts = None, None, []
         try:
             for msg in stream:
                 kind = msg.WhichOneof("kind")
-                if kind == "welcome":
+                if kind == "challenge":
+                    if credentials.key is None:
+                        raise TransportError(f"the server at {address} requires client keys: start client {client_id} "
+                                             "with --key (its private key from `cohort keys new`, whose .pub the "
+                                             "server's operator allowed)")
+                    link.nonce = bytes(msg.challenge.nonce)
+                    outgoing.put(pb.ClientMessage(proof=pb.Proof(
+                        signature=credentials.key.sign(hello_bytes(link.nonce, client_id, name)))))
+                elif kind == "welcome":
                     settings = json.loads(msg.welcome.algorithm_settings or "{}")
                     if msg.welcome.algorithm not in ALGORITHMS:
                         raise ConfigError(f"the server runs algorithm {msg.welcome.algorithm!r}, which this client "
                                           f"does not know (it knows {', '.join(ALGORITHMS)})")
                     half = ALGORITHMS[msg.welcome.algorithm](**settings).client
-                    chunk_bytes = int(msg.welcome.chunk_bytes) or chunk_bytes
+                    link.chunk_bytes = int(msg.welcome.chunk_bytes) or link.chunk_bytes
+                    if msg.welcome.heartbeat_s > 0:
+                        threading.Thread(target=heartbeat, args=(max(0.05, msg.welcome.heartbeat_s),), daemon=True,
+                                         name=f"cohort-heartbeat-{client_id}").start()
+                    joined = True
                     log(f"client {client_id}: joined {address} ({msg.welcome.algorithm})")
                 elif kind == "bye":
-                    return msg.bye.reason, state
+                    return msg.bye.reason, state, joined
                 elif kind == "task":
                     header, parts = msg.task, []
                 elif kind == "chunk" and header is not None:
                     parts.append(msg.chunk.data)
                     if msg.chunk.last:
-                        state = _answer(header, b"".join(parts), half, client_fn, client_id, state, outgoing, chunk_bytes)
+                        state = _answer(header, join(parts), half, client_fn, client_id, state, link)
                         header, parts = None, []
+        except grpc.RpcError as e:
+            if joined and e.code() in TRANSIENT:
+                raise _Lost(f"the connection was lost ({e.code().name})", True) from e
+            raise
         finally:
+            ended.set()
             outgoing.put(None)
-    raise _Lost("the server closed the stream without a goodbye")
+    raise _Lost("the server closed the stream without a goodbye", joined)
 
 
-def _answer(header, blob, half, client_fn, client_id, state, outgoing, chunk_bytes):
+@dataclass
+class _Link:
+    """What a connection's results need: where they go, the challenge they are signed against, their count."""
+
+    outgoing: queue.Queue
+    nonce: bytes
+    key: Any
+    seq: int = 0
+    chunk_bytes: int = 4 * 2**20
+
+
+def _answer(header, blob, half, client_fn, client_id, state, link: _Link):
     config = json.loads(header.meta or "{}").get("config", {})
     message = Message(header.task, unpack(blob), config, int(header.version))
     if half is None:
@@ -113,8 +188,12 @@ def _answer(header, blob, half, client_fn, client_id, state, outgoing, chunk_byt
         outcome, new_state = run_client(client_fn, half, client_id, message, state)
     meta, groups = outcome_meta(outcome)
     payload = pack(groups) if groups else b""
-    outgoing.put(pb.ClientMessage(result=pb.Header(task_id=header.task_id, task=header.task, version=header.version,
-                                                   meta=json.dumps(meta), payload_bytes=len(payload))))
-    for piece, last in chunks_of(payload, chunk_bytes):
-        outgoing.put(pb.ClientMessage(chunk=pb.Chunk(data=piece, last=last)))
+    link.seq += 1
+    result = pb.Header(task_id=header.task_id, task=header.task, version=header.version, meta=json.dumps(meta),
+                       payload_bytes=len(payload), seq=link.seq)
+    if link.key is not None and link.nonce:
+        result.signature = link.key.sign(result_bytes(link.nonce, result, digest_of([payload])))
+    link.outgoing.put(pb.ClientMessage(result=result))
+    for piece, last in chunks_of(payload, link.chunk_bytes):
+        link.outgoing.put(pb.ClientMessage(chunk=pb.Chunk(data=piece, last=last)))
     return new_state

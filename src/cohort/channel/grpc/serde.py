@@ -49,6 +49,10 @@ def _order(blob: bytes) -> list[str] | None:
     return json.loads(order) if order else None
 
 
+def join(parts: list[bytes]) -> bytes:
+    return b"".join(parts)
+
+
 def split(blob: bytes, chunk_bytes: int) -> list[bytes]:
     """``blob`` in pieces of at most ``chunk_bytes`` (at least one piece, maybe empty)."""
     if not blob:

@@ -24,12 +24,16 @@ import grpc
 from cohort.channel.base import groups_nbytes, reply_nbytes
 from cohort.channel.grpc import federation_pb2 as pb
 from cohort.channel.grpc import federation_pb2_grpc as rpc
-from cohort.channel.grpc.serde import chunks_of, outcome_from, pack, unpack
+from cohort.channel.grpc.auth import digest_of, hello_bytes, load_public, new_nonce, result_bytes, verify
+from cohort.channel.grpc.registry import Registry, RunLog
+from cohort.channel.grpc.serde import chunks_of, join, outcome_from, pack, unpack
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
 
 CHUNK_BYTES = 4 * 2**20
 MAX_UPDATE_BYTES = 2**31
+HEARTBEAT_S = 5.0
+HANDSHAKE_S = 10.0
 _CLOSE = object()
 
 
@@ -53,48 +57,78 @@ def check_address(address: str, tls: bool = False) -> tuple[str, int]:
 class _Session:
     """One connected client."""
 
-    def __init__(self, client_id: int, name: str) -> None:
-        self.client_id, self.name = client_id, name
+    def __init__(self, client_id: int, name: str, context) -> None:
+        self.client_id, self.name, self.context = client_id, name, context
         self.outbound: queue.Queue = queue.Queue()
         self.pending: set[int] = set()  # task ids sent and not answered
         self.alive = True
         self.last_seen = time.monotonic()
+        self.public_key = None  # with a registry: the key this connection proved it holds
+        self.nonce = b""
+        self.seq = 0  # the last result's sequence number
 
 
 class GrpcChannel:
     """A Channel whose clients are processes that dialed in (``cohort client``). Each connected client
-    holds one of ``threads`` server threads for its stream: give at least one per client."""
+    holds one of ``threads`` server threads for its stream: give at least one per client.
+
+    ``tls``: the server's (certificate chain, private key) in PEM; None serves plain text on loopback.
+    ``client_ca``: with TLS, require client certificates signed by this CA (mutual TLS).
+    ``registry``: a :class:`Registry`; every client must then prove it holds its registered key.
+    ``heartbeat_s``: clients ping this often; one silent for three periods is marked offline.
+    ``handshake_s``: a connection that has not finished its hello by then is closed.
+    """
 
     def __init__(self, address: str, algorithm: str, algorithm_settings: dict[str, Any], *,
                  chunk_bytes: int = CHUNK_BYTES, max_update_bytes: int = MAX_UPDATE_BYTES, threads: int = 64,
-                 tls: tuple[bytes, bytes] | None = None) -> None:
-        """``tls``: the server's (certificate chain, private key) in PEM; None serves plain text on loopback."""
+                 tls: tuple[bytes, bytes] | None = None, client_ca: bytes | None = None,
+                 registry: Registry | None = None, heartbeat_s: float = HEARTBEAT_S, handshake_s: float = HANDSHAKE_S,
+                 log: RunLog | None = None) -> None:
         host, port = check_address(address, tls is not None)
         if not 1024 <= chunk_bytes <= 64 * 2**20:
             raise ConfigError(f"chunk_bytes is {chunk_bytes}; expected 1 KiB to 64 MiB")
+        if not (isinstance(max_update_bytes, int) and max_update_bytes >= 1):
+            raise ConfigError(f"max_update_bytes is {max_update_bytes!r}; expected an integer >= 1")
+        for what, v in (("heartbeat_s", heartbeat_s), ("handshake_s", handshake_s)):
+            if not (isinstance(v, (int, float)) and 0.05 <= v <= 3600):
+                raise ConfigError(f"{what} is {v!r}; expected seconds from 0.05 to 3600")
+        if client_ca is not None and tls is None:
+            raise ConfigError("client certificates (mutual TLS) need the server's own TLS certificate and key too")
         self.algorithm, self.algorithm_settings = algorithm, algorithm_settings
         self.chunk_bytes, self.max_update_bytes = chunk_bytes, max_update_bytes
+        self.registry, self.log = registry, log if log is not None else RunLog()
+        self.heartbeat_s, self.handshake_s = float(heartbeat_s), float(handshake_s)
         self.bytes_sent = self.bytes_received = 0
         self.max_held = 0
         self._sessions: dict[int, _Session] = {}
+        self._connecting: dict[int, tuple[Any, float]] = {}  # id(context) -> (context, started)
         self._lock = threading.Lock()
         self._results: queue.Queue = queue.Queue()  # (task_id, client_id, outcome)
         self._task_ids = itertools.count(1)
+        self._stopped = threading.Event()
         limit = chunk_bytes + 2**16
         self._server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cohort-grpc"),
                                    options=[("grpc.max_receive_message_length", limit),
-                                            ("grpc.max_send_message_length", limit)])
+                                            ("grpc.max_send_message_length", limit),
+                                            ("grpc.keepalive_permit_without_calls", 1),
+                                            ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+                                            ("grpc.http2.max_ping_strikes", 0)],
+                                   maximum_concurrent_rpcs=threads)
         rpc.add_FederationServicer_to_server(_Servicer(self), self._server)
         if tls is not None:
-            bound = self._server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(tls[1], tls[0])]))
+            creds = grpc.ssl_server_credentials([(tls[1], tls[0])], root_certificates=client_ca,
+                                                require_client_auth=client_ca is not None)
+            bound = self._server.add_secure_port(f"{host}:{port}", creds)
         else:
             bound = self._server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise ConfigError(f"cannot listen on {address!r} (in use, or not an address of this machine)")
         self.address = f"{host}:{bound}"
         self._server.start()
+        self._monitor = threading.Thread(target=self._watch, daemon=True, name="cohort-heartbeats")
+        self._monitor.start()
 
-    # --- the registry ---------------------------------------------------------------------------
+    # --- the registry of connections ------------------------------------------------------------
     def available(self) -> list[int]:
         with self._lock:
             return sorted(cid for cid, s in self._sessions.items() if s.alive)
@@ -109,37 +143,63 @@ class GrpcChannel:
             time.sleep(0.05)
         return self.available()
 
-    def _join(self, session: _Session) -> str | None:
+    def _join(self, session: _Session) -> None:
+        """Register ``session``; an older connection of the same client (it reconnected before the
+        server noticed the old one was gone) is closed. With a registry the new one proved the key."""
         with self._lock:
             old = self._sessions.get(session.client_id)
-            if old is not None and old.alive:
-                return f"client id {session.client_id} is already connected"
             self._sessions[session.client_id] = session
-        return None
+        if old is not None and old.alive:
+            self._leave(old, "replaced by a new connection of the same client")
+        self.log.event("joined", session.client_id, session.name)
+        if self.registry is not None:
+            self.registry.seen(session.client_id)
 
     def _leave(self, session: _Session, why: str, refuse: bool = False) -> None:
         """End ``session``: its tasks in flight fail with ``why``; with ``refuse``, the client is told
         (a Bye starting "refused:") so that it stops instead of reconnecting."""
-        if refuse and session.alive:
-            session.outbound.put(pb.ServerMessage(bye=pb.Bye(reason=f"refused: {why}")))
         with self._lock:
+            if not session.alive:
+                return
             session.alive = False
             if self._sessions.get(session.client_id) is session:
                 del self._sessions[session.client_id]
             lost = list(session.pending)
             session.pending.clear()
+        if refuse:
+            session.outbound.put(pb.ServerMessage(bye=pb.Bye(reason=f"refused: {why}")))
         for task_id in lost:
             self._results.put((task_id, session.client_id, ClientFailure(session.client_id, FailureStage.TRANSPORT, why)))
         session.outbound.put(_CLOSE)
+        self.log.event("refused" if refuse else "left", session.client_id, why)
+        if self.registry is not None and not refuse:
+            self.registry.seen(session.client_id)
+
+    def _watch(self) -> None:
+        """Heartbeats: a client silent for three periods is offline (its tasks fail now, not at the
+        deadline); a connection still in its hello after ``handshake_s`` is closed."""
+        while not self._stopped.wait(min(self.heartbeat_s, self.handshake_s) / 2):
+            now = time.monotonic()
+            with self._lock:
+                silent = [s for s in self._sessions.values() if s.alive and now - s.last_seen > 3 * self.heartbeat_s]
+                stuck = [c for c, started in self._connecting.values() if now - started > self.handshake_s]
+            for s in silent:
+                self._leave(s, f"silent for {now - s.last_seen:.1f}s (no heartbeat); marked offline")
+                s.context.cancel()
+            for context in stuck:
+                context.cancel()
 
     # --- the Channel --------------------------------------------------------------------------
-    def run(self, message: Message, instructions: Sequence[Instruction], timeout_s: float | None = None
-            ) -> Iterator[tuple[int, Any]]:
+    def run(self, message: Message, instructions: Sequence[Instruction], timeout_s: float | None = None,
+            arrival_order: bool = False) -> Iterator[tuple[int, Any]]:
+        """As every Channel; with ``arrival_order`` results are yielded as they arrive (over-selection:
+        the caller may stop early, and the tasks still out are then dropped, their results discarded)."""
         blob = pack(message.arrays)
         pieces = list(chunks_of(blob, self.chunk_bytes))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         waiting: dict[int, int] = {}  # task id -> position
         arrived: dict[int, Any] = {}
+        ready: list[int] = []  # positions in arrival order
         for pos, ins in enumerate(instructions):
             with self._lock:
                 session = self._sessions.get(ins.client_id)
@@ -148,6 +208,7 @@ class GrpcChannel:
                     session.pending.add(task_id)
             if session is None or not session.alive:
                 arrived[pos] = ClientFailure(ins.client_id, FailureStage.TRANSPORT, "not connected")
+                ready.append(pos)
                 continue
             config = {**message.config, **ins.config}
             meta = json.dumps({"config": config})
@@ -157,37 +218,53 @@ class GrpcChannel:
                 session.outbound.put(pb.ServerMessage(chunk=pb.Chunk(data=piece, last=last)))
             self.bytes_sent += groups_nbytes(message.arrays)
             waiting[task_id] = pos
-        next_yield = 0
-        while next_yield < len(instructions):
-            while next_yield in arrived:
-                yield next_yield, arrived.pop(next_yield)
-                next_yield += 1
-            if next_yield >= len(instructions):
-                break
-            remaining = None if deadline is None else deadline - time.monotonic()
-            try:
-                if remaining is not None and remaining <= 0:
-                    raise queue.Empty
-                task_id, cid, outcome = self._results.get(timeout=remaining)
-            except queue.Empty:  # the deadline: whatever has not come is a timeout; late results are discarded
-                for task_id, pos in waiting.items():
-                    ins = instructions[pos]
-                    arrived.setdefault(pos, ClientFailure(ins.client_id, FailureStage.TIMEOUT,
-                                                         f"no result within the {timeout_s}s round deadline"))
-                expired = set(waiting)
-                waiting.clear()
-                with self._lock:
-                    for s in self._sessions.values():
-                        s.pending -= expired
-                continue
-            pos = waiting.pop(task_id, None)
-            if pos is None:
-                continue  # a late result of an earlier round: discarded
-            if isinstance(outcome, Reply):  # the version it was computed from is the one sent, whatever it claims
-                outcome = replace(outcome, version=message.version)
-            self.bytes_received += reply_nbytes(outcome)
-            arrived[pos] = outcome
-            self.max_held = max(self.max_held, len(arrived))
+        del blob  # the pieces hold it
+        yielded = 0
+        try:
+            while yielded < len(instructions):
+                if arrival_order:
+                    while ready:
+                        pos = ready.pop(0)
+                        yield pos, arrived.pop(pos)
+                        yielded += 1
+                else:
+                    while yielded in arrived:
+                        yield yielded, arrived.pop(yielded)
+                        yielded += 1
+                if yielded >= len(instructions):
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    if remaining is not None and remaining <= 0:
+                        raise queue.Empty
+                    task_id, cid, outcome = self._results.get(timeout=remaining)
+                except queue.Empty:  # the deadline: whatever has not come is a timeout; late results are discarded
+                    for task_id, pos in waiting.items():
+                        ins = instructions[pos]
+                        arrived.setdefault(pos, ClientFailure(ins.client_id, FailureStage.TIMEOUT,
+                                                             f"no result within the {timeout_s}s round deadline"))
+                        ready.append(pos)
+                    self._expire(waiting)
+                    continue
+                pos = waiting.pop(task_id, None)
+                if pos is None:
+                    continue  # a late result of an earlier round: discarded
+                if isinstance(outcome, Reply):  # the version it was computed from is the one sent, whatever it claims
+                    outcome = replace(outcome, version=message.version)
+                self.bytes_received += reply_nbytes(outcome)
+                arrived[pos] = outcome
+                ready.append(pos)
+                self.max_held = max(self.max_held, len(arrived))
+        finally:  # the caller stopped early (over-selection) or the round ended: nothing stays pending
+            self._expire(waiting)
+
+    def _expire(self, waiting: dict[int, int]) -> None:
+        expired = set(waiting)
+        waiting.clear()
+        if expired:
+            with self._lock:
+                for s in self._sessions.values():
+                    s.pending -= expired
 
     def close(self, reason: str = "the run has ended") -> None:
         with self._lock:
@@ -198,7 +275,13 @@ class GrpcChannel:
         deadline = time.monotonic() + 5
         while any(not s.outbound.empty() for s in sessions) and time.monotonic() < deadline:
             time.sleep(0.02)  # let the goodbyes go out
+        self._stopped.set()
         self._server.stop(grace=2).wait(5)
+        self.log.event("stopped", None, reason)
+
+
+def _refusal(text: str):
+    return pb.ServerMessage(bye=pb.Bye(reason=f"refused: {text}"))
 
 
 class _Servicer(rpc.FederationServicer):
@@ -207,29 +290,69 @@ class _Servicer(rpc.FederationServicer):
 
     def Join(self, request_iterator, context):
         ch = self.channel
+        key = id(context)
+        with ch._lock:
+            ch._connecting[key] = (context, time.monotonic())
         try:
-            first = next(request_iterator)
-        except (StopIteration, grpc.RpcError):
-            return
-        if first.WhichOneof("kind") != "hello" or first.hello.client_id < 0:
-            yield pb.ServerMessage(bye=pb.Bye(reason="refused: the first message must be a Hello with a client id >= 0"))
-            return
-        session = _Session(int(first.hello.client_id), first.hello.name[:200])
-        refused = ch._join(session)
-        if refused:
-            yield pb.ServerMessage(bye=pb.Bye(reason=f"refused: {refused}"))
-            return
+            session, refused = self._hello(request_iterator, context)
+            if refused is not None:
+                ch.log.event("refused", session.client_id if session else None, refused)
+                yield _refusal(refused)
+                return
+            if session.nonce:
+                yield pb.ServerMessage(challenge=pb.Challenge(nonce=session.nonce))
+                refused = self._proof(session, request_iterator)
+                if refused is not None:
+                    ch.log.event("refused", session.client_id, refused)
+                    yield _refusal(refused)
+                    return
+        except (StopIteration, grpc.RpcError, ValueError):
+            return  # hung up (or was cut off) during the hello
+        finally:
+            with ch._lock:
+                ch._connecting.pop(key, None)
+        ch._join(session)
         reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True,
                                   name=f"cohort-client-{session.client_id}")
         reader.start()
         context.add_callback(lambda: ch._leave(session, "the connection was lost"))
         yield pb.ServerMessage(welcome=pb.Welcome(algorithm=ch.algorithm, algorithm_settings=json.dumps(ch.algorithm_settings),
-                                                  chunk_bytes=ch.chunk_bytes, max_update_bytes=ch.max_update_bytes))
+                                                  chunk_bytes=ch.chunk_bytes, max_update_bytes=ch.max_update_bytes,
+                                                  heartbeat_s=ch.heartbeat_s))
         while True:
             item = session.outbound.get()
             if item is _CLOSE:
                 return
             yield item
+
+    def _hello(self, requests, context) -> tuple[_Session | None, str | None]:
+        """The first message: who the client says it is. With a registry, a challenge is prepared."""
+        ch = self.channel
+        first = next(requests)
+        if first.WhichOneof("kind") != "hello" or first.hello.client_id < 0:
+            return None, "the first message must be a Hello with a client id >= 0"
+        session = _Session(int(first.hello.client_id), first.hello.name[:200], context)
+        if ch.registry is None:
+            return session, None
+        entry = ch.registry.get(session.client_id)
+        if entry is None:
+            return session, (f"client {session.client_id} is not in the server's registry; its operator adds it with "
+                             f"`cohort keys allow --registry {ch.registry.path.name} --id {session.client_id} --public client-{session.client_id}.pub`")
+        if entry.revoked is not None:
+            return session, f"client {session.client_id}'s key was revoked ({entry.revoked_reason})"
+        session.public_key = load_public(entry.public_key, f"the registered key of client {session.client_id}")
+        session.nonce = new_nonce()
+        return session, None
+
+    def _proof(self, session: _Session, requests) -> str | None:
+        msg = next(requests)
+        if msg.WhichOneof("kind") != "proof":
+            return (f"the server requires a signed hello: client {session.client_id} must be started with its key "
+                    "(cohort client --key client-ID.key)")
+        if not verify(session.public_key, msg.proof.signature, hello_bytes(session.nonce, session.client_id, session.name)):
+            return (f"the hello's signature does not match the key registered for client {session.client_id} "
+                    "(wrong --key, or the key was replaced)")
+        return None
 
     def _read(self, session: _Session, requests) -> None:
         """Assemble results; anything malformed ends this client's session, never the server."""
@@ -239,26 +362,32 @@ class _Servicer(rpc.FederationServicer):
             for msg in requests:
                 session.last_seen = time.monotonic()
                 kind = msg.WhichOneof("kind")
+                if kind == "ping":
+                    continue
                 if kind == "result":
                     header, parts, size = msg.result, [], 0
                     if header.payload_bytes > ch.max_update_bytes:  # declared too big: refused before any byte
-                        self._deliver(session, header, ClientFailure(
-                            session.client_id, FailureStage.VALIDATE,
-                            f"result of {header.payload_bytes} bytes over the limit of {ch.max_update_bytes} bytes (max_update_bytes)"))
-                        ch._leave(session, f"announced a result over the limit of {ch.max_update_bytes} bytes", refuse=True)
+                        self._refuse(session, header, f"announced a result of {header.payload_bytes} bytes, over the limit "
+                                                      f"of {ch.max_update_bytes} bytes (max_update_bytes)")
                         return
+                    if session.public_key is not None and header.seq <= session.seq:
+                        self._refuse(session, header, f"sent result number {header.seq} after number {session.seq}: a "
+                                                      "replayed or reordered result")
+                        return
+                    session.seq = header.seq
                 elif kind == "chunk" and header is not None:
                     size += len(msg.chunk.data)
                     if size > ch.max_update_bytes:  # refused before it is buffered whole
-                        self._deliver(session, header, ClientFailure(
-                            session.client_id, FailureStage.VALIDATE,
-                            f"result over the limit of {ch.max_update_bytes} bytes (max_update_bytes)"))
-                        header, parts = None, []
-                        ch._leave(session, f"sent a result over the limit of {ch.max_update_bytes} bytes", refuse=True)
+                        self._refuse(session, header, f"sent a result over the limit of {ch.max_update_bytes} bytes "
+                                                      "(max_update_bytes)")
                         return
                     parts.append(msg.chunk.data)
                     if msg.chunk.last:
-                        self._deliver(session, header, self._decode(session, header, b"".join(parts)))
+                        problem = self._check_signature(session, header, parts)
+                        if problem:
+                            self._refuse(session, header, problem)
+                            return
+                        self._deliver(session, header, self._decode(session, header, parts))
                         header, parts, size = None, [], 0
                 else:
                     ch._leave(session, f"sent an unexpected {kind or 'empty'} message", refuse=True)
@@ -270,10 +399,28 @@ class _Servicer(rpc.FederationServicer):
             return
         ch._leave(session, "the connection was closed")
 
-    def _decode(self, session: _Session, header, blob: bytes):
+    def _check_signature(self, session: _Session, header, parts: list[bytes]) -> str | None:
+        """With a registry: the result is signed by this connection's key, and the key is not revoked now."""
+        ch = self.channel
+        if session.public_key is None:
+            return None
+        entry = ch.registry.get(session.client_id)
+        if entry is None or entry.revoked is not None:
+            return f"client {session.client_id}'s key was revoked ({entry.revoked_reason if entry else 'removed from the registry'})"
+        if not verify(session.public_key, header.signature, result_bytes(session.nonce, header, digest_of(parts))):
+            return f"result {header.seq}'s signature does not match client {session.client_id}'s key: refused"
+        ch.registry.seen(session.client_id)
+        return None
+
+    def _refuse(self, session: _Session, header, why: str) -> None:
+        """The result fails validation, and the client is turned away."""
+        self._deliver(session, header, ClientFailure(session.client_id, FailureStage.VALIDATE, why))
+        self.channel._leave(session, why, refuse=True)
+
+    def _decode(self, session: _Session, header, parts: list[bytes]):
         try:
             meta = json.loads(header.meta or "{}")
-            return outcome_from(meta, unpack(blob), session.client_id, int(header.version))
+            return outcome_from(meta, unpack(join(parts)), session.client_id, int(header.version))
         except (ValueError, TransportError) as e:
             return ClientFailure(session.client_id, FailureStage.VALIDATE, f"malformed result: {e}")
 
