@@ -113,3 +113,14 @@ class Writer:
 
     def evaluate(self, arrays, config):
         return EvaluateResult(0.0, 1)
+
+
+class Sleepy(Constant):
+    """Constant, after sleeping ``seconds`` in every fit (a client slower than the heartbeat)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def fit(self, arrays, config):
+        time.sleep(self.seconds)
+        return super().fit(arrays, config)

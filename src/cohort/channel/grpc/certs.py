@@ -1,7 +1,9 @@
-"""``cohort certs``: a self-signed CA and a server certificate signed by it, for testing TLS.
+"""``cohort certs``: a self-signed CA, and a server and a client certificate signed by it, for testing TLS.
 
 Real deployments use certificates from their own CA: give the server its certificate chain and key
-(``--tls-cert``, ``--tls-key``) and each client the CA that signed it (``--tls-ca``).
+(``--tls-cert``, ``--tls-key``) and each client the CA that signed it (``--tls-ca``). For mutual TLS
+the server also gets the CA that signs client certificates (``--tls-client-ca``) and each client its
+own certificate and key (``--tls-cert``, ``--tls-key``).
 """
 
 from __future__ import annotations
@@ -60,19 +62,27 @@ def make_certs(folder: str | Path, hosts: list[str]) -> dict[str, Path]:
           .not_valid_after(now + datetime.timedelta(days=DAYS))
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
           .sign(ca_key, hashes.SHA256()))
-    key = _key()
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=DAYS))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    def signed(common_name: str, usage, extensions=()):
+        key = _key()
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+                   .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=DAYS))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        for ext in extensions:
+            builder = builder.add_extension(ext, critical=False)
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    cert, key = signed(hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, [x509.SubjectAlternativeName(sans)])
+    client_cert, client_key = signed("cohort client", ExtendedKeyUsageOID.CLIENT_AUTH)
     pem = serialization.Encoding.PEM
-    paths = {"ca": folder / "ca.pem", "ca_key": folder / "ca.key", "cert": folder / "server.pem", "key": folder / "server.key"}
+    paths = {"ca": folder / "ca.pem", "ca_key": folder / "ca.key", "cert": folder / "server.pem", "key": folder / "server.key",
+             "client_cert": folder / "client.pem", "client_key": folder / "client.key"}
     _write(paths["ca"], ca.public_bytes(pem))
     _write(paths["ca_key"], _pem_key(ca_key), private=True)
     _write(paths["cert"], cert.public_bytes(pem))
     _write(paths["key"], _pem_key(key), private=True)
+    _write(paths["client_cert"], client_cert.public_bytes(pem))
+    _write(paths["client_key"], _pem_key(client_key), private=True)
     return paths
 
 
