@@ -84,8 +84,13 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
     channel = channel_for(experiment, console) if channel_for is not None else None
     progress = None if args.quiet else ConsoleProgress(config.rounds, console=console,
                                                       bar=config.output.progress and not args.no_progress)
-    result = run(config, progress=progress, experiment=experiment, resume=args.resume,
-                 on_folder=lambda path: setattr(args, "run_folder", path), channel=channel)
+    def on_folder(path):
+        args.run_folder = path
+        if hasattr(channel, "attach_folder"):  # the server's run log
+            channel.attach_folder(path)
+
+    result = run(config, progress=progress, experiment=experiment, resume=args.resume, on_folder=on_folder,
+                 channel=channel)
     best, last = result.summary["best"], result.summary["last"]
     if best:
         console.print(f"best {best['metric']} {best['value']:.4f} at round {best['round']}, last {last['value']:.4f} "
@@ -107,7 +112,8 @@ def _server(args: argparse.Namespace) -> int:
     checks = (("--wait-s", args.wait_s, 0 < args.wait_s <= MAX_TIMEOUT_S, "seconds in (0, one week]"),
               ("--chunk-mb", args.chunk_mb, 1 <= args.chunk_mb <= 64, "1 to 64"),
               ("--max-update-mb", args.max_update_mb, 1 <= args.max_update_mb <= 2**20, "1 to 1048576"),
-              ("--min-clients", args.min_clients, args.min_clients >= 0, "0 (all of data.num_clients) or more"))
+              ("--min-clients", args.min_clients, args.min_clients >= 0, "0 (all of data.num_clients) or more"),
+              ("--heartbeat-s", args.heartbeat_s, 0.05 <= args.heartbeat_s <= 3600, "seconds from 0.05 to 3600"))
     for flag, value, ok, expected in checks:
         if not ok or (isinstance(value, float) and not math.isfinite(value)):
             raise ConfigError(f"{flag} is {value!r}; expected {expected}")
@@ -119,13 +125,19 @@ def _server(args: argparse.Namespace) -> int:
                               "(data.num_clients)")
         # each connected client holds one of the server's threads for its stream
         from cohort.channel.grpc.certs import read
+        from cohort.channel.grpc.registry import Registry
 
         if bool(args.tls_cert) != bool(args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together: the server's certificate (chain) and its private key")
         tls = (read(args.tls_cert, "--tls-cert"), read(args.tls_key, "--tls-key")) if args.tls_cert else None
+        if args.tls_client_ca and not tls:
+            raise ConfigError("--tls-client-ca (mutual TLS) needs the server's own --tls-cert and --tls-key")
+        registry = Registry(args.registry) if args.registry else None
         channel = GrpcChannel(args.address, config.server.algorithm, algorithm_settings(config),
                               chunk_bytes=args.chunk_mb * 2**20, max_update_bytes=args.max_update_mb * 2**20,
-                              threads=experiment.num_clients + 16, tls=tls)
+                              threads=experiment.num_clients + 16, tls=tls,
+                              client_ca=read(args.tls_client_ca, "--tls-client-ca"), registry=registry,
+                              heartbeat_s=args.heartbeat_s, num_clients=experiment.num_clients)
         try:
             want = args.min_clients or experiment.num_clients
             console.print(f"listening on {channel.address}; waiting for {want} of {experiment.num_clients} clients "
@@ -172,11 +184,15 @@ def _client(args: argparse.Namespace) -> int:
         if not 0 <= args.id < experiment.num_clients:
             raise ConfigError(f"--id is {args.id}; this config has clients 0 to {experiment.num_clients - 1}")
         client_fn, threads = experiment.client_fn(), config.simulation.threads
-    with torch_threads(threads):  # as in simulation, so the two give the same bits
-        from cohort.channel.grpc.certs import read
+    from cohort.channel.grpc.auth import load_private
+    from cohort.channel.grpc.certs import read
+    from cohort.channel.grpc.client import Credentials
 
+    credentials = Credentials(tls_ca=read(args.tls_ca, "--tls-ca"), tls_cert=read(args.tls_cert, "--tls-cert"),
+                              tls_key=read(args.tls_key, "--tls-key"), key=load_private(args.key) if args.key else None)
+    with torch_threads(threads):  # as in simulation, so the two give the same bits
         reason = serve(args.server, client_fn, args.id, name=args.name or f"client-{args.id}", retry_for_s=args.retry_s,
-                       tls_ca=read(args.tls_ca, "--tls-ca"))
+                       credentials=credentials)
     print(f"client {args.id}: done ({reason})", flush=True)
     return 0
 
@@ -186,8 +202,50 @@ def _certs(args: argparse.Namespace) -> int:
 
     paths = make_certs(args.out, args.host)
     print(f"wrote {', '.join(str(p) for p in paths.values())}\n"
-          f"server: cohort server ... --tls-cert {paths['cert']} --tls-key {paths['key']}\n"
-          f"client: cohort client ... --tls-ca {paths['ca']}")
+          f"server: cohort server ... --tls-cert {paths['cert']} --tls-key {paths['key']}"
+          f" [--tls-client-ca {paths['ca']}: mutual TLS]\n"
+          f"client: cohort client ... --tls-ca {paths['ca']}"
+          f" [--tls-cert {paths['client_cert']} --tls-key {paths['client_key']}: mutual TLS]")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """``cohort keys new|allow|revoke|list``: client key pairs, and the server's registry of them."""
+    from datetime import datetime
+
+    from cohort.channel.grpc.auth import fingerprint, make_keys
+    from cohort.channel.grpc.certs import read
+    from cohort.channel.grpc.registry import Registry
+
+    if args.action == "new":
+        for cid in args.id:
+            paths = make_keys(args.out, cid)
+            print(f"client {cid}: private key {paths['key']} (keep it on the client: cohort client --id {cid} --key "
+                  f"{paths['key']} ...); public key {paths['pub']} (give it to the server's operator: cohort keys allow "
+                  f"--registry REGISTRY.sqlite --id {cid} --public {paths['pub']})")
+        return 0
+    registry = Registry(args.registry, create=args.action == "allow")
+    try:
+        if args.action == "allow":
+            cid = args.id
+            public = read(args.public, "--public")
+            registry.allow(cid, public, args.name)
+            print(f"client {cid} allowed in {args.registry} (key {fingerprint(public)})")
+        elif args.action == "revoke":
+            for cid in args.id:
+                registry.revoke(cid, args.reason)
+                print(f"client {cid} revoked in {args.registry}: it is refused from its next message on")
+        else:
+            def when(t):
+                return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+            print(f"{'id':>6}  {'name':<20} {'key':<16}  {'added':<19}  {'last seen':<19}  status")
+            for e in registry.entries():
+                status = "allowed" if e.revoked is None else f"revoked {when(e.revoked)}: {e.revoked_reason}"
+                print(f"{e.client_id:>6}  {e.name[:20]:<20} {fingerprint(e.public_key)}  {when(e.added):<19}  "
+                      f"{when(e.last_seen):<19}  {status}")
+    finally:
+        registry.close()
     return 0
 
 
@@ -243,6 +301,12 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--max-update-mb", type=int, default=2048, help="largest result accepted from a client, in MiB")
     server.add_argument("--tls-cert", help="the server's certificate chain (PEM); with --tls-key, serves TLS")
     server.add_argument("--tls-key", help="the server's private key (PEM)")
+    server.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM): mutual TLS")
+    server.add_argument("--registry", help="SQLite file of the clients allowed to join and their public keys "
+                                           "(`cohort keys allow`); every client must then sign with its key. "
+                                           "Required on any address other than loopback")
+    server.add_argument("--heartbeat-s", type=float, default=5.0,
+                        help="clients ping this often; one silent for three periods is marked offline (seconds)")
     run_options(server, "continue a server that was stopped or killed; its clients reconnect on their own")
     server.set_defaults(func=_server)
 
@@ -255,13 +319,35 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--data-dir", help="folder of downloadable datasets (with --config)")
     client.add_argument("--name", default="", help="a name for the server's logs")
     client.add_argument("--tls-ca", help="the CA certificate (PEM) that signed the server's: connect with TLS")
+    client.add_argument("--tls-cert", help="this client's certificate (PEM), for a server that requires mutual TLS")
+    client.add_argument("--tls-key", help="the private key (PEM) of --tls-cert")
+    client.add_argument("--key", help="this client's private key from `cohort keys new`, for a server with a registry")
     client.add_argument("--retry-s", type=float, default=60.0, help="give up after the server is unreachable this long")
     client.set_defaults(func=_client)
 
-    certs = sub.add_parser("certs", help="make a self-signed CA and a server certificate, for testing TLS")
-    certs.add_argument("--out", required=True, help="folder to write ca.pem, ca.key, server.pem, server.key in")
+    certs = sub.add_parser("certs", help="make a self-signed CA, a server and a client certificate, for testing TLS")
+    certs.add_argument("--out", required=True, help="folder to write ca.pem, ca.key, server.pem/.key and client.pem/.key in")
     certs.add_argument("--host", action="append", default=[], help="a name or IP address clients reach the server by (repeatable)")
     certs.set_defaults(func=_certs)
+
+    keys = sub.add_parser("keys", help="client key pairs, and the server's registry of allowed clients")
+    actions = keys.add_subparsers(dest="action", required=True)
+    new = actions.add_parser("new", help="make a client's key pair: client-ID.key (private) and client-ID.pub")
+    new.add_argument("--out", required=True, help="folder to write the key files in")
+    new.add_argument("--id", type=int, action="append", required=True, help="the client's id (repeatable)")
+    allow = actions.add_parser("allow", help="allow a client's public key in a registry (made if missing)")
+    allow.add_argument("--registry", required=True, help="the server's registry (SQLite)")
+    allow.add_argument("--id", type=int, required=True, help="the client's id")
+    allow.add_argument("--public", required=True, help="the client's public key (client-ID.pub)")
+    allow.add_argument("--name", default="", help="a name for listings, e.g. the site")
+    revoke = actions.add_parser("revoke", help="revoke clients: refused from their next message on")
+    revoke.add_argument("--registry", required=True, help="the server's registry (SQLite)")
+    revoke.add_argument("--id", type=int, action="append", required=True, help="a client's id (repeatable)")
+    revoke.add_argument("--reason", default="", help="why, for the refused client and the listing")
+    listing = actions.add_parser("list", help="list a registry's clients, their keys, last contact and revocations")
+    listing.add_argument("--registry", required=True, help="the server's registry (SQLite)")
+    for p in (new, allow, revoke, listing):
+        p.set_defaults(func=_keys)
 
     plot = sub.add_parser("plot", help="plot the curves of one or more runs, overlaid (PNG, PDF, SVG, ...)")
     plot.add_argument("runs", nargs="+", help="run folders written by `cohort run`")

@@ -15,62 +15,7 @@ import pytest
 
 from cohort.core.arrays import load_safetensors
 
-TESTS = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-
-
-def cohort(*args):
-    return [sys.executable, "-m", "cohort.cli", *args]
-
-
-class Federation:
-    """A server process and its clients; everything is killed on exit, whatever happened."""
-
-    def __init__(self, out: Path, sets: list[str], server_args=()) -> None:
-        self.out, self.sets, self.procs = out, sets, []
-        args = cohort("server", "--address", "127.0.0.1:0", "--out", str(out), "--no-progress", "--wait-s", "60",
-                      *server_args, *[a for s in sets for a in ("--set", s)])
-        self.server = self._start(args)
-        self.address = self._address()
-
-    def _start(self, args):
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=TESTS)
-        self.procs.append(proc)
-        return proc
-
-    def _address(self) -> str:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.server.stdout.readline()
-            if "listening on " in line:
-                return line.split("listening on ")[1].split(";")[0]
-            assert line or self.server.poll() is None, self.server.stderr.read()
-        raise AssertionError("the server did not report its address")
-
-    def client(self, cid: int, *extra: str):
-        args = cohort("client", "--server", self.address, "--id", str(cid), "--retry-s", "20", *extra)
-        if not any(e == "--app" for e in extra):
-            args += [a for s in self.sets for a in ("--set", s)]
-        return self._start(args)
-
-    def wait(self, timeout=120):
-        out, err = self.server.communicate(timeout=timeout)
-        assert self.server.returncode == 0, err
-        return out
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.communicate(timeout=30)
-
-
-def model_of(out: Path, name: str):
-    (folder,) = out.glob(f"{name}-*")
-    return load_safetensors(folder / "model.safetensors"), folder
+from processes import ENV, TESTS, Federation, cohort, model_of
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])

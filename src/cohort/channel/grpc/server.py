@@ -37,8 +37,8 @@ HANDSHAKE_S = 10.0
 _CLOSE = object()
 
 
-def check_address(address: str, tls: bool = False) -> tuple[str, int]:
-    """``host:port``; without TLS only on a loopback interface."""
+def check_address(address: str, tls: bool = False, registry: bool = False) -> tuple[str, int]:
+    """``host:port``; on anything but a loopback interface only with TLS and a client registry."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--address is {address!r}; expected HOST:PORT, e.g. 127.0.0.1:8080 (port 0: any free port)")
@@ -51,6 +51,10 @@ def check_address(address: str, tls: bool = False) -> tuple[str, int]:
         raise ConfigError(f"--address {address!r} is not a loopback address: serve it with TLS (--tls-cert and "
                           "--tls-key; `cohort certs` makes test certificates). Without TLS only 127.0.0.1, "
                           "localhost or [::1] are served")
+    if not loopback and not registry:
+        raise ConfigError(f"--address {address!r} is not a loopback address: its clients must authenticate. Give "
+                          "--registry REGISTRY.sqlite (`cohort keys new` makes each client's key pair and "
+                          "`cohort keys allow` adds it)")
     return host, int(port)
 
 
@@ -66,6 +70,7 @@ class _Session:
         self.public_key = None  # with a registry: the key this connection proved it holds
         self.nonce = b""
         self.seq = 0  # the last result's sequence number
+        self.done = threading.Event()  # its stream has sent everything it will send
 
 
 class GrpcChannel:
@@ -77,14 +82,15 @@ class GrpcChannel:
     ``registry``: a :class:`Registry`; every client must then prove it holds its registered key.
     ``heartbeat_s``: clients ping this often; one silent for three periods is marked offline.
     ``handshake_s``: a connection that has not finished its hello by then is closed.
+    ``num_clients``: client ids go from 0 to ``num_clients - 1`` (the config's ``data.num_clients``).
     """
 
     def __init__(self, address: str, algorithm: str, algorithm_settings: dict[str, Any], *,
                  chunk_bytes: int = CHUNK_BYTES, max_update_bytes: int = MAX_UPDATE_BYTES, threads: int = 64,
                  tls: tuple[bytes, bytes] | None = None, client_ca: bytes | None = None,
                  registry: Registry | None = None, heartbeat_s: float = HEARTBEAT_S, handshake_s: float = HANDSHAKE_S,
-                 log: RunLog | None = None) -> None:
-        host, port = check_address(address, tls is not None)
+                 log: RunLog | None = None, num_clients: int | None = None) -> None:
+        host, port = check_address(address, tls is not None, registry is not None)
         if not 1024 <= chunk_bytes <= 64 * 2**20:
             raise ConfigError(f"chunk_bytes is {chunk_bytes}; expected 1 KiB to 64 MiB")
         if not (isinstance(max_update_bytes, int) and max_update_bytes >= 1):
@@ -98,6 +104,7 @@ class GrpcChannel:
         self.chunk_bytes, self.max_update_bytes = chunk_bytes, max_update_bytes
         self.registry, self.log = registry, log if log is not None else RunLog()
         self.heartbeat_s, self.handshake_s = float(heartbeat_s), float(handshake_s)
+        self.num_clients = num_clients
         self.bytes_sent = self.bytes_received = 0
         self.max_held = 0
         self._sessions: dict[int, _Session] = {}
@@ -127,6 +134,12 @@ class GrpcChannel:
         self._server.start()
         self._monitor = threading.Thread(target=self._watch, daemon=True, name="cohort-heartbeats")
         self._monitor.start()
+
+    def attach_folder(self, folder) -> None:
+        """The run folder exists: the run log goes to its ``server.sqlite``."""
+        from pathlib import Path
+
+        self.log.attach(Path(folder) / "server.sqlite")
 
     # --- the registry of connections ------------------------------------------------------------
     def available(self) -> list[int]:
@@ -273,8 +286,8 @@ class GrpcChannel:
             s.outbound.put(pb.ServerMessage(bye=pb.Bye(reason=reason)))
             s.outbound.put(_CLOSE)
         deadline = time.monotonic() + 5
-        while any(not s.outbound.empty() for s in sessions) and time.monotonic() < deadline:
-            time.sleep(0.02)  # let the goodbyes go out
+        for s in sessions:  # let the goodbyes go out
+            s.done.wait(max(0.0, deadline - time.monotonic()))
         self._stopped.set()
         self._server.stop(grace=2).wait(5)
         self.log.event("stopped", None, reason)
@@ -319,11 +332,14 @@ class _Servicer(rpc.FederationServicer):
         yield pb.ServerMessage(welcome=pb.Welcome(algorithm=ch.algorithm, algorithm_settings=json.dumps(ch.algorithm_settings),
                                                   chunk_bytes=ch.chunk_bytes, max_update_bytes=ch.max_update_bytes,
                                                   heartbeat_s=ch.heartbeat_s))
-        while True:
-            item = session.outbound.get()
-            if item is _CLOSE:
-                return
-            yield item
+        try:
+            while True:
+                item = session.outbound.get()
+                if item is _CLOSE:
+                    return
+                yield item
+        finally:
+            session.done.set()
 
     def _hello(self, requests, context) -> tuple[_Session | None, str | None]:
         """The first message: who the client says it is. With a registry, a challenge is prepared."""
@@ -332,6 +348,9 @@ class _Servicer(rpc.FederationServicer):
         if first.WhichOneof("kind") != "hello" or first.hello.client_id < 0:
             return None, "the first message must be a Hello with a client id >= 0"
         session = _Session(int(first.hello.client_id), first.hello.name[:200], context)
+        if ch.num_clients is not None and session.client_id >= ch.num_clients:
+            return session, (f"client id {session.client_id} is outside this federation, whose ids go from 0 to "
+                             f"{ch.num_clients - 1} (data.num_clients)")
         if ch.registry is None:
             return session, None
         entry = ch.registry.get(session.client_id)
