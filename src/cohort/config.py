@@ -87,6 +87,7 @@ class ServerConfig:
     min_successful_clients: int = 1  # a round stands only with this many accepted updates
     max_failed_rounds: int = 3  # consecutive rounds that do not stand before the run stops
     round_timeout_s: float = 0.0  # deadline of a round; 0: none
+    over_selection: float = 0.0  # sample this share more clients than a round needs and close it when enough reported
 
     def __post_init__(self) -> None:
         from cohort.algorithms import ALGORITHMS
@@ -101,6 +102,10 @@ class ServerConfig:
         _check(self.max_failed_rounds >= 1, "server.max_failed_rounds", self.max_failed_rounds, "an integer >= 1")
         _check(0 <= self.round_timeout_s <= MAX_TIMEOUT_S, "server.round_timeout_s", self.round_timeout_s,
                f"0 (no deadline) or a number of seconds up to {MAX_TIMEOUT_S:.0f}")
+        _check(0 <= self.over_selection <= 10, "server.over_selection", self.over_selection,
+               "0 (none) to 10, e.g. 0.3 for 30% more clients than a round needs")
+        _check(self.over_selection == 0 or self.policy == "sync", "server.over_selection", self.over_selection,
+               "0 with server.policy = 'fedbuff' (over-selection is for synchronous rounds)")
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def loop_settings(config: RunConfig) -> LoopSettings:
         federated_fraction=ev.federated_fraction,
         target=None if ev.target is None else Target(ev.target_metric, ev.target, ev.target_mode),
         policy=FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent) if s.policy == "fedbuff" else None,
-        speed_spread=config.simulation.speed_spread,
+        speed_spread=config.simulation.speed_spread, over_selection=s.over_selection,
     )
 
 

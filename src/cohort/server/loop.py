@@ -77,6 +77,7 @@ class LoopSettings:
     target: Target | None = None  # stop early once reached
     policy: FedBuff | None = None  # None: synchronous rounds of a sampled cohort
     speed_spread: float = 1.0  # simulation: fastest/slowest client speed on the virtual clock
+    over_selection: float = 0.0  # sample this share more clients than a round needs; close it when enough reported
 
     def __post_init__(self) -> None:
         checks = (
@@ -93,11 +94,11 @@ class LoopSettings:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"{name} is {getattr(self, name)!r}; expected {expected}")
-        Synchronous(self.fraction, self.min_clients)  # checks both
+        Synchronous(self.fraction, self.min_clients, self.over_selection)  # checks all three
         ClientSpeeds(0, self.speed_spread)  # checks the spread
 
     def make_policy(self) -> Policy:
-        return self.policy if self.policy is not None else Synchronous(self.fraction, self.min_clients)
+        return self.policy if self.policy is not None else Synchronous(self.fraction, self.min_clients, self.over_selection)
 
     def check(self, num_clients: int, reported: Iterable[str] | None = None) -> int:
         """Raise ConfigError now, before any training, if these settings cannot work for

@@ -70,8 +70,9 @@ class StepOutcome:
 
 
 def fold_replies(ctx: StepContext, accs, replies, failures: list[ClientFailure], fit_metrics: WeightedMean,
-                 on_reply: Callable[[int, Reply], None] | None = None):
-    """Fold ``(client_id, outcome)`` pairs into ``accs``; refused or failed ones become failures."""
+                 on_reply: Callable[[int, Reply], None] | None = None, enough: int | None = None):
+    """Fold ``(client_id, outcome)`` pairs into ``accs``; refused or failed ones become failures.
+    With ``enough``, stop taking replies once that many were accepted."""
     count = 0
     for cid, outcome in replies:
         if isinstance(outcome, ClientFailure):
@@ -86,6 +87,8 @@ def fold_replies(ctx: StepContext, accs, replies, failures: list[ClientFailure],
         fit_metrics.add(outcome.metrics, outcome.num_examples)
         if on_reply is not None:
             on_reply(cid, outcome)
+        if enough is not None and count >= enough:
+            break
     return accs, count
 
 
@@ -101,16 +104,28 @@ def finish_step(ctx: StepContext, state: ServerState, accs, count: int) -> tuple
 
 
 class Synchronous:
-    """One synchronous exchange per round with a sampled cohort."""
+    """One synchronous exchange per round with a sampled cohort.
+
+    ``over_selection`` (Bonawitz et al. 2019): sample ``⌈m·(1 + over_selection)⌉`` clients for a round
+    that needs ``m`` and close it once ``m`` updates were accepted; the rest are not waited for. Over
+    gRPC the first to arrive count (their results are folded in arrival order); in simulation arrival
+    follows the virtual clock, and clients are run in that order only as far as needed, so a run is
+    the same in every backend.
+    """
 
     name = "sync"
 
-    def __init__(self, fraction: float = 1.0, min_clients: int = 1) -> None:
+    def __init__(self, fraction: float = 1.0, min_clients: int = 1, over_selection: float = 0.0) -> None:
         if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 1):
             raise ConfigError(f"server.fraction is {fraction!r}; expected 0 < fraction <= 1")
         if not (isinstance(min_clients, int) and not isinstance(min_clients, bool) and min_clients >= 1):
             raise ConfigError(f"server.min_clients is {min_clients!r}; expected an integer >= 1")
+        if not (isinstance(over_selection, (int, float)) and not isinstance(over_selection, bool)
+                and 0 <= over_selection <= 10):
+            raise ConfigError(f"server.over_selection is {over_selection!r}; expected 0 (none) to 10, e.g. 0.3 "
+                              "samples 30% more clients than a round needs")
         self.fraction, self.min_clients = float(fraction), min_clients
+        self.over_selection = float(over_selection)
 
     def clients_per_step(self, num_clients: int) -> int:
         return cohort_size(num_clients, self.fraction, self.min_clients)
@@ -125,34 +140,83 @@ class Synchronous:
         connected now (the channel's ``available()``), the same draw when all are connected."""
         available = getattr(ctx.channel, "available", None)
         if available is None:
-            return sample_cohort(ctx.num_clients, self.clients_per_step(ctx.num_clients), seed, r)
+            return sample_cohort(ctx.num_clients, self._over(self.clients_per_step(ctx.num_clients), ctx.num_clients), seed, r)
         population = np.asarray(sorted(available()), dtype=np.int64)
         if len(population) == 0:
             return population
         size = cohort_size(len(population), self.fraction, min(self.min_clients, len(population)))
-        return population[sample_cohort(len(population), size, seed, r)]
+        return population[sample_cohort(len(population), self._over(size, len(population)), seed, r)]
+
+    def _over(self, needed: int, population: int) -> int:
+        return min(population, math.ceil(needed * (1 + self.over_selection) - 1e-9))
+
+    def needed(self, ctx: StepContext) -> int:
+        """Accepted updates that close a round (over-selection); the whole cohort without it."""
+        available = getattr(ctx.channel, "available", None)
+        population = ctx.num_clients if available is None else len(available())
+        if population == 0:
+            return 0
+        return cohort_size(population, self.fraction, min(self.min_clients, population))
 
     def step(self, state: ServerState, ctx: StepContext) -> StepOutcome:
         r, seed = state.round + 1, state.seed
         cohort = self._sample(ctx, seed, r)
         config = {**ctx.algorithm.config, "round": r, "seed": seed, "version": state.version}
         message = Message("fit", state.groups, config, state.version)
-        instructions = [Instruction(int(cid), {}) for cid in cohort]
         rctx = RoundContext(r, seed, len(cohort), ctx.num_clients, state.version)
         accs = ctx.algorithm.start(state.groups, state.steps, rctx)
         failures: list[ClientFailure] = []
         fit_metrics = WeightedMean()
-        replies = ((instructions[pos].client_id, outcome) for pos, outcome in ctx.channel.run(message, instructions, ctx.timeout_s))
-        accs, count = fold_replies(ctx, accs, replies, failures, fit_metrics)
+        durations = {int(c): ctx.speeds.duration(int(c)) for c in cohort}
+        if self.over_selection == 0:
+            instructions = [Instruction(int(cid), {}) for cid in cohort]
+            replies = ((instructions[pos].client_id, outcome) for pos, outcome in ctx.channel.run(message, instructions, ctx.timeout_s))
+            accs, count = fold_replies(ctx, accs, replies, failures, fit_metrics)
+            used = list(durations)
+        elif hasattr(ctx.channel, "available"):  # deployed: the first to arrive close the round
+            accs, count, used = self._first_arrivals(ctx, message, cohort, accs, failures, fit_metrics)
+        else:
+            accs, count, used = self._by_virtual_arrival(ctx, message, cohort, durations, accs, failures, fit_metrics)
         new, stands, problem = finish_step(ctx, state, accs, count)
-        clock = state.clock + max((ctx.speeds.duration(int(c)) for c in cohort), default=0.0)
+        clock = state.clock + max((durations[c] for c in used), default=0.0)
         record: dict[str, Any] = {
             **train_metrics(fit_metrics), "round": r, "status": "ok" if stands else "skipped",
             "clients_sampled": len(cohort), "clients_succeeded": count, "clients_failed": len(failures),
         }
+        if self.over_selection:
+            record["clients_not_needed"] = len(cohort) - len(used)
         if problem:
             record["aggregate_error"] = problem
         return StepOutcome(replace(new, round=r, clock=clock), stands, record, failures)
+
+
+    def _first_arrivals(self, ctx, message, cohort, accs, failures, fit_metrics):
+        enough = self.needed(ctx)
+        instructions = [Instruction(int(cid), {}) for cid in cohort]
+        used: list[int] = []
+        results = ctx.channel.run(message, instructions, ctx.timeout_s, arrival_order=True)
+        try:
+            replies = ((used.append(instructions[pos].client_id) or instructions[pos].client_id, outcome)
+                       for pos, outcome in results)
+            accs, count = fold_replies(ctx, accs, replies, failures, fit_metrics, enough=enough)
+        finally:
+            results.close()  # the tasks still out are dropped; their results are discarded on arrival
+        return accs, count, used
+
+    def _by_virtual_arrival(self, ctx, message, cohort, durations, accs, failures, fit_metrics):
+        """Run the over-selected cohort in virtual arrival order, a batch at a time, only until enough
+        updates were accepted: the same clients, and the same bits, in every simulation backend."""
+        enough = self.needed(ctx)
+        order = sorted((int(c) for c in cohort), key=lambda c: (durations[c], c))
+        count, start = 0, 0
+        while count < enough and start < len(order):
+            batch = order[start:start + enough - count]
+            start += len(batch)
+            instructions = [Instruction(cid, {}) for cid in batch]
+            replies = ((instructions[pos].client_id, outcome) for pos, outcome in ctx.channel.run(message, instructions, ctx.timeout_s))
+            accs, n = fold_replies(ctx, accs, replies, failures, fit_metrics)
+            count += n
+        return accs, count, order[:start]
 
 
 class InFlight(NamedTuple):
