@@ -1,9 +1,10 @@
 """Sending a 100 MB model over cohort's gRPC channel, against raw TCP on loopback.
 
-cohort: one GrpcChannel and one client (the `serve` loop `cohort client` runs) in this process;
-the timed call sends the model to the client (packed as safetensors, streamed in 4 MiB chunks,
-unpacked on the other side) and gets a tiny reply back. Raw TCP: the same bytes through one
-loopback socket to a thread that reads them all. Both best of --repeats.
+cohort: one GrpcChannel in this process and one `cohort client` process (as in a deployment: two
+processes, each with its own interpreter); the timed call sends the model to the client (encoded as
+safetensors, streamed in 4 MiB chunks, decoded on the other side) and gets a tiny reply back.
+``--same-process`` runs the client as a thread of this process instead. Raw TCP: the same bytes
+through one loopback socket to a thread that reads them all. Both best of --repeats.
 
 Run: .venv/bin/python bench/deploy_throughput.py [--mb 100] [--repeats 5]
 Writes bench/results/deploy_throughput.json.
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -41,11 +45,21 @@ class Tiny:
         return EvaluateResult(0.0, 1)
 
 
-def grpc_seconds(nbytes: int, repeats: int) -> float:
+def tiny(cid: int) -> Tiny:
+    return Tiny()
+
+
+def grpc_seconds(nbytes: int, repeats: int, same_process: bool = False) -> float:
     channel = GrpcChannel("127.0.0.1:0", "fedavg", {})
-    thread = threading.Thread(target=serve, args=(channel.address, Tiny(), 0), kwargs={"log": lambda s: None}, daemon=True)
-    thread.start()
-    channel.wait_for_clients(1, 30)
+    if same_process:
+        thread = threading.Thread(target=serve, args=(channel.address, Tiny(), 0), kwargs={"log": lambda s: None}, daemon=True)
+        thread.start()
+    else:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")])}
+        client = subprocess.Popen([sys.executable, "-m", "cohort.cli", "client", "--server", channel.address, "--id", "0",
+                                   "--app", "deploy_throughput:tiny"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+    channel.wait_for_clients(1, 60)
     model = {"model": {"w": np.ones(nbytes // 4, np.float32)}}
     best = float("inf")
     try:
@@ -58,7 +72,47 @@ def grpc_seconds(nbytes: int, repeats: int) -> float:
                 best = min(best, took)
     finally:
         channel.close()
-        thread.join(timeout=30)
+        if same_process:
+            thread.join(timeout=30)
+        else:
+            client.wait(timeout=30)
+    return best
+
+
+def grpc_floor_seconds(nbytes: int, repeats: int, protobuf: bool) -> float:
+    """The ceiling of any protocol on grpcio: the same bytes streamed server to client in 4 MiB
+    messages by a bare handler, as raw bytes or wrapped in cohort's Chunk message, with nothing else
+    done on either side (same frame-size option as cohort's channel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from cohort.channel.grpc import federation_pb2 as pb
+    from cohort.channel.grpc.serde import WIRE_OPTIONS
+
+    data = bytes(nbytes)
+    pieces = [data[i:i + 4 * 2**20] for i in range(0, nbytes, 4 * 2**20)]
+
+    def source(request, context):
+        for p in pieces:
+            yield pb.ServerMessage(chunk=pb.Chunk(data=p)).SerializeToString() if protobuf else p
+
+    options = [*WIRE_OPTIONS, ("grpc.max_receive_message_length", 2**26), ("grpc.max_send_message_length", 2**26)]
+    server = grpc.server(ThreadPoolExecutor(2), options=options)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "bench.Floor", {"Stream": grpc.unary_stream_rpc_method_handler(source)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    best = float("inf")
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as ch:
+        stream = ch.unary_stream("/bench.Floor/Stream")
+        for r in range(repeats + 1):
+            started = time.perf_counter()
+            n = sum(len(pb.ServerMessage.FromString(m).chunk.data) if protobuf else len(m) for m in stream(b""))
+            assert n == nbytes
+            if r:
+                best = min(best, time.perf_counter() - started)
+    server.stop(0)
     return best
 
 
@@ -100,13 +154,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mb", type=int, default=100)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--same-process", action="store_true", help="run the client as a thread of this process")
     args = p.parse_args()
     nbytes = args.mb * 10**6
-    g, t = grpc_seconds(nbytes, args.repeats), tcp_seconds(nbytes, args.repeats)
+    g, t = grpc_seconds(nbytes, args.repeats, args.same_process), tcp_seconds(nbytes, args.repeats)
+    floor_raw, floor_pb = grpc_floor_seconds(nbytes, args.repeats, False), grpc_floor_seconds(nbytes, args.repeats, True)
     result = {"date": time.strftime("%Y-%m-%d"), "model_bytes": nbytes, "repeats": args.repeats,
+              "client": "a thread of the server's process" if args.same_process else "its own process (cohort client)",
               "grpc_seconds": round(g, 4), "tcp_seconds": round(t, 4),
               "grpc_mb_per_s": round(nbytes / g / 1e6, 1), "tcp_mb_per_s": round(nbytes / t / 1e6, 1),
-              "ratio_grpc_over_tcp_throughput": round(t / g, 3), "target": 0.5}
+              "ratio_grpc_over_tcp_throughput": round(t / g, 3), "target": 0.5,
+              "bare_grpcio_raw_bytes_seconds": round(floor_raw, 4), "bare_grpcio_raw_bytes_ratio": round(t / floor_raw, 3),
+              "bare_grpcio_chunk_messages_seconds": round(floor_pb, 4), "bare_grpcio_chunk_messages_ratio": round(t / floor_pb, 3)}
     print(json.dumps(result, indent=2))
     (ROOT / "bench" / "results" / "deploy_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
 

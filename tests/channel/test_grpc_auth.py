@@ -17,7 +17,7 @@ from cohort.channel.grpc.auth import digest_of, hello_bytes, load_private, make_
 from cohort.channel.grpc.certs import make_certs
 from cohort.channel.grpc.client import Credentials, serve
 from cohort.channel.grpc.registry import Registry, RunLog, read_events
-from cohort.channel.grpc.serde import pack
+from cohort.channel.grpc.serde import encode
 from cohort.channel.grpc.server import GrpcChannel
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
@@ -183,7 +183,7 @@ def test_signatures_cover_the_result_and_replays_are_refused(keys, attack):
     made, registry = keys
     key = load_private(made[0]["key"])
     channel = GrpcChannel("127.0.0.1:0", "fedavg", {}, registry=registry)
-    payload = pack({"model": {"w": np.full(3, 7, np.float32)}})
+    _, [payload] = encode({"model": {"w": np.full(3, 7, np.float32)}}, 2**20)
     try:
         old_nonce = None
         if attack == "old connection's nonce":  # a result signed on an earlier connection, replayed on a new one

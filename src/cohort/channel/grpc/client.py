@@ -21,7 +21,7 @@ from cohort.algorithms import ALGORITHMS
 from cohort.channel.grpc import federation_pb2 as pb
 from cohort.channel.grpc import federation_pb2_grpc as rpc
 from cohort.channel.grpc.auth import digest_of, hello_bytes, result_bytes
-from cohort.channel.grpc.serde import chunks_of, join, outcome_meta, pack, unpack
+from cohort.channel.grpc.serde import WIRE_OPTIONS, decode, encode, outcome_meta
 from cohort.channel.runtime import run_client
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.limits import MAX_TIMEOUT_S
@@ -118,7 +118,7 @@ def _session(address, client_fn, client_id, name, state, log, credentials: Crede
             outgoing.put(pb.ClientMessage(ping=pb.Ping()))
 
     limit = 64 * 2**20 + 2**16
-    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+    options = [*WIRE_OPTIONS, ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 10_000),
                ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
     joined = False
@@ -156,7 +156,7 @@ def _session(address, client_fn, client_id, name, state, log, credentials: Crede
                 elif kind == "chunk" and header is not None:
                     parts.append(msg.chunk.data)
                     if msg.chunk.last:
-                        state = _answer(header, join(parts), half, client_fn, client_id, state, link)
+                        state = _answer(header, parts, half, client_fn, client_id, state, link)
                         header, parts = None, []
         except grpc.RpcError as e:
             if joined and e.code() in TRANSIENT:
@@ -179,21 +179,22 @@ class _Link:
     chunk_bytes: int = 4 * 2**20
 
 
-def _answer(header, blob, half, client_fn, client_id, state, link: _Link):
+def _answer(header, parts, half, client_fn, client_id, state, link: _Link):
     config = json.loads(header.meta or "{}").get("config", {})
-    message = Message(header.task, unpack(blob), config, int(header.version))
+    message = Message(header.task, decode(parts), config, int(header.version))
     if half is None:
         outcome, new_state = ClientFailure(client_id, FailureStage.TRANSPORT, "a task came before the welcome"), state
     else:
         outcome, new_state = run_client(client_fn, half, client_id, message, state)
     meta, groups = outcome_meta(outcome)
-    payload = pack(groups) if groups else b""
+    total, pieces = encode(groups, link.chunk_bytes)
+    pieces = list(pieces)  # signed whole before the first goes out
     link.seq += 1
     result = pb.Header(task_id=header.task_id, task=header.task, version=header.version, meta=json.dumps(meta),
-                       payload_bytes=len(payload), seq=link.seq)
+                       payload_bytes=total, seq=link.seq)
     if link.key is not None and link.nonce:
-        result.signature = link.key.sign(result_bytes(link.nonce, result, digest_of([payload])))
+        result.signature = link.key.sign(result_bytes(link.nonce, result, digest_of(pieces)))
     link.outgoing.put(pb.ClientMessage(result=result))
-    for piece, last in chunks_of(payload, link.chunk_bytes):
-        link.outgoing.put(pb.ClientMessage(chunk=pb.Chunk(data=piece, last=last)))
+    for i, piece in enumerate(pieces):
+        link.outgoing.put(pb.ClientMessage(chunk=pb.Chunk(data=piece, last=i == len(pieces) - 1)))
     return new_state

@@ -26,13 +26,14 @@ from cohort.channel.grpc import federation_pb2 as pb
 from cohort.channel.grpc import federation_pb2_grpc as rpc
 from cohort.channel.grpc.auth import digest_of, hello_bytes, load_public, new_nonce, result_bytes, verify
 from cohort.channel.grpc.registry import Registry, RunLog
-from cohort.channel.grpc.serde import chunks_of, join, outcome_from, pack, unpack
+from cohort.channel.grpc.serde import WIRE_OPTIONS, decode, encode, outcome_from
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
 
 CHUNK_BYTES = 4 * 2**20
 MAX_UPDATE_BYTES = 2**31
 HEARTBEAT_S = 5.0
+
 HANDSHAKE_S = 10.0
 _CLOSE = object()
 
@@ -115,13 +116,13 @@ class GrpcChannel:
         self._stopped = threading.Event()
         limit = chunk_bytes + 2**16
         self._server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cohort-grpc"),
-                                   options=[("grpc.max_receive_message_length", limit),
+                                   options=[*WIRE_OPTIONS, ("grpc.max_receive_message_length", limit),
                                             ("grpc.max_send_message_length", limit),
                                             ("grpc.keepalive_permit_without_calls", 1),
                                             ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
                                             ("grpc.http2.max_ping_strikes", 0)],
                                    maximum_concurrent_rpcs=threads)
-        rpc.add_FederationServicer_to_server(_Servicer(self), self._server)
+        _register(_Servicer(self), self._server)
         if tls is not None:
             creds = grpc.ssl_server_credentials([(tls[1], tls[0])], root_certificates=client_ca,
                                                 require_client_auth=client_ca is not None)
@@ -207,12 +208,12 @@ class GrpcChannel:
             arrival_order: bool = False) -> Iterator[tuple[int, Any]]:
         """As every Channel; with ``arrival_order`` results are yielded as they arrive (over-selection:
         the caller may stop early, and the tasks still out are then dropped, their results discarded)."""
-        blob = pack(message.arrays)
-        pieces = list(chunks_of(blob, self.chunk_bytes))
+        total, pieces = encode(message.arrays, self.chunk_bytes)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         waiting: dict[int, int] = {}  # task id -> position
         arrived: dict[int, Any] = {}
         ready: list[int] = []  # positions in arrival order
+        receivers: list[_Session] = []
         for pos, ins in enumerate(instructions):
             with self._lock:
                 session = self._sessions.get(ins.client_id)
@@ -226,12 +227,19 @@ class GrpcChannel:
             config = {**message.config, **ins.config}
             meta = json.dumps({"config": config})
             session.outbound.put(pb.ServerMessage(task=pb.Header(task_id=task_id, task=message.task, version=message.version,
-                                                                 meta=meta, payload_bytes=len(blob))))
-            for piece, last in pieces:
-                session.outbound.put(pb.ServerMessage(chunk=pb.Chunk(data=piece, last=last)))
+                                                                 meta=meta, payload_bytes=total)))
+            receivers.append(session)
             self.bytes_sent += groups_nbytes(message.arrays)
             waiting[task_id] = pos
-        del blob  # the pieces hold it
+        # each chunk is cut and serialized once, as it is needed, and the same bytes go to every
+        # client (see _register): the first is on the wire before the last is cut
+        piece = next(pieces)
+        for following in itertools.chain(pieces, [None]):
+            wire = pb.ServerMessage(chunk=pb.Chunk(data=piece, last=following is None)).SerializeToString()
+            for session in receivers:
+                session.outbound.put(wire)
+            piece = following
+        del piece, wire
         yielded = 0
         try:
             while yielded < len(instructions):
@@ -291,6 +299,20 @@ class GrpcChannel:
         self._stopped.set()
         self._server.stop(grace=2).wait(5)
         self.log.event("stopped", None, reason)
+
+
+def _serialize(message) -> bytes:
+    """ServerMessages, or chunks serialized already (bytes): a broadcast is serialized once per round,
+    not once per client. The bytes on the wire are the .proto's either way."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def _register(servicer, server) -> None:
+    """As the generated ``add_FederationServicer_to_server``, with :func:`_serialize` for responses."""
+    handlers = {"Join": grpc.stream_stream_rpc_method_handler(
+        servicer.Join, request_deserializer=pb.ClientMessage.FromString, response_serializer=_serialize)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("cohort.v1.Federation", handlers),))
+    server.add_registered_method_handlers("cohort.v1.Federation", handlers)
 
 
 def _refusal(text: str):
@@ -439,7 +461,7 @@ class _Servicer(rpc.FederationServicer):
     def _decode(self, session: _Session, header, parts: list[bytes]):
         try:
             meta = json.loads(header.meta or "{}")
-            return outcome_from(meta, unpack(join(parts)), session.client_id, int(header.version))
+            return outcome_from(meta, decode(parts), session.client_id, int(header.version))
         except (ValueError, TransportError) as e:
             return ClientFailure(session.client_id, FailureStage.VALIDATE, f"malformed result: {e}")
 
