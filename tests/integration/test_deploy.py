@@ -195,3 +195,21 @@ def test_server_flags_are_checked(flag, value, tmp_path, capsys):
 
     assert main(["server", "--address", "127.0.0.1:0", "--out", str(tmp_path), flag, value]) == 2
     assert f"{flag} is" in capsys.readouterr().err
+
+
+def test_fedbuff_runs_over_grpc_in_arrival_order(tmp_path):
+    import json
+
+    sets = ["data.num_clients=3", "rounds=4", "name=buff", "server.policy='fedbuff'", "fedbuff.buffer_size=2",
+            "fedbuff.concurrency=2", "evaluate.federated_fraction=0"]
+    with Federation(tmp_path, sets) as fed:
+        clients = [fed.client(c) for c in range(3)]
+        out = fed.wait()
+        for c in clients:
+            c_out, c_err = c.communicate(timeout=60)
+            assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
+    assert "stopped by rounds after 4 rounds" in out
+    (folder,) = tmp_path.glob("buff-*")
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["clients_succeeded"] for r in records] == [2, 2, 2, 2] and all("staleness_max" in r for r in records)
+    assert records[-1]["accuracy"] > 0.5

@@ -26,6 +26,7 @@ from cohort.channel.base import Channel
 from cohort.core.errors import ConfigError, UpdateRejected
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import ClientFailure, ClientUpdate, FailureStage, Groups, Instruction, Message, Reply, RoundContext
+from cohort.server.live import LiveTasks, live_step
 from cohort.server.records import WeightedMean, train_metrics
 from cohort.server.sampling import cohort_size, sample_cohort
 from cohort.server.state import ServerState
@@ -248,13 +249,14 @@ class FedBuff:
                 raise ConfigError(f"{key} is {v!r}; expected an integer from 1 to 1000000")
         self.buffer_size, self.concurrency = buffer_size, concurrency
         self.staleness = staleness_weight(staleness_exponent)  # checks the exponent
+        self._live = LiveTasks()  # work in flight on a live channel (gRPC); see server/live.py
 
     def check_state(self, st: Any, num_clients: int) -> None:
         if st is None:
             return
         if not isinstance(st, FedBuffState):
             raise ConfigError(f"the state holds a {type(st).__name__}, not FedBuff's; resume with the policy the run was started with")
-        if len(st.in_flight) != self.concurrency or any(not 0 <= w.client_id < num_clients for w in st.in_flight):
+        if len(st.in_flight) not in (0, self.concurrency) or any(not 0 <= w.client_id < num_clients for w in st.in_flight):
             raise ConfigError(f"the state has {len(st.in_flight)} clients in flight (ids up to "
                               f"{max((w.client_id for w in st.in_flight), default=0)}) but fedbuff.concurrency is "
                               f"{self.concurrency} and there are {num_clients} clients; resume with the settings it was started with")
@@ -311,6 +313,8 @@ class FedBuff:
         return st._replace(in_flight=in_flight)
 
     def step(self, state: ServerState, ctx: StepContext) -> StepOutcome:
+        if hasattr(ctx.channel, "submit"):  # a live channel: real arrival order
+            return live_step(self, state, ctx, self._live)
         r = state.round + 1
         st: FedBuffState = state.policy or FedBuffState(0, (), {})
         clock = state.clock

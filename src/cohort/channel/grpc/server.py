@@ -111,7 +111,9 @@ class GrpcChannel:
         self._sessions: dict[int, _Session] = {}
         self._connecting: dict[int, tuple[Any, float]] = {}  # id(context) -> (context, started)
         self._lock = threading.Lock()
-        self._results: queue.Queue = queue.Queue()  # (task_id, client_id, outcome)
+        self._routes: dict[int, queue.Queue] = {}  # task id -> where its outcome goes (run()'s own, or _submitted)
+        self._submitted: queue.Queue = queue.Queue()  # outcomes of submit()ted tasks, for collect()
+        self._versions: dict[int, int] = {}  # submitted task id -> the model version it was sent
         self._task_ids = itertools.count(1)
         self._stopped = threading.Event()
         limit = chunk_bytes + 2**16
@@ -183,7 +185,7 @@ class GrpcChannel:
         if refuse:
             session.outbound.put(pb.ServerMessage(bye=pb.Bye(reason=f"refused: {why}")))
         for task_id in lost:
-            self._results.put((task_id, session.client_id, ClientFailure(session.client_id, FailureStage.TRANSPORT, why)))
+            self._route(task_id, session.client_id, ClientFailure(session.client_id, FailureStage.TRANSPORT, why))
         session.outbound.put(_CLOSE)
         self.log.event("refused" if refuse else "left", session.client_id, why)
         if self.registry is not None and not refuse:
@@ -208,38 +210,10 @@ class GrpcChannel:
             arrival_order: bool = False) -> Iterator[tuple[int, Any]]:
         """As every Channel; with ``arrival_order`` results are yielded as they arrive (over-selection:
         the caller may stop early, and the tasks still out are then dropped, their results discarded)."""
-        total, pieces = encode(message.arrays, self.chunk_bytes)
+        results: queue.Queue = queue.Queue()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        waiting: dict[int, int] = {}  # task id -> position
-        arrived: dict[int, Any] = {}
-        ready: list[int] = []  # positions in arrival order
-        receivers: list[_Session] = []
-        for pos, ins in enumerate(instructions):
-            with self._lock:
-                session = self._sessions.get(ins.client_id)
-                if session is not None and session.alive:
-                    task_id = next(self._task_ids)
-                    session.pending.add(task_id)
-            if session is None or not session.alive:
-                arrived[pos] = ClientFailure(ins.client_id, FailureStage.TRANSPORT, "not connected")
-                ready.append(pos)
-                continue
-            config = {**message.config, **ins.config}
-            meta = json.dumps({"config": config})
-            session.outbound.put(pb.ServerMessage(task=pb.Header(task_id=task_id, task=message.task, version=message.version,
-                                                                 meta=meta, payload_bytes=total)))
-            receivers.append(session)
-            self.bytes_sent += groups_nbytes(message.arrays)
-            waiting[task_id] = pos
-        # each chunk is cut and serialized once, as it is needed, and the same bytes go to every
-        # client (see _register): the first is on the wire before the last is cut
-        piece = next(pieces)
-        for following in itertools.chain(pieces, [None]):
-            wire = pb.ServerMessage(chunk=pb.Chunk(data=piece, last=following is None)).SerializeToString()
-            for session in receivers:
-                session.outbound.put(wire)
-            piece = following
-        del piece, wire
+        waiting, arrived = self._send(message, instructions, results)
+        ready = sorted(arrived)  # positions in arrival order
         yielded = 0
         try:
             while yielded < len(instructions):
@@ -258,7 +232,7 @@ class GrpcChannel:
                 try:
                     if remaining is not None and remaining <= 0:
                         raise queue.Empty
-                    task_id, cid, outcome = self._results.get(timeout=remaining)
+                    task_id, cid, outcome = results.get(timeout=remaining)
                 except queue.Empty:  # the deadline: whatever has not come is a timeout; late results are discarded
                     for task_id, pos in waiting.items():
                         ins = instructions[pos]
@@ -279,6 +253,76 @@ class GrpcChannel:
         finally:  # the caller stopped early (over-selection) or the round ended: nothing stays pending
             self._expire(waiting)
 
+    def _send(self, message: Message, instructions: Sequence[Instruction], results: queue.Queue
+              ) -> tuple[dict[int, int], dict[int, Any]]:
+        """Queue ``message`` for each instruction's client; their outcomes will go to ``results``.
+        Returns (task id -> position of the tasks sent, position -> failure of the clients not connected)."""
+        total, pieces = encode(message.arrays, self.chunk_bytes)
+        waiting: dict[int, int] = {}
+        arrived: dict[int, Any] = {}
+        receivers: list[_Session] = []
+        for pos, ins in enumerate(instructions):
+            with self._lock:
+                session = self._sessions.get(ins.client_id)
+                if session is not None and session.alive:
+                    task_id = next(self._task_ids)
+                    session.pending.add(task_id)
+                    self._routes[task_id] = results
+            if session is None or not session.alive:
+                arrived[pos] = ClientFailure(ins.client_id, FailureStage.TRANSPORT, "not connected")
+                continue
+            config = {**message.config, **ins.config}
+            meta = json.dumps({"config": config})
+            session.outbound.put(pb.ServerMessage(task=pb.Header(task_id=task_id, task=message.task, version=message.version,
+                                                                 meta=meta, payload_bytes=total)))
+            receivers.append(session)
+            self.bytes_sent += groups_nbytes(message.arrays)
+            waiting[task_id] = pos
+        if receivers:
+            # each chunk is cut and serialized once, as it is needed, and the same bytes go to every
+            # client (see _register): the first is on the wire before the last is cut
+            piece = next(pieces)
+            for following in itertools.chain(pieces, [None]):
+                wire = pb.ServerMessage(chunk=pb.Chunk(data=piece, last=following is None)).SerializeToString()
+                for session in receivers:
+                    session.outbound.put(wire)
+                piece = following
+        return waiting, arrived
+
+    def _route(self, task_id: int, client_id: int, outcome: Any) -> None:
+        with self._lock:
+            results = self._routes.pop(task_id, None)
+        if results is not None:
+            results.put((task_id, client_id, outcome))
+
+    # --- asynchronous use (FedBuff over gRPC): tasks submitted one by one, outcomes as they arrive --
+    def submit(self, message: Message, instruction: Instruction) -> int | None:
+        """Send one task; its outcome comes from :meth:`collect`. None: the client is not connected."""
+        waiting, _ = self._send(message, [instruction], self._submitted)
+        if not waiting:
+            return None
+        (task_id,) = waiting
+        self._versions[task_id] = message.version
+        return task_id
+
+    def collect(self, timeout_s: float | None) -> tuple[int, Any] | None:
+        """The next submitted task's (task id, outcome), in arrival order; None if none came in time."""
+        try:
+            task_id, _, outcome = self._submitted.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        version = self._versions.pop(task_id, None)
+        if isinstance(outcome, Reply) and version is not None:
+            outcome = replace(outcome, version=version)
+        self.bytes_received += reply_nbytes(outcome)
+        return task_id, outcome
+
+    def drop(self, task_ids) -> None:
+        """Stop waiting for these submitted tasks: their results are discarded when they arrive."""
+        self._expire({t: 0 for t in task_ids})
+        for t in task_ids:
+            self._versions.pop(t, None)
+
     def _expire(self, waiting: dict[int, int]) -> None:
         expired = set(waiting)
         waiting.clear()
@@ -286,6 +330,8 @@ class GrpcChannel:
             with self._lock:
                 for s in self._sessions.values():
                     s.pending -= expired
+                for t in expired:
+                    self._routes.pop(t, None)
 
     def close(self, reason: str = "the run has ended") -> None:
         with self._lock:
@@ -471,4 +517,4 @@ class _Servicer(rpc.FederationServicer):
             if task_id not in session.pending:
                 return  # unknown or late: discarded
             session.pending.discard(task_id)
-        self.channel._results.put((task_id, session.client_id, outcome))
+        self.channel._route(task_id, session.client_id, outcome)

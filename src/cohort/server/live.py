@@ -1,0 +1,109 @@
+"""FedBuff over a live channel (gRPC): tasks go out one by one and their results are folded in the
+order they really arrive, not by a virtual clock.
+
+The policy keeps ``concurrency`` (M) clients busy, each drawn (seeded) from the connected clients
+not already busy, on the model version current when it starts. Every ``buffer_size`` (K) arrivals
+make one server step; each update is scaled by its staleness as in simulation. A failed or silent
+client counts as an arrival that brings nothing, and its slot is given to another client.
+
+What is in flight lives in this process only: a server that is killed loses it (the clients' late
+results are discarded), and a resumed one dispatches afresh. The checkpointed ``FedBuffState`` then
+holds the dispatch count and no work in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cohort.core.seeding import Stage, rng
+from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, RoundContext
+from cohort.server.records import WeightedMean, train_metrics
+
+if TYPE_CHECKING:
+    from cohort.server.policies import FedBuff, StepContext, StepOutcome
+    from cohort.server.state import ServerState
+
+
+class LiveTasks:
+    """Work in flight on a live channel: task id -> InFlight (kept by the policy between steps)."""
+
+    def __init__(self) -> None:
+        self.work: dict[int, Any] = {}
+
+
+def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext", tasks: LiveTasks) -> "StepOutcome":
+    from dataclasses import replace
+
+    from cohort.server.policies import FedBuffState, InFlight, StepOutcome, finish_step, fold_replies
+
+    channel = ctx.channel
+    r = state.round + 1
+    st: FedBuffState = state.policy or FedBuffState(0, (), {})
+    dispatched = st.dispatched
+    started = time.monotonic()
+
+    def dispatch(version: int, groups) -> bool:
+        nonlocal dispatched
+        busy = {w.client_id for w in tasks.work.values()}
+        free = [c for c in channel.available() if c not in busy]
+        if not free:
+            return False
+        cid = int(free[rng(state.seed, dispatched, Stage.ASYNC_SAMPLE).integers(len(free))])
+        config = {**ctx.algorithm.config, "seed": state.seed, "version": version, "round": dispatched + 1}
+        task_id = channel.submit(Message("fit", groups, config, version), Instruction(cid, {}))
+        dispatched += 1
+        if task_id is not None:
+            tasks.work[task_id] = InFlight(0.0, dispatched - 1, cid, version)
+        return task_id is not None
+
+    while len(tasks.work) < policy.concurrency and dispatch(state.version, state.groups):
+        pass
+    rctx = RoundContext(r, state.seed, policy.buffer_size, ctx.num_clients, state.version)
+    accs = ctx.algorithm.start(state.groups, state.steps, rctx)
+    failures: list[ClientFailure] = []
+    fit_metrics, staleness = WeightedMean(), []
+    count = arrivals = 0
+    deadline = None if ctx.timeout_s is None else started + ctx.timeout_s
+    while arrivals < policy.buffer_size and tasks.work:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        got = channel.collect(remaining)
+        if got is None:  # the step's deadline: what is still out fails and is not waited for
+            for work in tasks.work.values():
+                failures.append(ClientFailure(work.client_id, FailureStage.TIMEOUT,
+                                              f"no result within the {ctx.timeout_s}s deadline"))
+            channel.drop(list(tasks.work))
+            tasks.work.clear()
+            break
+        task_id, outcome = got
+        work = tasks.work.pop(task_id, None)
+        if work is None:
+            continue  # dropped earlier: discarded
+        arrivals += 1
+        if isinstance(outcome, ClientFailure):
+            work = work._replace(failure=outcome)
+        else:
+            work = work._replace(reply=outcome)
+        accs, n = fold_replies(ctx, accs, [(work.client_id, policy._stale(work, rctx))], failures, fit_metrics)
+        if n:
+            staleness.append(state.version - work.version)
+        count += n
+        if arrivals < policy.buffer_size:
+            dispatch(state.version, state.groups)
+    new, stands, problem = finish_step(ctx, state, accs, count)
+    while len(tasks.work) < policy.concurrency and dispatch(new.version, new.groups):
+        pass
+    record: dict[str, Any] = {
+        **train_metrics(fit_metrics), "round": r, "status": "ok" if stands else "skipped",
+        "clients_sampled": arrivals, "clients_succeeded": count, "clients_failed": len(failures),
+        "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
+        "staleness_max": int(max(staleness)) if staleness else 0,
+        "clients_in_flight": len(tasks.work),
+    }
+    if problem:
+        record["aggregate_error"] = problem
+    clock = state.clock + (time.monotonic() - started)  # real seconds: there is no virtual clock here
+    new = replace(new, round=r, clock=clock, policy=FedBuffState(dispatched, (), {}))
+    return StepOutcome(new, stands, record, failures)
