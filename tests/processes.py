@@ -64,3 +64,15 @@ class Federation:
 def model_of(out: Path, name: str):
     (folder,) = out.glob(f"{name}-*")
     return load_safetensors(folder / "model.safetensors"), folder
+
+
+def run_federation(out: Path, sets: list[str], clients: int) -> str:
+    """A server and ``clients`` client processes built from the same config; each client must end
+    cleanly on the server's goodbye. Returns the server's output."""
+    with Federation(out, sets) as fed:
+        procs = [fed.client(c) for c in range(clients)]
+        printed = fed.wait()
+        for c in procs:
+            c_out, c_err = c.communicate(timeout=60)
+            assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
+    return printed

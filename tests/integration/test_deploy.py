@@ -15,18 +15,13 @@ import pytest
 
 from cohort.core.arrays import load_safetensors
 
-from processes import ENV, TESTS, Federation, cohort, model_of
+from processes import ENV, TESTS, Federation, cohort, model_of, run_federation
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])
 def test_three_client_processes_give_the_simulations_bits(algorithm, tmp_path):
     sets = ["data.num_clients=3", "rounds=4", f"server.algorithm={algorithm}", "name=dep"]
-    with Federation(tmp_path, sets) as fed:
-        clients = [fed.client(c) for c in range(3)]
-        out = fed.wait()
-        for c in clients:
-            c_out, c_err = c.communicate(timeout=60)
-            assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
+    out = run_federation(tmp_path, sets, clients=3)
     assert "stopped by rounds after 4 rounds" in out
     sim = subprocess.run(cohort("run", "--out", str(tmp_path), "--quiet", *[a for s in sets[:-1] + ["name=sim"] for a in ("--set", s)]),
                          capture_output=True, text=True, timeout=120)
@@ -202,12 +197,7 @@ def test_fedbuff_runs_over_grpc_in_arrival_order(tmp_path):
 
     sets = ["data.num_clients=3", "rounds=4", "name=buff", "server.policy='fedbuff'", "fedbuff.buffer_size=2",
             "fedbuff.concurrency=2", "evaluate.federated_fraction=0"]
-    with Federation(tmp_path, sets) as fed:
-        clients = [fed.client(c) for c in range(3)]
-        out = fed.wait()
-        for c in clients:
-            c_out, c_err = c.communicate(timeout=60)
-            assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
+    out = run_federation(tmp_path, sets, clients=3)
     assert "stopped by rounds after 4 rounds" in out
     (folder,) = tmp_path.glob("buff-*")
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
