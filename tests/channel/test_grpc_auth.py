@@ -259,7 +259,7 @@ def test_a_connection_that_never_says_hello_is_closed():
         for raw in raws:
             with pytest.raises(grpc.RpcError):
                 raw.next()  # the server cuts it off instead of holding a thread forever
-        t = start_client(channel.address, 0)  # the threads are free again
+        start_client(channel.address, 0)  # the threads are free again
         channel.wait_for_clients(1, 20)
         assert isinstance(fit(channel, 0), Reply)
     finally:
@@ -274,7 +274,7 @@ def test_a_reconnecting_client_replaces_its_old_connection():
     try:
         first.send(hello=pb.Hello(client_id=3))
         assert first.next().WhichOneof("kind") == "welcome"
-        t = start_client(channel.address, 3)
+        start_client(channel.address, 3)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if isinstance(fit(channel, 3, timeout_s=5), Reply):

@@ -7,13 +7,9 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-from cohort.core.arrays import load_safetensors
 
 from processes import ENV, TESTS, Federation, cohort, model_of, run_federation
 
