@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cohort.channel.grpc.certs import make_certs
-from cohort.channel.grpc.client import serve
+from cohort.channel.grpc.client import Credentials, serve
 from cohort.channel.grpc.server import GrpcChannel
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import Instruction, Message, Reply
@@ -30,7 +30,8 @@ def client_thread(address, ca):
 
     def run():
         try:
-            outcome.append(serve(address, Constant(), 0, retry_for_s=2, log=lambda s: None, tls_ca=ca))
+            outcome.append(serve(address, Constant(), 0, retry_for_s=2, log=lambda s: None,
+                                 credentials=Credentials(tls_ca=ca)))
         except Exception as e:
             outcome.append(e)
 

@@ -64,3 +64,18 @@ def test_a_failing_client_is_an_arrival_that_brings_nothing():
         assert r["status"] == ("ok" if r["clients_succeeded"] else "skipped")
     assert sum(r["clients_failed"] for r in state.history) >= 1
     assert sum(r["clients_succeeded"] for r in state.history) >= 1
+
+
+def test_one_fedbuff_policy_object_serves_two_runs():
+    """The work in flight belongs to a run: a second run with the same settings starts clean."""
+    algorithm = cohort.fedavg()
+    settings = cohort.LoopSettings(rounds=2, policy=cohort.FedBuff(buffer_size=1, concurrency=2), round_timeout_s=30)
+    for _ in range(2):
+        channel = federation({0: Sleepy(0.01), 1: Sleepy(0.02)})
+        started = time.monotonic()
+        try:
+            state = run(initial_state(algorithm, {"w": np.zeros(1)}, seed=2), algorithm=algorithm, channel=channel,
+                        num_clients=2, settings=settings)[0]
+        finally:
+            channel.close()
+        assert [r["clients_succeeded"] for r in state.history] == [1, 1] and time.monotonic() - started < 15

@@ -5,7 +5,7 @@ between them."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +35,32 @@ class Channel(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class LiveChannel(Channel, Protocol):
+    """A channel to clients that come and go on their own (gRPC). Beside :class:`Channel`:
+
+    - ``available()``: the ids of the clients connected now; synchronous rounds sample from them.
+    - ``run(..., arrival_order=True)``: outcomes as they arrive, not in instruction order; the caller
+      may close the generator early (over-selection), and the tasks still out are then dropped.
+    - ``submit(message, instruction) -> task id | None``, ``collect(timeout_s) -> (task id, outcome) |
+      None`` and ``drop(task ids)``: tasks one by one, outcomes in arrival order (FedBuff).
+    """
+
+    def available(self) -> list[int]: ...
+
+    def submit(self, message: Message, instruction: Instruction) -> int | None: ...
+
+    def collect(self, timeout_s: float | None) -> tuple[int, Outcome] | None: ...
+
+    def drop(self, task_ids: Sequence[int]) -> None: ...
+
+
+def is_live(channel: object) -> bool:
+    """Whether ``channel`` reaches clients that come and go (a :class:`LiveChannel`) rather than a
+    simulation's fixed population."""
+    return isinstance(channel, LiveChannel)
 
 
 def readonly(groups: Groups) -> Groups:

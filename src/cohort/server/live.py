@@ -27,19 +27,13 @@ if TYPE_CHECKING:
     from cohort.server.state import ServerState
 
 
-class LiveTasks:
-    """Work in flight on a live channel: task id -> InFlight (kept by the policy between steps)."""
-
-    def __init__(self) -> None:
-        self.work: dict[int, Any] = {}
-
-
-def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext", tasks: LiveTasks) -> "StepOutcome":
+def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext") -> "StepOutcome":
+    """One buffered server step; the work in flight (task id -> InFlight) is ``ctx.in_flight``."""
     from dataclasses import replace
 
     from cohort.server.policies import FedBuffState, InFlight, StepOutcome, finish_step, fold_replies
 
-    channel = ctx.channel
+    channel, work_out = ctx.channel, ctx.in_flight
     r = state.round + 1
     st: FedBuffState = state.policy or FedBuffState(0, (), {})
     dispatched = st.dispatched
@@ -47,7 +41,7 @@ def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext", tasks
 
     def dispatch(version: int, groups) -> bool:
         nonlocal dispatched
-        busy = {w.client_id for w in tasks.work.values()}
+        busy = {w.client_id for w in work_out.values()}
         free = [c for c in channel.available() if c not in busy]
         if not free:
             return False
@@ -56,10 +50,10 @@ def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext", tasks
         task_id = channel.submit(Message("fit", groups, config, version), Instruction(cid, {}))
         dispatched += 1
         if task_id is not None:
-            tasks.work[task_id] = InFlight(0.0, dispatched - 1, cid, version)
+            work_out[task_id] = InFlight(0.0, dispatched - 1, cid, version)
         return task_id is not None
 
-    while len(tasks.work) < policy.concurrency and dispatch(state.version, state.groups):
+    while len(work_out) < policy.concurrency and dispatch(state.version, state.groups):
         pass
     rctx = RoundContext(r, state.seed, policy.buffer_size, ctx.num_clients, state.version)
     accs = ctx.algorithm.start(state.groups, state.steps, rctx)
@@ -67,18 +61,18 @@ def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext", tasks
     fit_metrics, staleness = WeightedMean(), []
     count = arrivals = 0
     deadline = None if ctx.timeout_s is None else started + ctx.timeout_s
-    while arrivals < policy.buffer_size and tasks.work:
+    while arrivals < policy.buffer_size and work_out:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         got = channel.collect(remaining)
         if got is None:  # the step's deadline: what is still out fails and is not waited for
-            for work in tasks.work.values():
+            for work in work_out.values():
                 failures.append(ClientFailure(work.client_id, FailureStage.TIMEOUT,
                                               f"no result within the {ctx.timeout_s}s deadline"))
-            channel.drop(list(tasks.work))
-            tasks.work.clear()
+            channel.drop(list(work_out))
+            work_out.clear()
             break
         task_id, outcome = got
-        work = tasks.work.pop(task_id, None)
+        work = work_out.pop(task_id, None)
         if work is None:
             continue  # dropped earlier: discarded
         arrivals += 1
@@ -93,14 +87,14 @@ def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext", tasks
         if arrivals < policy.buffer_size:
             dispatch(state.version, state.groups)
     new, stands, problem = finish_step(ctx, state, accs, count)
-    while len(tasks.work) < policy.concurrency and dispatch(new.version, new.groups):
+    while len(work_out) < policy.concurrency and dispatch(new.version, new.groups):
         pass
     record: dict[str, Any] = {
         **train_metrics(fit_metrics), "round": r, "status": "ok" if stands else "skipped",
         "clients_sampled": arrivals, "clients_succeeded": count, "clients_failed": len(failures),
         "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
         "staleness_max": int(max(staleness)) if staleness else 0,
-        "clients_in_flight": len(tasks.work),
+        "clients_in_flight": len(work_out),
     }
     if problem:
         record["aggregate_error"] = problem

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from cohort.algorithms.base import Algorithm
 from cohort.aggregation.weighting import staleness_weight
-from cohort.channel.base import Channel
+from cohort.channel.base import Channel, is_live
 from cohort.core.errors import ConfigError, UpdateRejected
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import ClientFailure, ClientUpdate, FailureStage, Groups, Instruction, Message, Reply, RoundContext
-from cohort.server.live import LiveTasks, live_step
+from cohort.server.live import live_step
 from cohort.server.records import WeightedMean, train_metrics
 from cohort.server.sampling import cohort_size, sample_cohort
 from cohort.server.state import ServerState
@@ -58,6 +58,9 @@ class StepContext:
     speeds: ClientSpeeds
     min_successful_clients: int
     timeout_s: float | None
+    # work a policy has out on a live channel, by task id (FedBuff over gRPC; see server/live.py):
+    # it belongs to this run, not to the policy object, which a user may reuse for another run
+    in_flight: dict[int, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,10 +142,9 @@ class Synchronous:
     def _sample(self, ctx: StepContext, seed: int, r: int) -> np.ndarray:
         """The round's cohort: from every client in simulation; in deployment from the clients
         connected now (the channel's ``available()``), the same draw when all are connected."""
-        available = getattr(ctx.channel, "available", None)
-        if available is None:
+        if not is_live(ctx.channel):
             return sample_cohort(ctx.num_clients, self._over(self.clients_per_step(ctx.num_clients), ctx.num_clients), seed, r)
-        population = np.asarray(sorted(available()), dtype=np.int64)
+        population = np.asarray(sorted(ctx.channel.available()), dtype=np.int64)
         if len(population) == 0:
             return population
         size = cohort_size(len(population), self.fraction, min(self.min_clients, len(population)))
@@ -153,8 +155,7 @@ class Synchronous:
 
     def needed(self, ctx: StepContext) -> int:
         """Accepted updates that close a round (over-selection); the whole cohort without it."""
-        available = getattr(ctx.channel, "available", None)
-        population = ctx.num_clients if available is None else len(available())
+        population = len(ctx.channel.available()) if is_live(ctx.channel) else ctx.num_clients
         if population == 0:
             return 0
         return cohort_size(population, self.fraction, min(self.min_clients, population))
@@ -174,7 +175,7 @@ class Synchronous:
             replies = ((instructions[pos].client_id, outcome) for pos, outcome in ctx.channel.run(message, instructions, ctx.timeout_s))
             accs, count = fold_replies(ctx, accs, replies, failures, fit_metrics)
             used = list(durations)
-        elif hasattr(ctx.channel, "available"):  # deployed: the first to arrive close the round
+        elif is_live(ctx.channel):  # deployed: the first to arrive close the round
             accs, count, used = self._first_arrivals(ctx, message, cohort, accs, failures, fit_metrics)
         else:
             accs, count, used = self._by_virtual_arrival(ctx, message, cohort, durations, accs, failures, fit_metrics)
@@ -194,12 +195,16 @@ class Synchronous:
     def _first_arrivals(self, ctx, message, cohort, accs, failures, fit_metrics):
         enough = self.needed(ctx)
         instructions = [Instruction(int(cid), {}) for cid in cohort]
-        used: list[int] = []
+        used: list[int] = []  # the clients whose outcome was taken, in arrival order
         results = ctx.channel.run(message, instructions, ctx.timeout_s, arrival_order=True)
+
+        def replies():
+            for pos, outcome in results:
+                used.append(instructions[pos].client_id)
+                yield instructions[pos].client_id, outcome
+
         try:
-            replies = ((used.append(instructions[pos].client_id) or instructions[pos].client_id, outcome)
-                       for pos, outcome in results)
-            accs, count = fold_replies(ctx, accs, replies, failures, fit_metrics, enough=enough)
+            accs, count = fold_replies(ctx, accs, replies(), failures, fit_metrics, enough=enough)
         finally:
             results.close()  # the tasks still out are dropped; their results are discarded on arrival
         return accs, count, used
@@ -249,7 +254,6 @@ class FedBuff:
                 raise ConfigError(f"{key} is {v!r}; expected an integer from 1 to 1000000")
         self.buffer_size, self.concurrency = buffer_size, concurrency
         self.staleness = staleness_weight(staleness_exponent)  # checks the exponent
-        self._live = LiveTasks()  # work in flight on a live channel (gRPC); see server/live.py
 
     def check_state(self, st: Any, num_clients: int) -> None:
         if st is None:
@@ -313,8 +317,8 @@ class FedBuff:
         return st._replace(in_flight=in_flight)
 
     def step(self, state: ServerState, ctx: StepContext) -> StepOutcome:
-        if hasattr(ctx.channel, "submit"):  # a live channel: real arrival order
-            return live_step(self, state, ctx, self._live)
+        if is_live(ctx.channel):  # real arrival order
+            return live_step(self, state, ctx)
         r = state.round + 1
         st: FedBuffState = state.policy or FedBuffState(0, (), {})
         clock = state.clock

@@ -64,7 +64,7 @@ class Credentials:
 
 
 def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", retry_for_s: float = 60.0,
-          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True), tls_ca: bytes | None = None,
+          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
           credentials: Credentials | None = None) -> str:
     """Run client ``client_id`` against the server at ``address`` until it says goodbye; returns its reason.
     Raises TransportError once the server could not be reached for ``retry_for_s`` seconds, or when it
@@ -73,7 +73,7 @@ def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", 
         raise ConfigError(f"--id is {client_id!r}; expected an integer >= 0")
     if not (isinstance(retry_for_s, (int, float)) and 0 <= retry_for_s <= MAX_TIMEOUT_S):
         raise ConfigError(f"--retry-s is {retry_for_s!r}; expected seconds from 0 to one week")
-    credentials = credentials or Credentials(tls_ca=tls_ca)
+    credentials = credentials or Credentials()  # plain text: a loopback server without TLS
     state = None  # this client's own state, kept across rounds and reconnections
     delay, gave_up_at = BACKOFF_START_S, time.monotonic() + retry_for_s
     while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -93,8 +94,6 @@ class _Pieces:
 
     def copy_into(self, start: int, out: memoryview) -> None:
         """``out`` filled with the payload's bytes from ``start``."""
-        import bisect
-
         i = max(0, bisect.bisect_right(self.starts, start) - 1)
         done = 0
         while done < len(out):

@@ -1,9 +1,9 @@
 """The server side: clients dial in and hold one stream each; ``GrpcChannel`` is a Channel over them.
 
-Each connection has an outbound queue (tasks, chunks, the final Bye) drained by the stream's response
-iterator, and a reader thread that assembles results from a header and its chunks. A result is
-counted against ``max_update_bytes`` as its chunks arrive and refused before it is buffered whole.
-Every wait has a deadline; a client that drops fails its tasks as transport failures.
+The channel keeps the connected sessions, sends tasks, routes each result to the call that sent its
+task, and watches heartbeats. What happens on one connection (the handshake, assembling, limiting
+and verifying results) is in ``session.py``. Every wait has a deadline; a client that drops fails
+its tasks as transport failures.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -23,19 +24,16 @@ import grpc
 
 from cohort.channel.base import groups_nbytes, reply_nbytes
 from cohort.channel.grpc import federation_pb2 as pb
-from cohort.channel.grpc import federation_pb2_grpc as rpc
-from cohort.channel.grpc.auth import digest_of, hello_bytes, load_public, new_nonce, result_bytes, verify
 from cohort.channel.grpc.registry import Registry, RunLog
-from cohort.channel.grpc.serde import WIRE_OPTIONS, decode, encode, outcome_from
+from cohort.channel.grpc.serde import WIRE_OPTIONS, encode
+from cohort.channel.grpc.session import CLOSE, Servicer, Session, register
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
 
 CHUNK_BYTES = 4 * 2**20
 MAX_UPDATE_BYTES = 2**31
 HEARTBEAT_S = 5.0
-
 HANDSHAKE_S = 10.0
-_CLOSE = object()
 
 
 def check_address(address: str, tls: bool = False, registry: bool = False) -> tuple[str, int]:
@@ -57,21 +55,6 @@ def check_address(address: str, tls: bool = False, registry: bool = False) -> tu
                           "--registry REGISTRY.sqlite (`cohort keys new` makes each client's key pair and "
                           "`cohort keys allow` adds it)")
     return host, int(port)
-
-
-class _Session:
-    """One connected client."""
-
-    def __init__(self, client_id: int, name: str, context) -> None:
-        self.client_id, self.name, self.context = client_id, name, context
-        self.outbound: queue.Queue = queue.Queue()
-        self.pending: set[int] = set()  # task ids sent and not answered
-        self.alive = True
-        self.last_seen = time.monotonic()
-        self.public_key = None  # with a registry: the key this connection proved it holds
-        self.nonce = b""
-        self.seq = 0  # the last result's sequence number
-        self.done = threading.Event()  # its stream has sent everything it will send
 
 
 class GrpcChannel:
@@ -108,7 +91,7 @@ class GrpcChannel:
         self.num_clients = num_clients
         self.bytes_sent = self.bytes_received = 0
         self.max_held = 0
-        self._sessions: dict[int, _Session] = {}
+        self._sessions: dict[int, Session] = {}
         self._connecting: dict[int, tuple[Any, float]] = {}  # id(context) -> (context, started)
         self._lock = threading.Lock()
         self._routes: dict[int, queue.Queue] = {}  # task id -> where its outcome goes (run()'s own, or _submitted)
@@ -124,7 +107,7 @@ class GrpcChannel:
                                             ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
                                             ("grpc.http2.max_ping_strikes", 0)],
                                    maximum_concurrent_rpcs=threads)
-        _register(_Servicer(self), self._server)
+        register(Servicer(self), self._server)
         if tls is not None:
             creds = grpc.ssl_server_credentials([(tls[1], tls[0])], root_certificates=client_ca,
                                                 require_client_auth=client_ca is not None)
@@ -159,7 +142,7 @@ class GrpcChannel:
             time.sleep(0.05)
         return self.available()
 
-    def _join(self, session: _Session) -> None:
+    def _join(self, session: Session) -> None:
         """Register ``session``; an older connection of the same client (it reconnected before the
         server noticed the old one was gone) is closed. With a registry the new one proved the key."""
         with self._lock:
@@ -171,7 +154,7 @@ class GrpcChannel:
         if self.registry is not None:
             self.registry.seen(session.client_id)
 
-    def _leave(self, session: _Session, why: str, refuse: bool = False) -> None:
+    def _leave(self, session: Session, why: str, refuse: bool = False) -> None:
         """End ``session``: its tasks in flight fail with ``why``; with ``refuse``, the client is told
         (a Bye starting "refused:") so that it stops instead of reconnecting."""
         with self._lock:
@@ -186,7 +169,7 @@ class GrpcChannel:
             session.outbound.put(pb.ServerMessage(bye=pb.Bye(reason=f"refused: {why}")))
         for task_id in lost:
             self._route(task_id, session.client_id, ClientFailure(session.client_id, FailureStage.TRANSPORT, why))
-        session.outbound.put(_CLOSE)
+        session.outbound.put(CLOSE)
         self.log.event("refused" if refuse else "left", session.client_id, why)
         if self.registry is not None and not refuse:
             self.registry.seen(session.client_id)
@@ -213,13 +196,13 @@ class GrpcChannel:
         results: queue.Queue = queue.Queue()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         waiting, arrived = self._send(message, instructions, results)
-        ready = sorted(arrived)  # positions in arrival order
+        ready = deque(sorted(arrived))  # positions in arrival order
         yielded = 0
         try:
             while yielded < len(instructions):
                 if arrival_order:
                     while ready:
-                        pos = ready.pop(0)
+                        pos = ready.popleft()
                         yield pos, arrived.pop(pos)
                         yielded += 1
                 else:
@@ -260,7 +243,7 @@ class GrpcChannel:
         total, pieces = encode(message.arrays, self.chunk_bytes)
         waiting: dict[int, int] = {}
         arrived: dict[int, Any] = {}
-        receivers: list[_Session] = []
+        receivers: list[Session] = []
         for pos, ins in enumerate(instructions):
             with self._lock:
                 session = self._sessions.get(ins.client_id)
@@ -280,7 +263,7 @@ class GrpcChannel:
             waiting[task_id] = pos
         if receivers:
             # each chunk is cut and serialized once, as it is needed, and the same bytes go to every
-            # client (see _register): the first is on the wire before the last is cut
+            # client (see session.register): the first is on the wire before the last is cut
             piece = next(pieces)
             for following in itertools.chain(pieces, [None]):
                 wire = pb.ServerMessage(chunk=pb.Chunk(data=piece, last=following is None)).SerializeToString()
@@ -338,183 +321,10 @@ class GrpcChannel:
             sessions = list(self._sessions.values())
         for s in sessions:
             s.outbound.put(pb.ServerMessage(bye=pb.Bye(reason=reason)))
-            s.outbound.put(_CLOSE)
+            s.outbound.put(CLOSE)
         deadline = time.monotonic() + 5
         for s in sessions:  # let the goodbyes go out
             s.done.wait(max(0.0, deadline - time.monotonic()))
         self._stopped.set()
         self._server.stop(grace=2).wait(5)
         self.log.event("stopped", None, reason)
-
-
-def _serialize(message) -> bytes:
-    """ServerMessages, or chunks serialized already (bytes): a broadcast is serialized once per round,
-    not once per client. The bytes on the wire are the .proto's either way."""
-    return message if isinstance(message, bytes) else message.SerializeToString()
-
-
-def _register(servicer, server) -> None:
-    """As the generated ``add_FederationServicer_to_server``, with :func:`_serialize` for responses."""
-    handlers = {"Join": grpc.stream_stream_rpc_method_handler(
-        servicer.Join, request_deserializer=pb.ClientMessage.FromString, response_serializer=_serialize)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("cohort.v1.Federation", handlers),))
-    server.add_registered_method_handlers("cohort.v1.Federation", handlers)
-
-
-def _refusal(text: str):
-    return pb.ServerMessage(bye=pb.Bye(reason=f"refused: {text}"))
-
-
-class _Servicer(rpc.FederationServicer):
-    def __init__(self, channel: GrpcChannel) -> None:
-        self.channel = channel
-
-    def Join(self, request_iterator, context):
-        ch = self.channel
-        key = id(context)
-        with ch._lock:
-            ch._connecting[key] = (context, time.monotonic())
-        try:
-            session, refused = self._hello(request_iterator, context)
-            if refused is not None:
-                ch.log.event("refused", session.client_id if session else None, refused)
-                yield _refusal(refused)
-                return
-            if session.nonce:
-                yield pb.ServerMessage(challenge=pb.Challenge(nonce=session.nonce))
-                refused = self._proof(session, request_iterator)
-                if refused is not None:
-                    ch.log.event("refused", session.client_id, refused)
-                    yield _refusal(refused)
-                    return
-        except (StopIteration, grpc.RpcError, ValueError):
-            return  # hung up (or was cut off) during the hello
-        finally:
-            with ch._lock:
-                ch._connecting.pop(key, None)
-        ch._join(session)
-        reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True,
-                                  name=f"cohort-client-{session.client_id}")
-        reader.start()
-        context.add_callback(lambda: ch._leave(session, "the connection was lost"))
-        yield pb.ServerMessage(welcome=pb.Welcome(algorithm=ch.algorithm, algorithm_settings=json.dumps(ch.algorithm_settings),
-                                                  chunk_bytes=ch.chunk_bytes, max_update_bytes=ch.max_update_bytes,
-                                                  heartbeat_s=ch.heartbeat_s))
-        try:
-            while True:
-                item = session.outbound.get()
-                if item is _CLOSE:
-                    return
-                yield item
-        finally:
-            session.done.set()
-
-    def _hello(self, requests, context) -> tuple[_Session | None, str | None]:
-        """The first message: who the client says it is. With a registry, a challenge is prepared."""
-        ch = self.channel
-        first = next(requests)
-        if first.WhichOneof("kind") != "hello" or first.hello.client_id < 0:
-            return None, "the first message must be a Hello with a client id >= 0"
-        session = _Session(int(first.hello.client_id), first.hello.name[:200], context)
-        if ch.num_clients is not None and session.client_id >= ch.num_clients:
-            return session, (f"client id {session.client_id} is outside this federation, whose ids go from 0 to "
-                             f"{ch.num_clients - 1} (data.num_clients)")
-        if ch.registry is None:
-            return session, None
-        entry = ch.registry.get(session.client_id)
-        if entry is None:
-            return session, (f"client {session.client_id} is not in the server's registry; its operator adds it with "
-                             f"`cohort keys allow --registry {ch.registry.path.name} --id {session.client_id} --public client-{session.client_id}.pub`")
-        if entry.revoked is not None:
-            return session, f"client {session.client_id}'s key was revoked ({entry.revoked_reason})"
-        session.public_key = load_public(entry.public_key, f"the registered key of client {session.client_id}")
-        session.nonce = new_nonce()
-        return session, None
-
-    def _proof(self, session: _Session, requests) -> str | None:
-        msg = next(requests)
-        if msg.WhichOneof("kind") != "proof":
-            return (f"the server requires a signed hello: client {session.client_id} must be started with its key "
-                    "(cohort client --key client-ID.key)")
-        if not verify(session.public_key, msg.proof.signature, hello_bytes(session.nonce, session.client_id, session.name)):
-            return (f"the hello's signature does not match the key registered for client {session.client_id} "
-                    "(wrong --key, or the key was replaced)")
-        return None
-
-    def _read(self, session: _Session, requests) -> None:
-        """Assemble results; anything malformed ends this client's session, never the server."""
-        ch = self.channel
-        header, parts, size = None, [], 0
-        try:
-            for msg in requests:
-                session.last_seen = time.monotonic()
-                kind = msg.WhichOneof("kind")
-                if kind == "ping":
-                    continue
-                if kind == "result":
-                    header, parts, size = msg.result, [], 0
-                    if header.payload_bytes > ch.max_update_bytes:  # declared too big: refused before any byte
-                        self._refuse(session, header, f"announced a result of {header.payload_bytes} bytes, over the limit "
-                                                      f"of {ch.max_update_bytes} bytes (max_update_bytes)")
-                        return
-                    if session.public_key is not None and header.seq <= session.seq:
-                        self._refuse(session, header, f"sent result number {header.seq} after number {session.seq}: a "
-                                                      "replayed or reordered result")
-                        return
-                    session.seq = header.seq
-                elif kind == "chunk" and header is not None:
-                    size += len(msg.chunk.data)
-                    if size > ch.max_update_bytes:  # refused before it is buffered whole
-                        self._refuse(session, header, f"sent a result over the limit of {ch.max_update_bytes} bytes "
-                                                      "(max_update_bytes)")
-                        return
-                    parts.append(msg.chunk.data)
-                    if msg.chunk.last:
-                        problem = self._check_signature(session, header, parts)
-                        if problem:
-                            self._refuse(session, header, problem)
-                            return
-                        self._deliver(session, header, self._decode(session, header, parts))
-                        header, parts, size = None, [], 0
-                else:
-                    ch._leave(session, f"sent an unexpected {kind or 'empty'} message", refuse=True)
-                    return
-        except grpc.RpcError:
-            pass
-        except Exception as e:  # a hostile or broken peer
-            ch._leave(session, f"sent a malformed stream: {type(e).__name__}: {e}", refuse=True)
-            return
-        ch._leave(session, "the connection was closed")
-
-    def _check_signature(self, session: _Session, header, parts: list[bytes]) -> str | None:
-        """With a registry: the result is signed by this connection's key, and the key is not revoked now."""
-        ch = self.channel
-        if session.public_key is None:
-            return None
-        entry = ch.registry.get(session.client_id)
-        if entry is None or entry.revoked is not None:
-            return f"client {session.client_id}'s key was revoked ({entry.revoked_reason if entry else 'removed from the registry'})"
-        if not verify(session.public_key, header.signature, result_bytes(session.nonce, header, digest_of(parts))):
-            return f"result {header.seq}'s signature does not match client {session.client_id}'s key: refused"
-        ch.registry.seen(session.client_id)
-        return None
-
-    def _refuse(self, session: _Session, header, why: str) -> None:
-        """The result fails validation, and the client is turned away."""
-        self._deliver(session, header, ClientFailure(session.client_id, FailureStage.VALIDATE, why))
-        self.channel._leave(session, why, refuse=True)
-
-    def _decode(self, session: _Session, header, parts: list[bytes]):
-        try:
-            meta = json.loads(header.meta or "{}")
-            return outcome_from(meta, decode(parts), session.client_id, int(header.version))
-        except (ValueError, TransportError) as e:
-            return ClientFailure(session.client_id, FailureStage.VALIDATE, f"malformed result: {e}")
-
-    def _deliver(self, session: _Session, header, outcome) -> None:
-        task_id = int(header.task_id)
-        with self.channel._lock:
-            if task_id not in session.pending:
-                return  # unknown or late: discarded
-            session.pending.discard(task_id)
-        self.channel._route(task_id, session.client_id, outcome)
