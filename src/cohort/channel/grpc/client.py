@@ -18,10 +18,11 @@ from typing import Any
 import grpc
 
 from cohort.algorithms import ALGORITHMS
+from cohort.channel.grpc import bulk
 from cohort.channel.grpc import federation_pb2 as pb
 from cohort.channel.grpc import federation_pb2_grpc as rpc
 from cohort.channel.grpc.auth import digest_of, hello_bytes, result_bytes
-from cohort.channel.grpc.serde import WIRE_OPTIONS, decode, encode, outcome_meta
+from cohort.channel.grpc.serde import WIRE_OPTIONS, decode, encode, layout, outcome_meta
 from cohort.channel.runtime import run_client
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.limits import MAX_TIMEOUT_S
@@ -62,6 +63,10 @@ class Credentials:
                                              certificate_chain=self.tls_cert)
         return grpc.secure_channel(address, creds, options=options)
 
+    def ssl_context(self):
+        """The same TLS settings for the bulk sockets (None: plain text, as the stream)."""
+        return None if self.tls_ca is None else bulk.client_context(self.tls_ca, self.tls_cert, self.tls_key)
+
 
 def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", retry_for_s: float = 60.0,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
@@ -74,11 +79,11 @@ def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", 
     if not (isinstance(retry_for_s, (int, float)) and 0 <= retry_for_s <= MAX_TIMEOUT_S):
         raise ConfigError(f"--retry-s is {retry_for_s!r}; expected seconds from 0 to one week")
     credentials = credentials or Credentials()  # plain text: a loopback server without TLS
-    state = None  # this client's own state, kept across rounds and reconnections
+    kept: dict[str, Any] = {"state": None}  # this client's own state, kept across rounds and reconnections
     delay, gave_up_at = BACKOFF_START_S, time.monotonic() + retry_for_s
     while True:
         try:
-            reason, state, joined = _session(address, client_fn, client_id, name, state, log, credentials)
+            reason, joined = _session(address, client_fn, client_id, name, kept, log, credentials)
             if reason.startswith("refused:"):
                 raise TransportError(f"the server at {address} turned client {client_id} away: {reason[9:].strip()}")
             return reason
@@ -101,7 +106,7 @@ def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", 
             delay = min(BACKOFF_MAX_S, delay * 2)
 
 
-def _session(address, client_fn, client_id, name, state, log, credentials: Credentials):
+def _session(address, client_fn, client_id, name, kept: dict, log, credentials: Credentials):
     outgoing: queue.Queue = queue.Queue()
     outgoing.put(pb.ClientMessage(hello=pb.Hello(client_id=client_id, name=name)))
     ended = threading.Event()
@@ -148,15 +153,26 @@ def _session(address, client_fn, client_id, name, state, log, credentials: Crede
                         threading.Thread(target=heartbeat, args=(max(0.05, msg.welcome.heartbeat_s),), daemon=True,
                                          name=f"cohort-heartbeat-{client_id}").start()
                     joined = True
-                    log(f"client {client_id}: joined {address} ({msg.welcome.algorithm})")
+                    how = _open_bulk(link, address, msg.welcome, credentials)
+                    log(f"client {client_id}: joined {address} ({msg.welcome.algorithm}; {how})")
                 elif kind == "bye":
-                    return msg.bye.reason, state, joined
+                    return msg.bye.reason, joined
+                elif kind == "task" and msg.task.bulk:
+                    if link.down is None:
+                        raise _Lost(link.failed or "the server sent a payload on bulk connections this client has not "
+                                    "opened", joined)
+                    try:
+                        payload = bulk.receive(link.down, int(msg.task.task_id), int(msg.task.payload_bytes))
+                    except OSError as e:
+                        link.lost(e)  # the stream may still say why (a goodbye); if not, it ends too
+                        continue
+                    _answer(msg.task, [payload], half, client_fn, client_id, kept, link)
                 elif kind == "task":
                     header, parts = msg.task, []
                 elif kind == "chunk" and header is not None:
                     parts.append(msg.chunk.data)
                     if msg.chunk.last:
-                        state = _answer(header, parts, half, client_fn, client_id, state, link)
+                        _answer(header, parts, half, client_fn, client_id, kept, link)
                         header, parts = None, []
         except grpc.RpcError as e:
             if joined and e.code() in TRANSIENT:
@@ -165,7 +181,9 @@ def _session(address, client_fn, client_id, name, state, log, credentials: Crede
         finally:
             ended.set()
             outgoing.put(None)
-    raise _Lost("the server closed the stream without a goodbye", joined)
+            bulk.close(link.down)
+            bulk.close(link.up)
+    raise _Lost(link.failed or "the server closed the stream without a goodbye", joined)
 
 
 @dataclass
@@ -177,24 +195,60 @@ class _Link:
     key: Any
     seq: int = 0
     chunk_bytes: int = 4 * 2**20
+    down: Any = None  # the bulk sockets, when they could be opened
+    up: Any = None
+    failed: str = ""  # why they were lost
+
+    def lost(self, error: Exception) -> None:
+        bulk.close(self.down)
+        bulk.close(self.up)
+        self.down = self.up = None
+        self.failed = f"the bulk connection failed: {error}"
 
 
-def _answer(header, parts, half, client_fn, client_id, state, link: _Link):
+def _open_bulk(link: _Link, address: str, welcome, credentials: Credentials) -> str:
+    """Open the bulk sockets the server offers; says how payloads will travel."""
+    if not welcome.bulk_port or len(welcome.bulk_token) != bulk.TOKEN_BYTES:
+        return "payloads in chunks on the stream"
+    host = address.rpartition(":")[0]
+    try:
+        context = credentials.ssl_context()
+        link.down = bulk.connect(host, int(welcome.bulk_port), bytes(welcome.bulk_token), bulk.DOWN, context)
+        link.up = bulk.connect(host, int(welcome.bulk_port), bytes(welcome.bulk_token), bulk.UP, context)
+    except (OSError, ValueError) as e:  # a firewall, most often: the stream carries everything
+        bulk.close(link.down)
+        bulk.close(link.up)
+        link.down = link.up = None
+        return f"bulk connections to port {welcome.bulk_port} failed ({e}); payloads in chunks on the stream"
+    return f"payloads on bulk connections to port {welcome.bulk_port}"
+
+
+def _answer(header, parts, half, client_fn, client_id, kept: dict, link: _Link) -> None:
+    """Run one task and send its result; the client's new state is kept at once (in ``kept``), so a
+    connection lost while the result goes out does not lose it."""
     config = json.loads(header.meta or "{}").get("config", {})
     message = Message(header.task, decode(parts), config, int(header.version))
     if half is None:
-        outcome, new_state = ClientFailure(client_id, FailureStage.TRANSPORT, "a task came before the welcome"), state
+        outcome = ClientFailure(client_id, FailureStage.TRANSPORT, "a task came before the welcome")
     else:
-        outcome, new_state = run_client(client_fn, half, client_id, message, state)
+        outcome, kept["state"] = run_client(client_fn, half, client_id, message, kept["state"])
     meta, groups = outcome_meta(outcome)
-    total, pieces = encode(groups, link.chunk_bytes)
-    pieces = list(pieces)  # signed whole before the first goes out
+    if link.up is not None:
+        total, pieces = layout(groups)
+    else:
+        total, pieces = encode(groups, link.chunk_bytes)
+        pieces = list(pieces)  # signed whole before the first goes out
     link.seq += 1
     result = pb.Header(task_id=header.task_id, task=header.task, version=header.version, meta=json.dumps(meta),
-                       payload_bytes=total, seq=link.seq)
+                       payload_bytes=total, seq=link.seq, bulk=link.up is not None)
     if link.key is not None and link.nonce:
         result.signature = link.key.sign(result_bytes(link.nonce, result, digest_of(pieces)))
     link.outgoing.put(pb.ClientMessage(result=result))
+    if link.up is not None:
+        try:
+            bulk.send(link.up, int(header.task_id), total, pieces)
+        except OSError as e:
+            link.lost(e)  # the stream may still say why (a refusal); if not, it ends too
+        return
     for i, piece in enumerate(pieces):
         link.outgoing.put(pb.ClientMessage(chunk=pb.Chunk(data=piece, last=i == len(pieces) - 1)))
-    return new_state

@@ -43,10 +43,17 @@ def encode(groups: Groups, chunk_bytes: int) -> tuple[int, Iterator[bytes]]:
     """Groups as a safetensors payload (keys ``group/name``; their order kept in the metadata), cut into
     pieces of at most ``chunk_bytes``. Returns (payload length, the pieces, made as they are taken, so
     that sending can start before the last is cut); no groups: (0, [b""])."""
+    total, sources = layout(groups)
+    return total, (cut(sources, chunk_bytes) if total else iter([b""]))
+
+
+def layout(groups: Groups) -> tuple[int, list[memoryview]]:
+    """Groups as a safetensors payload that is not copied: its length, and the memory it is made of in
+    order (the header, then each array's own bytes). No groups: (0, [])."""
     # np.require keeps a 0-d array 0-d (np.ascontiguousarray would make it 1-d)
     flat = {f"{g}{SEP}{k}": np.require(a, requirements="C") for g, arrays in groups.items() for k, a in arrays.items()}
     if not flat:
-        return 0, iter([b""])
+        return 0, []
     header: dict[str, Any] = {"__metadata__": {"order": json.dumps(list(flat))}}
     offset = 0
     for key, a in flat.items():
@@ -56,10 +63,10 @@ def encode(groups: Groups, chunk_bytes: int) -> tuple[int, Iterator[bytes]]:
     head += b" " * (-len(head) % 8)  # as safetensors does: the data starts 8-byte aligned
     sources = [memoryview(len(head).to_bytes(8, "little") + head)]
     sources += [memoryview(a.reshape(-1)).cast("B") for a in flat.values() if a.nbytes]
-    return 8 + len(head) + offset, _cut(sources, chunk_bytes)
+    return 8 + len(head) + offset, sources
 
 
-def _cut(sources: list[memoryview], size: int) -> Iterator[bytes]:
+def cut(sources: list[memoryview], size: int) -> Iterator[bytes]:
     """The concatenation of ``sources`` in pieces of ``size`` bytes (the last may be shorter); large
     sources are sliced directly, small ones gathered, so each byte is copied once."""
     pending = bytearray()
@@ -84,7 +91,7 @@ class _Pieces:
     """Byte ranges of a payload that arrived as a list of chunks, read without joining them."""
 
     def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = [p for p in pieces if p]
+        self.pieces = [p for p in pieces if len(p)]
         self.starts = []
         total = 0
         for p in self.pieces:
@@ -110,9 +117,12 @@ class _Pieces:
         return bytes(buf)
 
 
-def decode(pieces: list[bytes]) -> dict[str, dict[str, np.ndarray]]:
+def decode(pieces: list[bytes] | list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """The groups of a payload that :func:`encode` (or any safetensors writer) made, from its pieces.
-    Anything malformed raises TransportError: a hostile peer is refused, never trusted."""
+    Given one writable uint8 array (a payload received whole), the arrays are views into it where
+    their alignment allows, not copies. Anything malformed raises TransportError: a hostile peer is
+    refused, never trusted."""
+    whole = pieces[0] if len(pieces) == 1 and isinstance(pieces[0], np.ndarray) else None
     data = _Pieces(pieces)
     if data.total == 0:
         return {}
@@ -144,9 +154,13 @@ def decode(pieces: list[bytes]) -> dict[str, dict[str, np.ndarray]]:
             if count * np.dtype(dtype).itemsize != hi - lo:
                 raise ValueError(f"tensor {key!r} of shape {shape} and dtype {info['dtype']} does not fill its {hi - lo} bytes")
             spans.append((lo, hi))
-            array = np.empty(shape, dtype)
-            if count:
-                data.copy_into(8 + n + lo, memoryview(array.reshape(-1)).cast("B"))
+            start = 8 + n + lo
+            if whole is not None and start % np.dtype(dtype).itemsize == 0:
+                array = whole[start:start + hi - lo].view(dtype).reshape(shape)
+            else:
+                array = np.empty(shape, dtype)
+                if count:
+                    data.copy_into(start, memoryview(array.reshape(-1)).cast("B"))
             g, _, name = key.partition(SEP)
             out.setdefault(g, {})[name] = array
         spans.sort()

@@ -23,10 +23,11 @@ from typing import Any
 import grpc
 
 from cohort.channel.base import groups_nbytes, reply_nbytes
+from cohort.channel.grpc import bulk
 from cohort.channel.grpc import federation_pb2 as pb
 from cohort.channel.grpc.registry import Registry, RunLog
-from cohort.channel.grpc.serde import WIRE_OPTIONS, encode
-from cohort.channel.grpc.session import CLOSE, Servicer, Session, register
+from cohort.channel.grpc.serde import WIRE_OPTIONS, cut, layout
+from cohort.channel.grpc.session import CLOSE, BulkTask, Servicer, Session, register
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
 
@@ -67,13 +68,15 @@ class GrpcChannel:
     ``heartbeat_s``: clients ping this often; one silent for three periods is marked offline.
     ``handshake_s``: a connection that has not finished its hello by then is closed.
     ``num_clients``: client ids go from 0 to ``num_clients - 1`` (the config's ``data.num_clients``).
+    ``bulk_port``: payloads go on bulk sockets (``bulk.py``) to this port of the same host, for the
+    clients that can open them (0: any free port; None: none, every payload in chunks on the stream).
     """
 
     def __init__(self, address: str, algorithm: str, algorithm_settings: dict[str, Any], *,
                  chunk_bytes: int = CHUNK_BYTES, max_update_bytes: int = MAX_UPDATE_BYTES, threads: int = 64,
                  tls: tuple[bytes, bytes] | None = None, client_ca: bytes | None = None,
                  registry: Registry | None = None, heartbeat_s: float = HEARTBEAT_S, handshake_s: float = HANDSHAKE_S,
-                 log: RunLog | None = None, num_clients: int | None = None) -> None:
+                 log: RunLog | None = None, num_clients: int | None = None, bulk_port: int | None = 0) -> None:
         host, port = check_address(address, tls is not None, registry is not None)
         if not 1024 <= chunk_bytes <= 64 * 2**20:
             raise ConfigError(f"chunk_bytes is {chunk_bytes}; expected 1 KiB to 64 MiB")
@@ -82,6 +85,8 @@ class GrpcChannel:
         for what, v in (("heartbeat_s", heartbeat_s), ("handshake_s", handshake_s)):
             if not (isinstance(v, (int, float)) and 0.05 <= v <= 3600):
                 raise ConfigError(f"{what} is {v!r}; expected seconds from 0.05 to 3600")
+        if bulk_port is not None and not (isinstance(bulk_port, int) and 0 <= bulk_port <= 65535):
+            raise ConfigError(f"bulk_port is {bulk_port!r}; expected a port from 0 (any free one) to 65535, or None (none)")
         if client_ca is not None and tls is None:
             raise ConfigError("client certificates (mutual TLS) need the server's own TLS certificate and key too")
         self.algorithm, self.algorithm_settings = algorithm, algorithm_settings
@@ -93,6 +98,7 @@ class GrpcChannel:
         self.max_held = 0
         self._sessions: dict[int, Session] = {}
         self._connecting: dict[int, tuple[Any, float]] = {}  # id(context) -> (context, started)
+        self._bulk_tokens: dict[bytes, Session] = {}  # tokens given out whose sockets are not all open
         self._lock = threading.Lock()
         self._routes: dict[int, queue.Queue] = {}  # task id -> where its outcome goes (run()'s own, or _submitted)
         self._submitted: queue.Queue = queue.Queue()  # outcomes of submit()ted tasks, for collect()
@@ -117,6 +123,15 @@ class GrpcChannel:
         if bound == 0:
             raise ConfigError(f"cannot listen on {address!r} (in use, or not an address of this machine)")
         self.address = f"{host}:{bound}"
+        self._bulk = None
+        if bulk_port is not None:
+            try:
+                self._bulk = bulk.Listener(host, bulk_port, bulk.server_context(tls, client_ca) if tls else None,
+                                           self._attach_bulk, self.handshake_s)
+            except BaseException:
+                self._server.stop(0)
+                raise
+        self.bulk_port = self._bulk.port if self._bulk else 0
         self._server.start()
         self._monitor = threading.Thread(target=self._watch, daemon=True, name="cohort-heartbeats")
         self._monitor.start()
@@ -154,6 +169,22 @@ class GrpcChannel:
         if self.registry is not None:
             self.registry.seen(session.client_id)
 
+    def _attach_bulk(self, token: bytes, direction: bytes, sock) -> bool:
+        """A bulk socket proved ``token``: it becomes its session's socket for ``direction``."""
+        with self._lock:
+            session = self._bulk_tokens.get(token)
+            if session is None or not session.alive:
+                return False
+            if direction == bulk.DOWN and session.bulk_down is None:
+                session.bulk_down = sock
+            elif direction == bulk.UP and session.bulk_up is None:
+                session.bulk_up = sock
+            else:
+                return False  # a token opens each direction once
+            if session.bulk_down is not None and session.bulk_up is not None:
+                del self._bulk_tokens[token]
+            return True
+
     def _leave(self, session: Session, why: str, refuse: bool = False) -> None:
         """End ``session``: its tasks in flight fail with ``why``; with ``refuse``, the client is told
         (a Bye starting "refused:") so that it stops instead of reconnecting."""
@@ -165,11 +196,13 @@ class GrpcChannel:
                 del self._sessions[session.client_id]
             lost = list(session.pending)
             session.pending.clear()
+            self._bulk_tokens.pop(session.bulk_token, None)
         if refuse:
             session.outbound.put(pb.ServerMessage(bye=pb.Bye(reason=f"refused: {why}")))
         for task_id in lost:
             self._route(task_id, session.client_id, ClientFailure(session.client_id, FailureStage.TRANSPORT, why))
         session.outbound.put(CLOSE)
+        session.close_bulk()
         self.log.event("refused" if refuse else "left", session.client_id, why)
         if self.registry is not None and not refuse:
             self.registry.seen(session.client_id)
@@ -240,7 +273,7 @@ class GrpcChannel:
               ) -> tuple[dict[int, int], dict[int, Any]]:
         """Queue ``message`` for each instruction's client; their outcomes will go to ``results``.
         Returns (task id -> position of the tasks sent, position -> failure of the clients not connected)."""
-        total, pieces = encode(message.arrays, self.chunk_bytes)
+        total, sources = layout(message.arrays)
         waiting: dict[int, int] = {}
         arrived: dict[int, Any] = {}
         receivers: list[Session] = []
@@ -256,14 +289,19 @@ class GrpcChannel:
                 continue
             config = {**message.config, **ins.config}
             meta = json.dumps({"config": config})
-            session.outbound.put(pb.ServerMessage(task=pb.Header(task_id=task_id, task=message.task, version=message.version,
-                                                                 meta=meta, payload_bytes=total)))
-            receivers.append(session)
+            header = pb.Header(task_id=task_id, task=message.task, version=message.version, meta=meta, payload_bytes=total)
+            if session.bulk_down is not None:  # straight from the arrays' memory, on its own socket
+                header.bulk = True
+                session.outbound.put(BulkTask(pb.ServerMessage(task=header), total, sources))
+            else:
+                session.outbound.put(pb.ServerMessage(task=header))
+                receivers.append(session)
             self.bytes_sent += groups_nbytes(message.arrays)
             waiting[task_id] = pos
         if receivers:
             # each chunk is cut and serialized once, as it is needed, and the same bytes go to every
             # client (see session.register): the first is on the wire before the last is cut
+            pieces = cut(sources, self.chunk_bytes) if total else iter([b""])
             piece = next(pieces)
             for following in itertools.chain(pieces, [None]):
                 wire = pb.ServerMessage(chunk=pb.Chunk(data=piece, last=following is None)).SerializeToString()
@@ -326,5 +364,9 @@ class GrpcChannel:
         for s in sessions:  # let the goodbyes go out
             s.done.wait(max(0.0, deadline - time.monotonic()))
         self._stopped.set()
+        if self._bulk is not None:
+            self._bulk.close()
+        for s in sessions:
+            s.close_bulk()
         self._server.stop(grace=2).wait(5)
         self.log.event("stopped", None, reason)

@@ -10,10 +10,12 @@ import json
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from cohort.channel.grpc import bulk
 from cohort.channel.grpc import federation_pb2 as pb
 from cohort.channel.grpc import federation_pb2_grpc as rpc
 from cohort.channel.grpc.auth import digest_of, hello_bytes, load_public, new_nonce, result_bytes, verify
@@ -40,6 +42,21 @@ class Session:
         self.nonce = b""
         self.seq = 0  # the last result's sequence number
         self.done = threading.Event()  # its stream has sent everything it will send
+        self.bulk_token = b""
+        self.bulk_down = self.bulk_up = None  # its bulk sockets, once it opened them
+
+    def close_bulk(self) -> None:
+        bulk.close(self.bulk_down)
+        bulk.close(self.bulk_up)
+
+
+@dataclass(frozen=True)
+class BulkTask:
+    """On a session's outbound queue: a task header for the stream, then its payload for the bulk socket."""
+
+    message: Any  # the ServerMessage with the Header (bulk = True)
+    total: int
+    sources: list  # the payload's memory, as serde.layout gives it
 
 
 def _serialize(message) -> bytes:
@@ -87,6 +104,10 @@ class Servicer(rpc.FederationServicer):
         finally:
             with ch._lock:
                 ch._connecting.pop(key, None)
+        if ch.bulk_port:
+            session.bulk_token = bulk.new_token()
+            with ch._lock:
+                ch._bulk_tokens[session.bulk_token] = session
         ch._join(session)
         reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True,
                                   name=f"cohort-client-{session.client_id}")
@@ -94,12 +115,21 @@ class Servicer(rpc.FederationServicer):
         context.add_callback(lambda: ch._leave(session, "the connection was lost"))
         yield pb.ServerMessage(welcome=pb.Welcome(algorithm=ch.algorithm, algorithm_settings=json.dumps(ch.algorithm_settings),
                                                   chunk_bytes=ch.chunk_bytes, max_update_bytes=ch.max_update_bytes,
-                                                  heartbeat_s=ch.heartbeat_s))
+                                                  heartbeat_s=ch.heartbeat_s, bulk_port=ch.bulk_port,
+                                                  bulk_token=session.bulk_token))
         try:
             while True:
                 item = session.outbound.get()
                 if item is CLOSE:
                     return
+                if isinstance(item, BulkTask):
+                    yield item.message  # handed to the transport before the next line runs
+                    try:
+                        bulk.send(session.bulk_down, item.message.task.task_id, item.total, item.sources)
+                    except OSError as e:
+                        ch._leave(session, f"its bulk connection failed: {e}")
+                        return
+                    continue
                 yield item
         finally:
             session.done.set()
@@ -157,6 +187,14 @@ class Servicer(rpc.FederationServicer):
                                                       "replayed or reordered result")
                         return
                     session.seq = header.seq
+                    if header.bulk:
+                        if session.bulk_up is None:
+                            self._refuse(session, header, "sent a result on a bulk connection it never opened")
+                            return
+                        payload = self._receive_bulk(session, header)
+                        if payload is None or not self._finish(session, header, [payload]):
+                            return
+                        header = None
                 elif kind == "chunk" and header is not None:
                     size += len(msg.chunk.data)
                     if size > ch.max_update_bytes:  # refused before it is buffered whole
@@ -165,11 +203,8 @@ class Servicer(rpc.FederationServicer):
                         return
                     parts.append(msg.chunk.data)
                     if msg.chunk.last:
-                        problem = self._check_signature(session, header, parts)
-                        if problem:
-                            self._refuse(session, header, problem)
+                        if not self._finish(session, header, parts):
                             return
-                        self._deliver(session, header, self._decode(session, header, parts))
                         header, parts, size = None, [], 0
                 else:
                     ch._leave(session, f"sent an unexpected {kind or 'empty'} message", refuse=True)
@@ -180,6 +215,28 @@ class Servicer(rpc.FederationServicer):
             ch._leave(session, f"sent a malformed stream: {type(e).__name__}: {e}", refuse=True)
             return
         ch._leave(session, "the connection was closed")
+
+    def _receive_bulk(self, session: Session, header):
+        """The result's payload from the client's bulk socket, or None when it failed (the session ends)."""
+        def alive():
+            session.last_seen = time.monotonic()
+
+        try:
+            return bulk.receive(session.bulk_up, int(header.task_id), int(header.payload_bytes), alive)
+        except TransportError as e:
+            self._refuse(session, header, str(e))
+        except OSError as e:
+            self.channel._leave(session, f"its bulk connection failed: {e}")
+        return None
+
+    def _finish(self, session: Session, header, parts) -> bool:
+        """A whole result arrived: checked, decoded, delivered. False: it was refused (the session ends)."""
+        problem = self._check_signature(session, header, parts)
+        if problem:
+            self._refuse(session, header, problem)
+            return False
+        self._deliver(session, header, self._decode(session, header, parts))
+        return True
 
     def _check_signature(self, session: Session, header, parts: list[bytes]) -> str | None:
         """With a registry: the result is signed by this connection's key, and the key is not revoked now."""
