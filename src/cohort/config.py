@@ -88,6 +88,23 @@ class ServerConfig:
     max_failed_rounds: int = 3  # consecutive rounds that do not stand before the run stops
     round_timeout_s: float = 0.0  # deadline of a round; 0: none
     over_selection: float = 0.0  # sample this share more clients than a round needs and close it when enough reported
+    aggregator: str = "mean"  # mean | median | trimmed_mean | krum (the model group's combine)
+    trim_fraction: float = 0.1  # trimmed_mean: the share cut from each end of every coordinate
+    krum_byzantine: int = 1  # krum: f, the attackers tolerated (needs clients per round >= 2f + 3)
+    krum_select: int = 1  # krum: m, the best-scored updates averaged (1: Krum; more: Multi-Krum)
+    norm_bound: float = 0.0  # scale every update down to this L2 norm first; 0: off
+
+    def combine(self):
+        """The model group's combine for ``aggregator`` (None: the weighted mean)."""
+        from cohort.aggregation import robust
+
+        if self.aggregator == "median":
+            return robust.coordinate_median()
+        if self.aggregator == "trimmed_mean":
+            return robust.trimmed_mean(self.trim_fraction)
+        if self.aggregator == "krum":
+            return robust.krum(self.krum_byzantine, self.krum_select)
+        return None
 
     def __post_init__(self) -> None:
         from cohort.algorithms import ALGORITHMS
@@ -106,6 +123,30 @@ class ServerConfig:
                "0 (none) to 10, e.g. 0.3 for 30% more clients than a round needs")
         _check(self.over_selection == 0 or self.policy == "sync", "server.over_selection", self.over_selection,
                "0 with server.policy = 'fedbuff' (over-selection is for synchronous rounds)")
+        _check(self.aggregator in AGGREGATORS, "server.aggregator", self.aggregator, f"one of {', '.join(AGGREGATORS)}")
+        _check(0 <= self.norm_bound < math.inf, "server.norm_bound", self.norm_bound, "0 (off) or a finite number > 0")
+        self.combine()  # checks the aggregator's own settings, naming their keys
+
+
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """``[attack]``: simulated malicious clients (to measure robust aggregation)."""
+
+    kind: str = "none"  # none | sign_flip | scale | noise | label_flip
+    fraction: float = 0.2  # the share of clients that attack (a seeded choice)
+    scale: float = 10.0  # scale: the factor on the update
+    noise_std: float = 1.0  # noise: the update is replaced by N(0, noise_std²)
+
+    def __post_init__(self) -> None:
+        from cohort.client.attacks import ATTACKS
+
+        _check(self.kind in ATTACKS, "attack.kind", self.kind, f"one of {', '.join(ATTACKS)}")
+        _check(0 <= self.fraction < 1, "attack.fraction", self.fraction, "0 <= fraction < 1")
+        _check(math.isfinite(self.scale), "attack.scale", self.scale, "a finite number")
+        _check(0 < self.noise_std < math.inf, "attack.noise_std", self.noise_std, "a finite number > 0")
 
 
 @dataclass(frozen=True)
@@ -157,6 +198,35 @@ class SimulationConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """``[privacy]``: central differential privacy (DP-FedAvg) on the model's updates."""
+
+    mode: str = "none"  # none | central
+    noise_multiplier: float = 1.0  # z: noise std on the sum = z · clip
+    clip: float = 1.0  # C: every update is clipped to this L2 norm (the start value when adaptive)
+    adaptive_clip: bool = False  # move C towards target_quantile of the update norms (Andrew et al. 2021)
+    target_quantile: float = 0.5  # γ
+    clip_lr: float = 0.2  # η: C ← C · exp(−η (b̄ − γ))
+    count_stddev: float = 0.0  # σ_b: noise on the count of unclipped updates; 0: cohort / 20
+    delta: float = 1e-5  # δ of the (ε, δ) guarantee
+    epsilon_max: float = 0.0  # stop before the round that would spend more; 0: no budget
+    accountant: str = "rdp"  # rdp | pld
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("none", "central"), "privacy.mode", self.mode, "'none' or 'central'")
+        if self.mode != "none":
+            self.mechanism()  # checks every value, naming its key
+
+    def mechanism(self):
+        from cohort.privacy import central_dp
+
+        return central_dp(self.noise_multiplier, self.clip, delta=self.delta, epsilon_max=self.epsilon_max or None,
+                          accountant=self.accountant, adaptive=self.adaptive_clip,
+                          target_quantile=self.target_quantile, clip_lr=self.clip_lr,
+                          count_stddev=self.count_stddev or None)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # each run writes a new folder in here
     progress: bool = True  # a live progress bar over rounds
@@ -176,6 +246,8 @@ class RunConfig:
     fedprox: FedProxSettings = field(default_factory=FedProxSettings)
     scaffold: ScaffoldSettings = field(default_factory=ScaffoldSettings)
     fedbuff: FedBuffConfig = field(default_factory=FedBuffConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 

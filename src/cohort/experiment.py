@@ -24,7 +24,7 @@ from cohort.core.arrays import num_parameters
 from cohort.core.errors import CohortError, ConfigError, RoundFailed
 from cohort.data import ArrayDataset, Partition
 from cohort.server import checkpoint
-from cohort.server.loop import LoopSettings, Target, run_rounds
+from cohort.server.loop import LoopSettings, Target, check_private, privacy_refusal, run_rounds
 from cohort.server.policies import FedBuff
 from cohort.server.state import ServerState, initial_state
 from cohort.tracking import ConsoleProgress
@@ -55,8 +55,22 @@ class Experiment:
         return len(self.partition)
 
     def client_fn(self) -> Callable[[int], Any]:
-        return self.framework.client_fn(self.model_fn, self.train, self.partition, self.holdout,
-                                        self.config.client, self.config.seed)
+        fn = self.framework.client_fn(self.model_fn, self.train, self.partition, self.holdout,
+                                      self.config.client, self.config.seed)
+        a = self.config.attack
+        if a.kind in ("none", "label_flip"):  # label flipping is in the data already (build)
+            return fn
+        from cohort.client.attacks import Attack
+
+        return Attack(fn, self.attackers, a.kind, a.scale, a.noise_std, self.config.seed)
+
+    @property
+    def attackers(self) -> frozenset[int]:
+        """The clients that attack (``[attack]``): a seeded choice."""
+        from cohort.client.attacks import choose_attackers
+
+        a = self.config.attack
+        return choose_attackers(self.num_clients, a.fraction, self.config.seed) if a.kind != "none" else frozenset()
 
     def channel(self) -> SimulationChannel:
         sim = self.config.simulation
@@ -93,7 +107,17 @@ def algorithm_settings(config: RunConfig) -> dict[str, Any]:
 
 def make_algorithm(config: RunConfig) -> Algorithm:
     """The algorithm ``server.algorithm`` names, with its settings."""
-    return ALGORITHMS[config.server.algorithm](**algorithm_settings(config))
+    algorithm = ALGORITHMS[config.server.algorithm](**algorithm_settings(config))
+    s = config.server
+    if s.aggregator != "mean" or s.norm_bound:
+        from cohort.aggregation.robust import norm_bound
+
+        algorithm = algorithm.with_model_pipeline(s.combine(), (norm_bound(s.norm_bound),) if s.norm_bound else ())
+    if config.privacy.mode == "central":
+        from cohort.privacy import with_privacy
+
+        algorithm = with_privacy(algorithm, config.privacy.mechanism())
+    return algorithm
 
 
 def loop_settings(config: RunConfig) -> LoopSettings:
@@ -136,7 +160,23 @@ def build(config: RunConfig) -> Experiment:
     reported = _reported_metrics(train.task, centralized=ev.centralized and test is not None,
                                  federated=ev.federated_fraction > 0)
     size = settings.check(len(partition), reported)
-    return Experiment(config, train, test, partition, holdout, framework, model_fn, make_algorithm(config), settings, size)
+    if config.attack.kind == "label_flip":
+        train = _flip_attackers_labels(train, partition, config)
+    algorithm = make_algorithm(config)
+    check_private(algorithm, settings)
+    algorithm.check_cohort(size)
+    return Experiment(config, train, test, partition, holdout, framework, model_fn, algorithm, settings, size)
+
+
+def _flip_attackers_labels(train: ArrayDataset, partition: Partition, config: RunConfig) -> ArrayDataset:
+    """``[attack] kind = "label_flip"``: the attackers' examples carry labels ``c → C − 1 − c``."""
+    from cohort.client.attacks import choose_attackers, flip_labels
+
+    if train.task != "classification":
+        raise ConfigError("attack.kind = 'label_flip' needs a classification dataset")
+    attackers = choose_attackers(len(partition), config.attack.fraction, config.seed)
+    idx = np.concatenate([partition[c] for c in sorted(attackers)]) if attackers else np.zeros(0, np.int64)
+    return dataclasses.replace(train, y=flip_labels(train.y, idx, train.num_classes))
 
 
 def load_data(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
@@ -235,6 +275,9 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
             folder.rewrite_metrics(state.history)  # rounds after the checkpoint are run again
         else:
             state = exp.initial_state()
+            why = privacy_refusal(exp.algorithm, state, exp.num_clients, exp.settings)
+            if why:  # before anything is written
+                raise ConfigError(f"privacy.epsilon_max allows no round: {why}")
             if write:
                 folder = RunFolder(config.output.dir, config.name)
                 folder.write_config(config.to_toml())

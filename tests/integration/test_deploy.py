@@ -14,9 +14,14 @@ import pytest
 from processes import ENV, TESTS, Federation, cohort, model_of, run_federation
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])
-def test_three_client_processes_give_the_simulations_bits(algorithm, tmp_path):
-    sets = ["data.num_clients=3", "rounds=4", f"server.algorithm={algorithm}", "name=dep"]
+SETUPS = {"fedavg": ["server.algorithm=fedavg"], "scaffold": ["server.algorithm=scaffold"],
+          # the server clips and noises: the same seeded noise, the same ε, over gRPC as in simulation
+          "fedavg+central_dp": ["privacy.mode=central", "privacy.noise_multiplier=0.5", "privacy.clip=0.2"]}
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_three_client_processes_give_the_simulations_bits(setup, tmp_path):
+    sets = ["data.num_clients=3", "rounds=4", *SETUPS[setup], "name=dep"]
     out = run_federation(tmp_path, sets, clients=3)
     assert "stopped by rounds after 4 rounds" in out
     sim = subprocess.run(cohort("run", "--out", str(tmp_path), "--quiet", *[a for s in sets[:-1] + ["name=sim"] for a in ("--set", s)]),
@@ -27,6 +32,13 @@ def test_three_client_processes_give_the_simulations_bits(algorithm, tmp_path):
     for k in simulated:
         assert deployed[k].tobytes() == simulated[k].tobytes(), k  # same seeds, same order: the same bits
     assert (folder / "checkpoints").is_dir()
+    if "privacy.mode=central" in sets:
+        import json
+
+        (sim_folder,) = tmp_path.glob("sim-*")
+        eps = [[json.loads(line)["dp_epsilon"] for line in (f / "metrics.jsonl").read_text().splitlines()]
+               for f in (folder, sim_folder)]
+        assert eps[0] == eps[1] and len(eps[0]) == 4 and eps[0] == sorted(eps[0])
 
 
 def test_a_client_killed_mid_round_does_not_stop_the_round(tmp_path):

@@ -22,6 +22,8 @@ SETUPS = {
     "fedavgm": ["server.momentum=0.9"],
     "scaffold": ["server.algorithm=scaffold"],
     "fedbuff": ["server.policy=fedbuff", "fedbuff.buffer_size=3", "fedbuff.concurrency=5", "simulation.speed_spread=4"],
+    # the noise, the adaptive clip and ε (the accountant's ledger) all come back from the checkpoint
+    "central_dp": ["privacy.mode=central", "privacy.noise_multiplier=0.8", "privacy.clip=0.3", "privacy.adaptive_clip=true"],
 }
 BACKENDS = {"inprocess": [], "processes": ["simulation.backend=processes", "simulation.workers=2"]}
 TIMINGS = {"seconds"}

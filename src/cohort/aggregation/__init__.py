@@ -1,14 +1,16 @@
 """Server-side aggregation as a pipeline of small steps."""
 
 from cohort.aggregation.compose import process
-from cohort.aggregation.pipeline import Aggregate, Aggregator, AggregatorState, Combine, RoundAccumulator, Step, chain, divide
+from cohort.aggregation.pipeline import (
+    Aggregate, Aggregator, AggregatorState, Combine, Mechanism, RoundAccumulator, Step, chain, divide,
+)
 from cohort.aggregation.server_opt import SgdState, sgd
 from cohort.aggregation.weighting import (
     divide_by_population, staleness_weight, uniform_weights, validate, weighted_sum,
 )
 
 __all__ = [
-    "Aggregate", "Aggregator", "AggregatorState", "Combine", "RoundAccumulator", "SgdState", "Step",
+    "Aggregate", "Aggregator", "AggregatorState", "Combine", "Mechanism", "RoundAccumulator", "SgdState", "Step",
     "chain", "divide", "divide_by_population", "process", "sgd", "staleness_weight", "uniform_weights",
     "validate", "weighted_sum"
 ]

@@ -1,6 +1,7 @@
 """Aggregation as a pipeline of small steps, in optax's shape.
 
-    validate ─► per-client steps ─► combine ─► global steps ─► divide by total weight ─► server optimizer
+    validate ─► per-client steps ─► [privacy: clip] ─► combine ─► [privacy: noise] ─► global steps
+            ─► divide by total weight ─► server optimizer
 
 A :class:`Step` is ``NamedTuple(init, update)``: ``init(global_arrays) -> state`` and
 ``update(value, state, ctx) -> (value, state)``; state is returned, never mutated. Per-client steps map a
@@ -9,6 +10,10 @@ so that a sum-only combine (secure aggregation) or sum noise (central DP) can st
 about the mean; the division happens once, at the very end. The server optimizer maps the mean delta to
 the step added to the global arrays (FedAvg is ``sgd(1.0)``). Build a whole pipeline with
 :func:`cohort.aggregation.process`.
+
+A :class:`Mechanism` (central differential privacy, ``cohort.privacy``) holds both ends of one
+guarantee with one state: it clips each update after the per-client steps and noises the sum right
+after the combine, and its state (the clip, the privacy ledger) is checkpointed with the rest.
 """
 
 from __future__ import annotations
@@ -72,6 +77,22 @@ class Combine(NamedTuple):
     init: Callable[[NamedArrays], Any]
     add: Callable[[Any, ClientUpdate], Any]
     result: Callable[[Any], Aggregate]
+    kind: str = "sum"  # "sum": result() is a weighted sum and its weight; "robust": the combined delta, weight 1
+    check: Callable[[int], None] = lambda n: None  # raises ConfigError if rounds of n updates cannot work
+
+
+class Mechanism(NamedTuple):
+    """A privacy mechanism on the sum: ``clip`` bounds each update's contribution, ``noise`` is added
+    to the sum; they share one state, across rounds. ``report(state)`` gives the metrics every round
+    records (ε spent, the clip); ``refusal(state, ctx)`` says why one more round (its context:
+    cohort and population) may not run (a budget it would cross), or None, and raises ConfigError
+    for settings that cannot work with that round."""
+
+    init: Callable[[NamedArrays], Any]
+    clip: Callable[[ClientUpdate, Any, RoundContext], tuple[ClientUpdate, Any]]
+    noise: Callable[["Aggregate", Any, RoundContext], tuple["Aggregate", Any]]
+    report: Callable[[Any], dict[str, float]]
+    refusal: Callable[[Any, RoundContext], str | None]
 
 
 class AggregatorState(NamedTuple):
@@ -80,6 +101,7 @@ class AggregatorState(NamedTuple):
     pre: Any
     post: Any
     server_optimizer: Any
+    privacy: Any = None  # the Mechanism's state; None without one
 
 
 class RoundAccumulator(NamedTuple):
@@ -100,23 +122,38 @@ class Aggregator:
     combine: Combine
     post: Step  # global steps on the sum
     server_optimizer: Step  # mean delta -> step added to the global arrays
+    privacy: Mechanism | None = None  # clips each update and noises the sum (central DP)
 
     def init(self, arrays: NamedArrays) -> AggregatorState:
-        return AggregatorState(self.pre.init(arrays), self.post.init(arrays), self.server_optimizer.init(arrays))
+        return AggregatorState(self.pre.init(arrays), self.post.init(arrays), self.server_optimizer.init(arrays),
+                               self.privacy.init(arrays) if self.privacy is not None else None)
+
+    def report(self, state: AggregatorState) -> dict[str, float]:
+        """What the pipeline's state says about the last round (the privacy spent)."""
+        return self.privacy.report(state.privacy) if self.privacy is not None else {}
+
+    def refusal(self, state: AggregatorState, ctx: RoundContext) -> str | None:
+        return self.privacy.refusal(state.privacy, ctx) if self.privacy is not None else None
 
     def start(self, arrays: NamedArrays, state: AggregatorState, ctx: RoundContext) -> RoundAccumulator:
         """A round over ``arrays`` (the group's global arrays, which steps see as ``ctx.arrays``)."""
         return RoundAccumulator(arrays, replace(ctx, arrays=arrays), state, self.combine.init(arrays), 0)
 
-    def prepare(self, round_acc: RoundAccumulator, update: ClientUpdate) -> tuple[ClientUpdate, Any]:
-        """Run the per-client steps (validation first). Raises ``UpdateRejected`` and changes nothing
-        if a step refuses the update; :meth:`fold` then takes what this returns."""
-        return self.pre.update(update, round_acc.state.pre, round_acc.ctx)
+    def prepare(self, round_acc: RoundAccumulator, update: ClientUpdate) -> tuple[ClientUpdate, Any, Any]:
+        """Run the per-client steps (validation first), then the privacy clip. Raises
+        ``UpdateRejected`` and changes nothing if a step refuses the update; :meth:`fold` then takes
+        what this returns."""
+        update, pre_state = self.pre.update(update, round_acc.state.pre, round_acc.ctx)
+        privacy_state = round_acc.state.privacy
+        if self.privacy is not None:
+            update, privacy_state = self.privacy.clip(update, privacy_state, round_acc.ctx)
+        return update, pre_state, privacy_state
 
-    def fold(self, round_acc: RoundAccumulator, prepared: tuple[ClientUpdate, Any]) -> RoundAccumulator:
-        update, pre_state = prepared
+    def fold(self, round_acc: RoundAccumulator, prepared: tuple[ClientUpdate, Any, Any]) -> RoundAccumulator:
+        update, pre_state, privacy_state = prepared
         acc = self.combine.add(round_acc.acc, update)
-        return round_acc._replace(state=round_acc.state._replace(pre=pre_state), acc=acc, count=round_acc.count + 1)
+        return round_acc._replace(state=round_acc.state._replace(pre=pre_state, privacy=privacy_state), acc=acc,
+                                  count=round_acc.count + 1)
 
     def add(self, round_acc: RoundAccumulator, update: ClientUpdate) -> RoundAccumulator:
         """Fold one update in. Raises ``UpdateRejected`` (leaving ``round_acc`` usable) if a step refuses it."""
@@ -128,7 +165,10 @@ class Aggregator:
         if round_acc.count == 0:
             raise ValueError("finish() needs at least one accepted update")
         arrays, state, ctx = round_acc.arrays, round_acc.state, round_acc.ctx
-        aggregate, post_state = self.post.update(self.combine.result(round_acc.acc), state.post, ctx)
+        aggregate, privacy_state = self.combine.result(round_acc.acc), state.privacy
+        if self.privacy is not None:
+            aggregate, privacy_state = self.privacy.noise(aggregate, privacy_state, ctx)
+        aggregate, post_state = self.post.update(aggregate, state.post, ctx)
         mean = divide(aggregate, arrays)
         step, opt_state = self.server_optimizer.update(mean, state.server_optimizer, ctx)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught just below, by value
@@ -136,7 +176,7 @@ class Aggregator:
         bad = [name for name, a in new.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
         if bad:  # valid updates can still overflow together: the model must never take NaN or inf
             raise UpdateRejected(f"round {ctx.round}: the combined step makes {bad[:3]} non-finite; the model is kept")
-        return new, AggregatorState(state.pre, post_state, opt_state)
+        return new, AggregatorState(state.pre, post_state, opt_state, privacy_state)
 
     def aggregate(self, arrays: NamedArrays, state: AggregatorState, updates: Sequence[ClientUpdate], ctx: RoundContext):
         """Batch form of start/add/finish, for tests and scripts."""

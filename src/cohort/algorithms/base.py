@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cohort.aggregation.pipeline import Aggregator, AggregatorState, RoundAccumulator
+from cohort.aggregation.pipeline import Aggregator, AggregatorState, Combine, RoundAccumulator, Step, chain
 from cohort.client.base import Trainer
 from cohort.core.arrays import NamedArrays
 from cohort.core.errors import ConfigError, UpdateRejected
@@ -86,6 +86,39 @@ class Algorithm:
             except UpdateRejected as e:
                 raise UpdateRejected(f"{e} (group {g!r})" if g != MODEL else str(e)) from e
         return {g: self.aggregators[g].fold(accs[g], prepared[g]) for g in self.aggregators}
+
+    def check_cohort(self, size: int) -> None:
+        """Raise ConfigError if rounds of ``size`` updates cannot work with the combines (Krum's n >= 2f + 3)."""
+        for agg in self.aggregators.values():
+            agg.combine.check(size)
+
+    def with_model_pipeline(self, combine: Combine | None = None, pre: tuple[Step, ...] = ()) -> "Algorithm":
+        """This algorithm with the model group's combine replaced (a robust one) and ``pre`` steps added
+        after its own (norm bounding)."""
+        agg = self.aggregators[MODEL]
+        agg = replace(agg, combine=combine if combine is not None else agg.combine,
+                      pre=chain(agg.pre, *pre) if pre else agg.pre)
+        return replace(self, aggregators={**self.aggregators, MODEL: agg})
+
+    @property
+    def private(self) -> bool:
+        """A privacy mechanism is on some group's pipeline (central DP)."""
+        return any(agg.privacy is not None for agg in self.aggregators.values())
+
+    def report(self, steps: Mapping[str, AggregatorState]) -> dict[str, float]:
+        """What the pipelines' states say about the last round (ε spent, the clip), for its record."""
+        out: dict[str, float] = {}
+        for g, agg in self.aggregators.items():
+            out.update(agg.report(steps[g]))
+        return out
+
+    def refusal(self, steps: Mapping[str, AggregatorState], ctx: RoundContext) -> str | None:
+        """Why one more round (``ctx``: its cohort and population) may not run (a privacy budget), or None."""
+        for g, agg in self.aggregators.items():
+            why = agg.refusal(steps[g], ctx)
+            if why:
+                return why
+        return None
 
     def finish(self, accs: dict[str, RoundAccumulator], groups: Groups, steps: Mapping[str, AggregatorState]
                ) -> tuple[Groups, dict[str, AggregatorState]]:

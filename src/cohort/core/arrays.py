@@ -8,6 +8,7 @@ is imported only inside the torch conversions, so the core stays importable with
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -182,3 +183,17 @@ def load_safetensors(path: str | os.PathLike) -> NamedArrays:
             return {k: f.get_tensor(k) for k in keys}
     except SafetensorError as e:
         raise DataError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+def norm(delta: NamedArrays) -> float:
+    """The L2 norm of all the arrays together, in float64."""
+    return math.sqrt(sum(float(np.dot(a.ravel().astype(np.float64), a.ravel().astype(np.float64))) for a in delta.values()))
+
+
+def clip_to(delta: NamedArrays, bound: float) -> tuple[NamedArrays, bool]:
+    """``delta`` scaled to L2 norm at most ``bound``, and whether it had to be."""
+    n = norm(delta)
+    if n <= bound:
+        return delta, False
+    scale = bound / n
+    return {k: (a * np.asarray(scale, a.dtype)) if a.dtype.kind == "f" else a * scale for k, a in delta.items()}, True

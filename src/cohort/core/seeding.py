@@ -24,6 +24,9 @@ class Stage(enum.IntEnum):
     SPLIT = 7  # server test split of a dataset
     SPEED = 8  # a client's compute speed on the simulated (virtual) clock
     ASYNC_SAMPLE = 9  # choosing the next client an asynchronous policy starts
+    DP_NOISE = 10  # central DP: the Gaussian noise on a round's sum
+    DP_CLIP = 11  # central DP, adaptive clipping: the noise on the count of unclipped updates
+    ATTACK = 12  # attack simulation: which clients attack, and their noise
 
 
 def seed_sequence(seed: int, round: int, stage: Stage, client: int = 0) -> np.random.SeedSequence:

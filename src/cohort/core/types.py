@@ -119,3 +119,10 @@ class RoundContext:
     num_clients: int = 0  # clients in the federation (the population sampled from)
     version: int = 0  # the model version being updated
     arrays: NamedArrays = field(default_factory=dict)  # this group's global arrays (read-only)
+    population: int = 0  # the clients this round's cohort was sampled from (0: all num_clients)
+
+    @property
+    def sampling_rate(self) -> float:
+        """q: the share of the clients sampled into this round."""
+        pool = self.population or self.num_clients
+        return min(1.0, self.cohort_size / pool) if pool > 0 else 1.0

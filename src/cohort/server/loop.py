@@ -19,11 +19,11 @@ from typing import Any
 
 from cohort.algorithms.base import Algorithm
 from cohort.aggregation.weighting import is_example_count
-from cohort.channel.base import Channel
+from cohort.channel.base import Channel, is_live
 from cohort.core.errors import ConfigError, RoundFailed
 from cohort.core.limits import MAX_ROUNDS, MAX_TIMEOUT_S
 from cohort.core.seeding import Stage
-from cohort.core.types import ClientFailure, EvaluateResult, FailureStage, Instruction, Message
+from cohort.core.types import ClientFailure, EvaluateResult, FailureStage, Instruction, Message, RoundContext
 from cohort.server.checkpoint import check_fits
 from cohort.server.policies import ClientSpeeds, FedBuff, StepContext, Synchronous
 from cohort.server.records import WeightedMean, checked_evaluation, failure_lines
@@ -123,7 +123,9 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
                settings: LoopSettings, evaluate: Evaluate | None = None
                ) -> Generator[tuple[ServerState, dict[str, Any]], None, str]:
     """Run rounds from ``state`` until ``settings.rounds`` or the target, yielding ``(state, record)``
-    after each. Returns (as the generator's value) why it stopped: "rounds" or "target". Raises
+    after each. Returns (as the generator's value) why it stopped: "rounds", "target", or "privacy
+    budget: ..." (the next round would cross ``epsilon_max``; a budget that allows no round at all is
+    a ConfigError before any training). Raises
     RoundFailed, carrying the last state, after ``max_failed_rounds`` consecutive rounds without
     enough updates (the failing round is yielded first, so subscribers keep it)."""
     if not isinstance(algorithm, Algorithm):
@@ -131,8 +133,9 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         raise ConfigError(f"algorithm is a {type(algorithm).__name__}; expected a cohort.Algorithm{hint}")
     if not isinstance(state, ServerState):
         raise ConfigError(f"state is a {type(state).__name__}; expected a cohort.ServerState (see cohort.initial_state)")
-    settings.check(num_clients)
+    algorithm.check_cohort(settings.check(num_clients))
     policy = settings.make_policy()
+    check_private(algorithm, settings)
     check_fits(state, algorithm)
     policy.check_state(state.policy, num_clients)
     if state.history and settings.target is not None and settings.target.reached(state.history[-1]):
@@ -141,12 +144,18 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
                       settings.min_successful_clients, settings.round_timeout_s)
     warned = False
     while state.round < settings.rounds:
+        why = _refusal(algorithm, state, channel, num_clients, policy)
+        if why:
+            if not state.history:
+                raise ConfigError(f"privacy.epsilon_max allows no round: {why}")
+            return f"privacy budget: {why}"
         started = time.perf_counter()
         sent0, received0 = channel.bytes_sent, channel.bytes_received
         out = policy.step(state, ctx)
         state, record, failures = out.state, out.record, list(out.failures)
         r = state.round
         record["version"] = state.version
+        record.update(algorithm.report(state.steps))
         if r % settings.evaluate_every == 0 or r == settings.rounds:
             if evaluate is not None:
                 record.update(checked_evaluation(evaluate(dict(state.model))))
@@ -178,6 +187,33 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         if settings.target is not None and settings.target.reached(record):
             return "target"
     return "rounds"
+
+
+def check_private(algorithm: Algorithm, settings: LoopSettings) -> None:
+    """Differential privacy is accounted for synchronous rounds of a uniformly sampled cohort."""
+    if algorithm.private and (settings.policy is not None or settings.over_selection):
+        raise ConfigError("differential privacy is accounted for rounds of a uniformly sampled cohort: use "
+                          "server.policy = 'sync' without server.over_selection (the fastest clients, or buffered "
+                          "asynchronous arrivals, are not a uniform sample)")
+
+
+def privacy_refusal(algorithm: Algorithm, state: ServerState, num_clients: int, settings: LoopSettings,
+                    channel: Channel | None = None) -> str | None:
+    """Why the next round may not run (a privacy budget it would cross), or None; raises ConfigError
+    for privacy settings that cannot work with these rounds. Callers check a new run with it before
+    they write anything."""
+    return _refusal(algorithm, state, channel, num_clients, settings.make_policy())
+
+
+def _refusal(algorithm: Algorithm, state: ServerState, channel: Channel | None, num_clients: int, policy: Policy) -> str | None:
+    """Why the next round may not run (a privacy budget it would cross), or None."""
+    if not algorithm.private:
+        return None
+    population = len(channel.available()) if channel is not None and is_live(channel) else num_clients
+    population = max(1, population)
+    ctx = RoundContext(state.round + 1, state.seed, policy.clients_per_step(population), num_clients, state.version,
+                       population=population)
+    return algorithm.refusal(state.steps, ctx)
 
 
 def run(state: ServerState, *, on_round: Iterable[OnRound] = (), **kwargs) -> tuple[ServerState, str]:

@@ -165,7 +165,8 @@ class Synchronous:
         cohort = self._sample(ctx, seed, r)
         config = {**ctx.algorithm.config, "round": r, "seed": seed, "version": state.version}
         message = Message("fit", state.groups, config, state.version)
-        rctx = RoundContext(r, seed, len(cohort), ctx.num_clients, state.version)
+        population = len(ctx.channel.available()) if is_live(ctx.channel) else ctx.num_clients
+        rctx = RoundContext(r, seed, len(cohort), ctx.num_clients, state.version, population=max(population, len(cohort)))
         accs = ctx.algorithm.start(state.groups, state.steps, rctx)
         failures: list[ClientFailure] = []
         fit_metrics = WeightedMean()
