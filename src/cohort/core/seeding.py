@@ -27,6 +27,7 @@ class Stage(enum.IntEnum):
     DP_NOISE = 10  # central DP: the Gaussian noise on a round's sum
     DP_CLIP = 11  # central DP, adaptive clipping: the noise on the count of unclipped updates
     ATTACK = 12  # attack simulation: which clients attack, and their noise
+    SECAGG_GRAPH = 13  # SecAgg+: the order of the clients on the cycle of its sparse graph
 
 
 def seed_sequence(seed: int, round: int, stage: Stage, client: int = 0) -> np.random.SeedSequence:
