@@ -227,6 +227,25 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """``[secagg]``: secure aggregation, so that the server learns only each round's sum."""
+
+    mode: str = "none"  # none | secagg (every pair of clients) | secagg+ (a sparse graph of `degree` neighbours)
+    threshold: float = 0.5  # t as a share of the cohort: this many must survive every stage
+    clip_range: float = 1.0  # each coordinate of a model delta is clipped to [-clip_range, clip_range]
+    degree: int = 10  # secagg+: neighbours per client
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("none", "secagg", "secagg+"), "secagg.mode", self.mode, "'none', 'secagg' or 'secagg+'")
+        self.settings()
+
+    def settings(self):
+        from cohort.secagg.settings import SecureAggregation
+
+        return SecureAggregation(self.threshold, self.clip_range, self.degree if self.mode == "secagg+" else 0)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # each run writes a new folder in here
     progress: bool = True  # a live progress bar over rounds
@@ -248,6 +267,7 @@ class RunConfig:
     fedbuff: FedBuffConfig = field(default_factory=FedBuffConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -256,6 +276,9 @@ class RunConfig:
         _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, "an integer from 0 to 2**63 - 1")
         _check(is_plain_name(self.name), "name", self.name,
                "a plain folder name (letters, digits, spaces, '.', '_', '-'; not starting with '.'; at most 100 characters)")
+        if self.secagg.mode != "none" and self.privacy.mode == "central" and self.privacy.adaptive_clip:
+            raise ConfigError("privacy.adaptive_clip cannot run with secure aggregation: it counts the updates the server "
+                              "clipped, and under secure aggregation the server never sees one. Set a fixed privacy.clip")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict; unset (None) values are left out, as TOML has no null."""

@@ -117,6 +117,10 @@ def make_algorithm(config: RunConfig) -> Algorithm:
         from cohort.privacy import with_privacy
 
         algorithm = with_privacy(algorithm, config.privacy.mechanism())
+    if config.secagg.mode != "none":
+        from cohort.secagg.settings import with_secure_aggregation
+
+        algorithm = with_secure_aggregation(algorithm, config.secagg.settings())
     return algorithm
 
 
@@ -163,7 +167,7 @@ def build(config: RunConfig) -> Experiment:
     if config.attack.kind == "label_flip":
         train = _flip_attackers_labels(train, partition, config)
     algorithm = make_algorithm(config)
-    check_private(algorithm, settings)
+    check_private(algorithm, settings, size)
     algorithm.check_cohort(size)
     return Experiment(config, train, test, partition, holdout, framework, model_fn, algorithm, settings, size)
 

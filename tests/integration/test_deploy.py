@@ -16,7 +16,9 @@ from processes import ENV, TESTS, Federation, cohort, model_of, run_federation
 
 SETUPS = {"fedavg": ["server.algorithm=fedavg"], "scaffold": ["server.algorithm=scaffold"],
           # the server clips and noises: the same seeded noise, the same ε, over gRPC as in simulation
-          "fedavg+central_dp": ["privacy.mode=central", "privacy.noise_multiplier=0.5", "privacy.clip=0.2"]}
+          "fedavg+central_dp": ["privacy.mode=central", "privacy.noise_multiplier=0.5", "privacy.clip=0.2"],
+          # four exchanges a round through the client processes; the masks cancel exactly, so the same bits
+          "fedavg+secagg": ["secagg.mode=secagg"]}
 
 
 @pytest.mark.parametrize("setup", SETUPS)

@@ -95,6 +95,14 @@ class Mechanism(NamedTuple):
     refusal: Callable[[Any, RoundContext], str | None]
 
 
+@dataclass(frozen=True)
+class Precombined:
+    """A round's accumulator when the sum arrived already combined (secure aggregation): the
+    per-client steps, the privacy clip and the combine did not run on the server."""
+
+    aggregate: "Aggregate"
+
+
 class AggregatorState(NamedTuple):
     """The state of each part of a pipeline: what a checkpoint writes and a resume reads back."""
 
@@ -155,6 +163,10 @@ class Aggregator:
         return round_acc._replace(state=round_acc.state._replace(pre=pre_state, privacy=privacy_state), acc=acc,
                                   count=round_acc.count + 1)
 
+    def precombined(self, round_acc: RoundAccumulator, aggregate: "Aggregate") -> RoundAccumulator:
+        """The round's sum, made elsewhere (secure aggregation); :meth:`finish` goes on from it."""
+        return round_acc._replace(acc=Precombined(aggregate), count=aggregate.num_clients)
+
     def add(self, round_acc: RoundAccumulator, update: ClientUpdate) -> RoundAccumulator:
         """Fold one update in. Raises ``UpdateRejected`` (leaving ``round_acc`` usable) if a step refuses it."""
         return self.fold(round_acc, self.prepare(round_acc, update))
@@ -165,7 +177,9 @@ class Aggregator:
         if round_acc.count == 0:
             raise ValueError("finish() needs at least one accepted update")
         arrays, state, ctx = round_acc.arrays, round_acc.state, round_acc.ctx
-        aggregate, privacy_state = self.combine.result(round_acc.acc), state.privacy
+        acc = round_acc.acc
+        aggregate = acc.aggregate if isinstance(acc, Precombined) else self.combine.result(acc)
+        privacy_state = state.privacy
         if self.privacy is not None:
             aggregate, privacy_state = self.privacy.noise(aggregate, privacy_state, ctx)
         aggregate, post_state = self.post.update(aggregate, state.post, ctx)

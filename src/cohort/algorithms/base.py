@@ -30,6 +30,10 @@ class ClientHalf:
     requires: tuple[str, ...] = ()  # trainer methods a client must have beyond fit/evaluate ("train", "gradient")
 
     def handle(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply | EvaluateResult, ClientState]:
+        if message.task.startswith("secagg_") or message.config.get("secagg"):  # a secure round's exchanges
+            from cohort.secagg.tasks import handle
+
+            return handle(self, message, trainer, state)
         if message.task not in self.tasks:
             raise ConfigError(f"task {message.task!r} is not one of this algorithm's: {', '.join(self.tasks)}")
         return getattr(self, message.task)(message, trainer, state)
@@ -54,6 +58,7 @@ class Algorithm:
     aggregators: Mapping[str, Aggregator]  # one pipeline per group the clients send back
     groups: Callable[[NamedArrays], Groups] = _model_only  # the global groups, from the initial model
     config: Mapping[str, Any] = field(default_factory=dict)  # sent to every client, every round
+    secure: Any = None  # cohort.secagg.SecureAggregation: the server learns only the sum of each round
 
     def __post_init__(self) -> None:
         if MODEL not in self.aggregators:

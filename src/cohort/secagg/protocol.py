@@ -56,6 +56,10 @@ def harary_graph(ids: list[int], degree: int, seed: int, round_: int) -> dict[in
     return {order[i]: frozenset(order[(i + d) % n] for d in range(-half, half + 1)) for i in range(n)}
 
 
+def _u8(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, np.uint8).copy()
+
+
 def _x(cid: int) -> int:
     return cid + 1  # Shamir's points must not be 0
 
@@ -72,6 +76,42 @@ class SecAggClient:
         self._own: dict[str, bytes] = {}
         self._inbox: dict[int, bytes] = {}
         self.stage = 0
+
+    def to_state(self) -> dict[str, np.ndarray]:
+        """Everything this client holds mid-round, as arrays (its per-client state between exchanges)."""
+        ids = sorted(self._keys)
+        inbox_ids = sorted(self._inbox)
+        blobs = [self._inbox[v] for v in inbox_ids]
+        return {
+            "head": np.array([self.cid, self.t, self.stage, self.neighbours is not None], np.int64),
+            "neighbours": np.array(sorted(self.neighbours or ()), np.int64),
+            "c_sk": _u8(private_bytes(self._c)), "s_sk": _u8(private_bytes(self._s)), "b": _u8(self._b),
+            "key_ids": np.array(ids, np.int64),
+            "c_pk": np.array([list(self._keys[v][0]) for v in ids], np.uint8).reshape(len(ids), 32),
+            "s_pk": np.array([list(self._keys[v][1]) for v in ids], np.uint8).reshape(len(ids), 32),
+            "own_s": _u8(self._own.get(KEY_SHARE, b"")), "own_b": _u8(self._own.get(B_SHARE, b"")),
+            "inbox_ids": np.array(inbox_ids, np.int64), "inbox_sizes": np.array([len(x) for x in blobs], np.int64),
+            "inbox": _u8(b"".join(blobs)),
+        }
+
+    @classmethod
+    def from_state(cls, state) -> "SecAggClient":
+        try:
+            cid, t, stage, has = (int(v) for v in state["head"])
+            client = cls(cid, t, frozenset(int(v) for v in state["neighbours"]) if has else None)
+            client._c, client._s = private_from(state["c_sk"].tobytes()), private_from(state["s_sk"].tobytes())
+            client._b, client.stage = state["b"].tobytes(), stage
+            client._keys = {int(v): (state["c_pk"][i].tobytes(), state["s_pk"][i].tobytes())
+                            for i, v in enumerate(state["key_ids"])}
+            if state["own_s"].size:
+                client._own = {KEY_SHARE: state["own_s"].tobytes(), B_SHARE: state["own_b"].tobytes()}
+            blob, pos = state["inbox"].tobytes(), 0
+            for v, size in zip(state["inbox_ids"], state["inbox_sizes"]):
+                client._inbox[int(v)] = blob[pos:pos + int(size)]
+                pos += int(size)
+            return client
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise SecAggError(f"this client's secure-aggregation state is damaged: {e}") from e
 
     def _next(self, stage: int, what: str) -> None:
         if self.stage != stage:

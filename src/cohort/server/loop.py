@@ -133,9 +133,10 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         raise ConfigError(f"algorithm is a {type(algorithm).__name__}; expected a cohort.Algorithm{hint}")
     if not isinstance(state, ServerState):
         raise ConfigError(f"state is a {type(state).__name__}; expected a cohort.ServerState (see cohort.initial_state)")
-    algorithm.check_cohort(settings.check(num_clients))
+    size = settings.check(num_clients)
+    algorithm.check_cohort(size)
     policy = settings.make_policy()
-    check_private(algorithm, settings)
+    check_private(algorithm, settings, size)
     check_fits(state, algorithm)
     policy.check_state(state.policy, num_clients)
     if state.history and settings.target is not None and settings.target.reached(state.history[-1]):
@@ -189,12 +190,19 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
     return "rounds"
 
 
-def check_private(algorithm: Algorithm, settings: LoopSettings) -> None:
-    """Differential privacy is accounted for synchronous rounds of a uniformly sampled cohort."""
+def check_private(algorithm: Algorithm, settings: LoopSettings, size: int | None = None) -> None:
+    """Differential privacy is accounted for synchronous rounds of a uniformly sampled cohort; secure
+    aggregation is a synchronous protocol whose cohort must fit its threshold."""
     if algorithm.private and (settings.policy is not None or settings.over_selection):
         raise ConfigError("differential privacy is accounted for rounds of a uniformly sampled cohort: use "
                           "server.policy = 'sync' without server.over_selection (the fastest clients, or buffered "
                           "asynchronous arrivals, are not a uniform sample)")
+    if algorithm.secure is not None:
+        if settings.policy is not None or settings.over_selection:
+            raise ConfigError("secure aggregation runs synchronous rounds: use server.policy = 'sync' without "
+                              "server.over_selection")
+        if size is not None:
+            algorithm.secure.check(size)
 
 
 def privacy_refusal(algorithm: Algorithm, state: ServerState, num_clients: int, settings: LoopSettings,

@@ -171,7 +171,16 @@ class Synchronous:
         failures: list[ClientFailure] = []
         fit_metrics = WeightedMean()
         durations = {int(c): ctx.speeds.duration(int(c)) for c in cohort}
-        if self.over_selection == 0:
+        secure_problem = None
+        if ctx.algorithm.secure is not None:  # four exchanges; the server learns only the sum
+            from cohort.server.secure import secure_round
+
+            aggregate, failures, fit_metrics, secure_problem = secure_round(ctx, state, cohort, rctx, config)
+            count = aggregate.num_clients if aggregate is not None else 0
+            if aggregate is not None:
+                accs = {g: ctx.algorithm.aggregators[g].precombined(a, aggregate) for g, a in accs.items()}
+            used = list(durations)
+        elif self.over_selection == 0:
             instructions = [Instruction(int(cid), {}) for cid in cohort]
             replies = ((instructions[pos].client_id, outcome) for pos, outcome in ctx.channel.run(message, instructions, ctx.timeout_s))
             accs, count = fold_replies(ctx, accs, replies, failures, fit_metrics)
@@ -181,6 +190,7 @@ class Synchronous:
         else:
             accs, count, used = self._by_virtual_arrival(ctx, message, cohort, durations, accs, failures, fit_metrics)
         new, stands, problem = finish_step(ctx, state, accs, count)
+        problem = problem or secure_problem
         clock = state.clock + max((durations[c] for c in used), default=0.0)
         record: dict[str, Any] = {
             **train_metrics(fit_metrics), "round": r, "status": "ok" if stands else "skipped",
@@ -343,6 +353,7 @@ class FedBuff:
             if i < self.buffer_size - 1:  # a slot is free: start the next client on the current model
                 st = self._dispatch(st, state, ctx, clock)
         new, stands, problem = finish_step(ctx, state, accs, count)
+        problem = problem or secure_problem
         st = self._dispatch(st, new, ctx, clock)  # the K-th slot frees at the server step: the new model
         snapshots = dict(st.snapshots)
         if stands:

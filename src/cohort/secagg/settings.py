@@ -1,0 +1,58 @@
+"""Secure aggregation as an algorithm's option: ``with_secure_aggregation(algorithm, SecureAggregation(...))``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from cohort.core.errors import ConfigError
+from cohort.core.types import MODEL
+
+
+@dataclass(frozen=True)
+class SecureAggregation:
+    """``threshold``: the share t/m of a round's cohort that must survive every stage (at least 2
+    clients); ``clip_range``: each coordinate of a model delta is clipped to [−clip_range,
+    clip_range] before it is encoded into the ring Z_{2^32} (the bits per value follow from the
+    cohort, so that the sum never wraps); ``degree``: 0 for SecAgg's complete graph, k > 0 for
+    SecAgg+ with k neighbours per client."""
+
+    threshold: float = 0.5
+    clip_range: float = 1.0
+    degree: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threshold, (int, float)) and not isinstance(self.threshold, bool) and 0 < self.threshold <= 1):
+            raise ConfigError(f"secagg.threshold is {self.threshold!r}; expected a share of the cohort in (0, 1], e.g. 0.5")
+        if not (isinstance(self.clip_range, (int, float)) and not isinstance(self.clip_range, bool)
+                and 0 < self.clip_range < math.inf):
+            raise ConfigError(f"secagg.clip_range is {self.clip_range!r}; expected a finite number > 0 (the largest "
+                              "absolute value of one coordinate of a model delta that is kept)")
+        if not (isinstance(self.degree, int) and not isinstance(self.degree, bool) and self.degree >= 0):
+            raise ConfigError(f"secagg.degree is {self.degree!r}; expected 0 (SecAgg: every pair) or k > 0 (SecAgg+)")
+
+    def threshold_for(self, cohort: int) -> int:
+        return max(2, math.ceil(self.threshold * cohort))
+
+    def check(self, cohort: int) -> None:
+        if cohort < 2:
+            raise ConfigError(f"secure aggregation needs at least 2 clients per round; a round has {cohort}")
+        if self.degree and self.threshold_for(cohort) > min(cohort, self.degree + 1):
+            raise ConfigError(f"SecAgg+ with secagg.degree = {self.degree} gives each client {self.degree + 1} "
+                              f"neighbours (itself included), fewer than the threshold t = {self.threshold_for(cohort)} "
+                              f"of a {cohort}-client round: raise secagg.degree or lower secagg.threshold")
+
+
+def with_secure_aggregation(algorithm, settings: SecureAggregation):
+    """``algorithm`` whose rounds the server learns only the sum of (see ``cohort.secagg.tasks``)."""
+    if not isinstance(settings, SecureAggregation):
+        raise ConfigError(f"settings is a {type(settings).__name__}; expected a cohort.secagg.SecureAggregation")
+    others = sorted(g for g in algorithm.aggregators if g != MODEL)
+    if others:
+        raise ConfigError(f"secure aggregation sums the {MODEL!r} group; {algorithm.name} also sends {others} back, "
+                          "whose per-client values its server needs. Use fedavg, fedprox or fedsgd")
+    agg = algorithm.aggregators[MODEL]
+    if agg.combine.kind != "sum":
+        raise ConfigError("with secure aggregation the server sees only the sum: a robust combine (median, trimmed "
+                          "mean, Krum) cannot run; use server.aggregator = 'mean'")
+    return replace(algorithm, secure=settings)
