@@ -231,7 +231,7 @@ class SecAggConfig:
     """``[secagg]``: secure aggregation, so that the server learns only each round's sum."""
 
     mode: str = "none"  # none | secagg (every pair of clients) | secagg+ (a sparse graph of `degree` neighbours)
-    threshold: float = 0.5  # t as a share of the cohort: this many must survive every stage
+    threshold: float = 0.5  # t as a share of the cohort (secagg+: of a client's neighbourhood): must survive every stage
     clip_range: float = 1.0  # each coordinate of a model delta is clipped to [-clip_range, clip_range]
     degree: int = 10  # secagg+: neighbours per client
 

@@ -11,8 +11,8 @@ from cohort.core.types import MODEL
 
 @dataclass(frozen=True)
 class SecureAggregation:
-    """``threshold``: the share t/m of a round's cohort that must survive every stage (at least 2
-    clients); ``clip_range``: each coordinate of a model delta is clipped to [−clip_range,
+    """``threshold``: the share of each client's neighbourhood (the cohort under SecAgg) that must
+    survive every stage, t (at least 2 clients); ``clip_range``: each coordinate of a model delta is clipped to [−clip_range,
     clip_range] before it is encoded into the ring Z_{2^32} (the bits per value follow from the
     cohort, so that the sum never wraps); ``degree``: 0 for SecAgg's complete graph, k > 0 for
     SecAgg+ with k neighbours per client."""
@@ -28,19 +28,18 @@ class SecureAggregation:
                 and 0 < self.clip_range < math.inf):
             raise ConfigError(f"secagg.clip_range is {self.clip_range!r}; expected a finite number > 0 (the largest "
                               "absolute value of one coordinate of a model delta that is kept)")
-        if not (isinstance(self.degree, int) and not isinstance(self.degree, bool) and self.degree >= 0):
-            raise ConfigError(f"secagg.degree is {self.degree!r}; expected 0 (SecAgg: every pair) or k > 0 (SecAgg+)")
+        if not (isinstance(self.degree, int) and not isinstance(self.degree, bool) and (self.degree == 0 or self.degree >= 2)):
+            raise ConfigError(f"secagg.degree is {self.degree!r}; expected 0 (SecAgg: every pair) or k >= 2 neighbours (SecAgg+)")
 
     def threshold_for(self, cohort: int) -> int:
-        return max(2, math.ceil(self.threshold * cohort))
+        """t: a share of each client's neighbourhood (the whole cohort under SecAgg; its own and its
+        ``degree`` neighbours under SecAgg+, as Bell et al. set it), at least 2."""
+        group = min(cohort, self.degree + 1) if self.degree else cohort
+        return min(group, max(2, math.ceil(self.threshold * group)))
 
     def check(self, cohort: int) -> None:
         if cohort < 2:
             raise ConfigError(f"secure aggregation needs at least 2 clients per round; a round has {cohort}")
-        if self.degree and self.threshold_for(cohort) > min(cohort, self.degree + 1):
-            raise ConfigError(f"SecAgg+ with secagg.degree = {self.degree} gives each client {self.degree + 1} "
-                              f"neighbours (itself included), fewer than the threshold t = {self.threshold_for(cohort)} "
-                              f"of a {cohort}-client round: raise secagg.degree or lower secagg.threshold")
 
 
 def with_secure_aggregation(algorithm, settings: SecureAggregation):
