@@ -164,6 +164,10 @@ def build(config: RunConfig) -> Experiment:
     reported = _reported_metrics(train.task, centralized=ev.centralized and test is not None,
                                  federated=ev.federated_fraction > 0)
     size = settings.check(len(partition), reported)
+    if config.client.dp_sgd and (config.model.framework != "torch" or config.server.algorithm != "fedavg"):
+        raise ConfigError(f"client.dp_sgd (Opacus) runs in the torch framework's plain local steps, with "
+                          f"server.algorithm = 'fedavg'; this run has {config.model.framework!r} and "
+                          f"{config.server.algorithm!r}")
     if config.attack.kind == "label_flip":
         train = _flip_attackers_labels(train, partition, config)
     algorithm = make_algorithm(config)

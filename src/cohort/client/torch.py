@@ -186,16 +186,29 @@ class TorchClient:
         settings = self.settings.override(config)
         round_, seed = self._streams(config)
         load_arrays(self.model, arrays)
+        facts: dict[str, float] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed(seed, round_, Stage.TORCH, self.client_id))
-            shuffle = rng(seed, round_, Stage.SHUFFLE, self.client_id)
-            mean_loss, steps = train_epochs(self.model, self.x, self.y, LOSSES[self.loss], settings, shuffle, hooks, arrays)
+            if settings.dp_sgd:
+                if not hooks.plain:
+                    raise ConfigError("client.dp_sgd runs plain local steps (FedAvg); this algorithm changes them "
+                                      "(FedProx's proximal term, SCAFFOLD's correction), which Opacus's accounting does not cover")
+                from cohort.client.dpsgd import train_private
+
+                g = torch.Generator().manual_seed(torch_seed(seed, round_, Stage.SHUFFLE, self.client_id))
+                mean_loss, steps, facts = train_private(self.model, self.x, self.y, LOSSES[self.loss], settings, g,
+                                                        make_optimizer)
+            else:
+                shuffle = rng(seed, round_, Stage.SHUFFLE, self.client_id)
+                mean_loss, steps = train_epochs(self.model, self.x, self.y, LOSSES[self.loss], settings, shuffle, hooks, arrays)
         new = self.model.state_dict()
         delta = {name: np.subtract(t.numpy(), arrays[name]) for name, t in new.items()}
-        return Trained(delta, len(self.x), steps, settings.lr, {"train_loss": mean_loss})
+        return Trained(delta, len(self.x), steps, settings.lr, {"train_loss": mean_loss, **facts})
 
     def gradient(self, arrays: NamedArrays, config: Config) -> Trained:
         settings = self.settings.override(config)
+        if settings.dp_sgd:
+            raise ConfigError("client.dp_sgd is for local training; FedSGD's full-batch gradient is not DP-SGD: use fedavg")
         round_, seed = self._streams(config)
         load_arrays(self.model, arrays)
         with torch.random.fork_rng(devices=[]):

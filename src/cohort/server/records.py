@@ -27,6 +27,7 @@ class WeightedMean:
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.weights: dict[str, float] = {}
+        self.maxima: dict[str, float] = {}  # of privacy spent (keys ending in "epsilon"): the worst client counts
 
     def add(self, metrics: Mapping[str, Any], weight: float) -> None:
         if not isinstance(metrics, Mapping):  # a client's metrics are informative; bad ones are dropped
@@ -41,9 +42,13 @@ class WeightedMean:
             if math.isfinite(value):
                 self.sums[k] = self.sums.get(k, 0.0) + value
                 self.weights[k] = self.weights.get(k, 0.0) + weight
+                if k.endswith("epsilon"):
+                    self.maxima[k] = max(self.maxima.get(k, -math.inf), float(v))
 
     def result(self) -> dict[str, float]:
-        return {k: s / self.weights[k] for k, s in self.sums.items() if self.weights[k] > 0}
+        out = {k: s / self.weights[k] for k, s in self.sums.items() if self.weights[k] > 0}
+        out.update({f"{k}_max": v for k, v in self.maxima.items()})
+        return out
 
 
 def train_metrics(mean: WeightedMean) -> dict[str, float]:
