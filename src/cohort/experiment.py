@@ -164,6 +164,10 @@ def build(config: RunConfig) -> Experiment:
     reported = _reported_metrics(train.task, centralized=ev.centralized and test is not None,
                                  federated=ev.federated_fraction > 0)
     size = settings.check(len(partition), reported)
+    if config.client.ldp and config.model.framework != "torch":
+        raise ConfigError(f"client.ldp (local DP) is built into the torch framework's client; this run has {config.model.framework!r}")
+    if config.client.ldp and config.server.algorithm == "scaffold":
+        raise ConfigError("client.ldp noises the model update only; SCAFFOLD's control variates would leave unprotected")
     if config.client.dp_sgd and (config.model.framework != "torch" or config.server.algorithm != "fedavg"):
         raise ConfigError(f"client.dp_sgd (Opacus) runs in the torch framework's plain local steps, with "
                           f"server.algorithm = 'fedavg'; this run has {config.model.framework!r} and "

@@ -34,6 +34,21 @@ def test_three_client_processes_give_the_simulations_bits(setup, tmp_path):
     for k in simulated:
         assert deployed[k].tobytes() == simulated[k].tobytes(), k  # same seeds, same order: the same bits
     assert (folder / "checkpoints").is_dir()
+    if "secagg.mode=secagg" in sets:  # no client's update reaches the server's run folder or its database
+        import numpy as np
+
+        from cohort.client.base import Hooks
+        from cohort.config import load_config
+        from cohort.experiment import build
+
+        exp = build(load_config(None, sets[:-1]))
+        start = exp.initial_state().model
+        needles = [a.astype(np.float32).tobytes()[:64] for cid in range(3)
+                   for a in exp.client_fn()(cid).train(start, {"round": 1, "seed": 0, "version": 0}, Hooks()).delta.values()
+                   if a.size >= 4]
+        blobs = {f: f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+        assert any(f.name == "server.sqlite" for f in blobs)
+        assert not [f for f, blob in blobs.items() for n in needles if n in blob]
     if "privacy.mode=central" in sets:
         import json
 

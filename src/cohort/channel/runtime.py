@@ -34,10 +34,15 @@ def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, mes
     if new_state is not None and not _is_groups(new_state):
         return ClientFailure(client_id, stage, f"the client state is a {type(new_state).__name__}; "
                                                "expected {group: {name: array}} or None"), state
-    if isinstance(result, Reply) and isinstance(result.metrics, Mapping) and "dp_sgd_steps" in result.metrics:
-        from cohort.client.dpsgd import account  # record-level DP-SGD: the client's ledger and its ε
+    if isinstance(result, Reply) and isinstance(result.metrics, Mapping):  # client-side DP: its own ledger and ε
+        if "dp_sgd_steps" in result.metrics:
+            from cohort.client.dpsgd import account
 
-        result, new_state = account(result, new_state)
+            result, new_state = account(result, new_state)
+        if "ldp_noise_multiplier" in result.metrics:
+            from cohort.client.ldp import account as account_ldp
+
+            result, new_state = account_ldp(result, new_state)
     if isinstance(result, Reply):
         result = replace(result, version=message.version)  # the version it was computed from, whatever it claims
     return result, new_state

@@ -28,6 +28,10 @@ class TrainSettings:
     dp_noise_multiplier: float = 1.0  # σ: noise std on the summed per-example gradients = σ · dp_max_grad_norm
     dp_max_grad_norm: float = 1.0  # every example's gradient is clipped to this L2 norm
     dp_delta: float = 1e-5  # δ of the (ε, δ) each client reports
+    ldp: bool = False  # local DP: clip the update to ldp_clip and add N(0, (ldp_noise_multiplier · ldp_clip)²) here
+    ldp_clip: float = 1.0
+    ldp_noise_multiplier: float = 1.0
+    ldp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if not (_is_int(self.epochs) and 1 <= self.epochs <= MAX_EPOCHS):
@@ -42,19 +46,22 @@ class TrainSettings:
             raise ConfigError(f"client.momentum is {self.momentum!r}; expected 0 <= momentum < 1")
         if not (_is_real(self.weight_decay) and 0 <= self.weight_decay < math.inf):
             raise ConfigError(f"client.weight_decay is {self.weight_decay!r}; expected a finite number >= 0")
-        if not isinstance(self.dp_sgd, bool):
-            raise ConfigError(f"client.dp_sgd is {self.dp_sgd!r}; expected true or false")
-        for name in ("dp_noise_multiplier", "dp_max_grad_norm"):
+        for name in ("dp_sgd", "ldp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"client.{name} is {getattr(self, name)!r}; expected true or false")
+        for name in ("dp_noise_multiplier", "dp_max_grad_norm", "ldp_clip", "ldp_noise_multiplier"):
             v = getattr(self, name)
             if not (_is_real(v) and 0 < v < math.inf):
                 raise ConfigError(f"client.{name} is {v!r}; expected a finite number > 0")
-        if not (_is_real(self.dp_delta) and 0 < self.dp_delta < 1):
-            raise ConfigError(f"client.dp_delta is {self.dp_delta!r}; expected 0 < δ < 1, e.g. 1e-5")
+        for name in ("dp_delta", "ldp_delta"):
+            if not (_is_real(getattr(self, name)) and 0 < getattr(self, name) < 1):
+                raise ConfigError(f"client.{name} is {getattr(self, name)!r}; expected 0 < δ < 1, e.g. 1e-5")
 
     def override(self, config: Config) -> "TrainSettings":
         """These settings with any of their fields that the round's config sets (e.g. a decayed ``lr``).
         The record-level DP settings are the client's own: a server's config cannot change them."""
-        changes = {f.name: config[f.name] for f in fields(self) if f.name in config and not f.name.startswith("dp_")}
+        changes = {f.name: config[f.name] for f in fields(self)
+                   if f.name in config and not f.name.startswith(("dp_", "ldp"))}
         return replace(self, **changes) if changes else self
 
 

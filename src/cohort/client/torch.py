@@ -203,6 +203,11 @@ class TorchClient:
                 mean_loss, steps = train_epochs(self.model, self.x, self.y, LOSSES[self.loss], settings, shuffle, hooks, arrays)
         new = self.model.state_dict()
         delta = {name: np.subtract(t.numpy(), arrays[name]) for name, t in new.items()}
+        if settings.ldp:  # local DP: clipped and noised before it leaves this client
+            from cohort.client.ldp import privatize
+
+            delta, ldp_facts = privatize(delta, settings.ldp_clip, settings.ldp_noise_multiplier, settings.ldp_delta)
+            facts = {**facts, **ldp_facts}
         return Trained(delta, len(self.x), steps, settings.lr, {"train_loss": mean_loss, **facts})
 
     def gradient(self, arrays: NamedArrays, config: Config) -> Trained:

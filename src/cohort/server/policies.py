@@ -353,7 +353,6 @@ class FedBuff:
             if i < self.buffer_size - 1:  # a slot is free: start the next client on the current model
                 st = self._dispatch(st, state, ctx, clock)
         new, stands, problem = finish_step(ctx, state, accs, count)
-        problem = problem or secure_problem
         st = self._dispatch(st, new, ctx, clock)  # the K-th slot frees at the server step: the new model
         snapshots = dict(st.snapshots)
         if stands:
