@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
 def _server(args: argparse.Namespace) -> int:
     """``cohort server``: the same run as ``cohort run``, with clients that are processes dialing in."""
     from cohort.channel.grpc.server import GrpcChannel
-    from cohort.experiment import algorithm_settings
+    from cohort.recipe import algorithm_settings
 
     import math
 

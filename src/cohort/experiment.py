@@ -4,7 +4,6 @@ tests both go through here. The framework (torch today) is reached through ``coh
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import numpy as np
 
 from cohort import data as datasets
 from cohort import frameworks
-from cohort.algorithms import ALGORITHMS, Algorithm
+from cohort.algorithms import Algorithm
 from cohort.channel import InProcessChannel, ProcessPoolChannel
 from cohort.channel.base import SimulationChannel
 from cohort.client.store import ClientStateStore
@@ -24,6 +23,7 @@ from cohort.core.arrays import num_parameters
 from cohort.core.errors import CohortError, ConfigError, RoundFailed
 from cohort.data import ArrayDataset, Partition
 from cohort.server import checkpoint
+from cohort.recipe import check_client_privacy, flip_attackers_labels, make_algorithm
 from cohort.server.loop import LoopSettings, Target, check_private, privacy_refusal, run_rounds
 from cohort.server.policies import FedBuff
 from cohort.server.state import ServerState, initial_state
@@ -97,33 +97,6 @@ class Experiment:
         return initial_state(self.algorithm, self.framework.initial_arrays(self.model_fn, self.config.seed), self.config.seed)
 
 
-def algorithm_settings(config: RunConfig) -> dict[str, Any]:
-    """The keyword arguments of ``server.algorithm``'s factory: the server's settings and its own section's."""
-    s = config.server
-    own = getattr(config, s.algorithm, None)  # e.g. [fedprox] mu
-    extra = dataclasses.asdict(own) if dataclasses.is_dataclass(own) else {}
-    return {"server_lr": s.lr, "server_momentum": s.momentum, "weighted": s.weighted, **extra}
-
-
-def make_algorithm(config: RunConfig) -> Algorithm:
-    """The algorithm ``server.algorithm`` names, with its settings."""
-    algorithm = ALGORITHMS[config.server.algorithm](**algorithm_settings(config))
-    s = config.server
-    if s.aggregator != "mean" or s.norm_bound:
-        from cohort.aggregation.robust import norm_bound
-
-        algorithm = algorithm.with_model_pipeline(s.combine(), (norm_bound(s.norm_bound),) if s.norm_bound else ())
-    if config.privacy.mode == "central":
-        from cohort.privacy import with_privacy
-
-        algorithm = with_privacy(algorithm, config.privacy.mechanism())
-    if config.secagg.mode != "none":
-        from cohort.secagg.settings import with_secure_aggregation
-
-        algorithm = with_secure_aggregation(algorithm, config.secagg.settings())
-    return algorithm
-
-
 def loop_settings(config: RunConfig) -> LoopSettings:
     s, ev, fb = config.server, config.evaluate, config.fedbuff
     return LoopSettings(
@@ -164,31 +137,13 @@ def build(config: RunConfig) -> Experiment:
     reported = _reported_metrics(train.task, centralized=ev.centralized and test is not None,
                                  federated=ev.federated_fraction > 0)
     size = settings.check(len(partition), reported)
-    if config.client.ldp and config.model.framework != "torch":
-        raise ConfigError(f"client.ldp (local DP) is built into the torch framework's client; this run has {config.model.framework!r}")
-    if config.client.ldp and config.server.algorithm == "scaffold":
-        raise ConfigError("client.ldp noises the model update only; SCAFFOLD's control variates would leave unprotected")
-    if config.client.dp_sgd and (config.model.framework != "torch" or config.server.algorithm != "fedavg"):
-        raise ConfigError(f"client.dp_sgd (Opacus) runs in the torch framework's plain local steps, with "
-                          f"server.algorithm = 'fedavg'; this run has {config.model.framework!r} and "
-                          f"{config.server.algorithm!r}")
+    check_client_privacy(config)
     if config.attack.kind == "label_flip":
-        train = _flip_attackers_labels(train, partition, config)
+        train = flip_attackers_labels(train, partition, config)
     algorithm = make_algorithm(config)
     check_private(algorithm, settings, size)
     algorithm.check_cohort(size)
     return Experiment(config, train, test, partition, holdout, framework, model_fn, algorithm, settings, size)
-
-
-def _flip_attackers_labels(train: ArrayDataset, partition: Partition, config: RunConfig) -> ArrayDataset:
-    """``[attack] kind = "label_flip"``: the attackers' examples carry labels ``c → C − 1 − c``."""
-    from cohort.client.attacks import choose_attackers, flip_labels
-
-    if train.task != "classification":
-        raise ConfigError("attack.kind = 'label_flip' needs a classification dataset")
-    attackers = choose_attackers(len(partition), config.attack.fraction, config.seed)
-    idx = np.concatenate([partition[c] for c in sorted(attackers)]) if attackers else np.zeros(0, np.int64)
-    return dataclasses.replace(train, y=flip_labels(train.y, idx, train.num_classes))
 
 
 def load_data(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:

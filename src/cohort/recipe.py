@@ -1,0 +1,66 @@
+"""What a config adds to an algorithm and to the data before a run: the algorithm with its settings,
+robust aggregation (``server.aggregator``, ``server.norm_bound``), central DP (``[privacy]``), secure
+aggregation (``[secagg]``), the checks of client-side privacy (``[client] ldp``, ``dp_sgd``), and the
+label flipping of simulated attackers (``[attack]``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from cohort.algorithms import ALGORITHMS, Algorithm
+from cohort.config import RunConfig
+from cohort.core.errors import ConfigError
+from cohort.data import ArrayDataset, Partition
+
+
+def algorithm_settings(config: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of ``server.algorithm``'s factory: the server's settings and its own section's."""
+    s = config.server
+    own = getattr(config, s.algorithm, None)  # e.g. [fedprox] mu
+    extra = dataclasses.asdict(own) if dataclasses.is_dataclass(own) else {}
+    return {"server_lr": s.lr, "server_momentum": s.momentum, "weighted": s.weighted, **extra}
+
+
+def make_algorithm(config: RunConfig) -> Algorithm:
+    """The algorithm ``server.algorithm`` names, with its settings."""
+    algorithm = ALGORITHMS[config.server.algorithm](**algorithm_settings(config))
+    s = config.server
+    if s.aggregator != "mean" or s.norm_bound:
+        from cohort.aggregation.robust import norm_bound
+
+        algorithm = algorithm.with_model_pipeline(s.combine(), (norm_bound(s.norm_bound),) if s.norm_bound else ())
+    if config.privacy.mode == "central":
+        from cohort.privacy import with_privacy
+
+        algorithm = with_privacy(algorithm, config.privacy.mechanism())
+    if config.secagg.mode != "none":
+        from cohort.secagg.settings import with_secure_aggregation
+
+        algorithm = with_secure_aggregation(algorithm, config.secagg.settings())
+    return algorithm
+
+
+def check_client_privacy(config: RunConfig) -> None:
+    """Client-side privacy ([client] ldp, dp_sgd) runs where it is built: refuse the rest at start."""
+    if config.client.ldp and config.model.framework != "torch":
+        raise ConfigError(f"client.ldp (local DP) is built into the torch framework's client; this run has {config.model.framework!r}")
+    if config.client.ldp and config.server.algorithm == "scaffold":
+        raise ConfigError("client.ldp noises the model update only; SCAFFOLD's control variates would leave unprotected")
+    if config.client.dp_sgd and (config.model.framework != "torch" or config.server.algorithm != "fedavg"):
+        raise ConfigError(f"client.dp_sgd (Opacus) runs in the torch framework's plain local steps, with "
+                          f"server.algorithm = 'fedavg'; this run has {config.model.framework!r} and "
+                          f"{config.server.algorithm!r}")
+
+
+def flip_attackers_labels(train: ArrayDataset, partition: Partition, config: RunConfig) -> ArrayDataset:
+    """``[attack] kind = "label_flip"``: the attackers' examples carry labels ``c → C − 1 − c``."""
+    from cohort.client.attacks import choose_attackers, flip_labels
+
+    if train.task != "classification":
+        raise ConfigError("attack.kind = 'label_flip' needs a classification dataset")
+    attackers = choose_attackers(len(partition), config.attack.fraction, config.seed)
+    idx = np.concatenate([partition[c] for c in sorted(attackers)]) if attackers else np.zeros(0, np.int64)
+    return dataclasses.replace(train, y=flip_labels(train.y, idx, train.num_classes))
