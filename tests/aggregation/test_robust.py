@@ -4,6 +4,8 @@ combines withstand 20% scaled updates where the mean does not; the attack simula
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cohort.aggregation import process
 from cohort.aggregation.robust import coordinate_median, krum, norm_bound, trimmed_mean
@@ -131,3 +133,23 @@ def test_label_flipping_changes_only_the_attackers_labels():
     changed = np.flatnonzero(clean.train.y != flipped.train.y)
     mine = np.concatenate([flipped.partition[c] for c in flipped.attackers])
     assert len(flipped.attackers) == 3 and set(changed) <= set(mine) and len(changed) == len(mine)
+
+
+rows_strategy = st.lists(st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=2, max_size=2),
+                         min_size=5, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows_strategy)
+def test_median_and_trimmed_mean_stay_within_each_coordinates_range(rows):
+    lo, hi = np.min(rows, axis=0), np.max(rows, axis=0)
+    for combine in (coordinate_median(), trimmed_mean(0.2)):
+        out = combined(combine, rows).astype(np.float64)
+        assert (out >= lo - 1e-3).all() and (out <= hi + 1e-3).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows_strategy)
+def test_krum_returns_one_of_its_inputs(rows):
+    out = combined(krum(1), rows)
+    assert any(np.array_equal(out, np.asarray(r, np.float32)) for r in rows)
