@@ -84,6 +84,10 @@ class ServerConfig:
     weighted: bool = True  # weight clients by example count (false: unweighted mean)
     lr: float = 1.0  # server learning rate (FedAvg: 1; FedSGD: the SGD step size)
     momentum: float = 0.0  # server momentum (FedAvgM)
+    optimizer: str = "sgd"  # sgd (with momentum: FedAvgM) | adam | yogi | adagrad (Reddi et al. 2021; server.lr is η)
+    beta1: float = 0.9  # adam, yogi, adagrad: momentum of the mean delta
+    beta2: float = 0.99  # adam, yogi: decay of its second moment
+    tau: float = 1e-3  # adam, yogi, adagrad: adaptivity (v starts at tau²)
     min_successful_clients: int = 1  # a round stands only with this many accepted updates
     max_failed_rounds: int = 3  # consecutive rounds that do not stand before the run stops
     round_timeout_s: float = 0.0  # deadline of a round; 0: none
@@ -93,6 +97,14 @@ class ServerConfig:
     krum_byzantine: int = 1  # krum: f, the attackers tolerated (needs clients per round >= 2f + 3)
     krum_select: int = 1  # krum: m, the best-scored updates averaged (1: Krum; more: Multi-Krum)
     norm_bound: float = 0.0  # scale every update down to this L2 norm first; 0: off
+
+    def server_optimizer(self):
+        """The model's server optimizer for ``optimizer`` other than sgd (None: the algorithm's own SGD)."""
+        if self.optimizer == "sgd":
+            return None
+        from cohort.aggregation.server_opt import adaptive
+
+        return adaptive(self.optimizer, self.lr, self.beta1, self.beta2, self.tau)
 
     def combine(self):
         """The model group's combine for ``aggregator`` (None: the weighted mean)."""
@@ -123,6 +135,12 @@ class ServerConfig:
                "0 (none) to 10, e.g. 0.3 for 30% more clients than a round needs")
         _check(self.over_selection == 0 or self.policy == "sync", "server.over_selection", self.over_selection,
                "0 with server.policy = 'fedbuff' (over-selection is for synchronous rounds)")
+        _check(self.optimizer in ("sgd", "adam", "yogi", "adagrad"), "server.optimizer", self.optimizer,
+               "one of sgd, adam, yogi, adagrad")
+        _check(self.optimizer == "sgd" or self.momentum == 0, "server.momentum", self.momentum,
+               "0 with an adaptive server.optimizer (its momentum is server.beta1)")
+        if self.optimizer != "sgd":
+            self.server_optimizer()  # checks beta1, beta2 and tau, naming their keys
         _check(self.aggregator in AGGREGATORS, "server.aggregator", self.aggregator, f"one of {', '.join(AGGREGATORS)}")
         _check(0 <= self.norm_bound < math.inf, "server.norm_bound", self.norm_bound, "0 (off) or a finite number > 0")
         self.combine()  # checks the aggregator's own settings, naming their keys

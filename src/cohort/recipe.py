@@ -32,6 +32,8 @@ def make_algorithm(config: RunConfig) -> Algorithm:
         from cohort.aggregation.robust import norm_bound
 
         algorithm = algorithm.with_model_pipeline(s.combine(), (norm_bound(s.norm_bound),) if s.norm_bound else ())
+    if s.optimizer != "sgd":  # FedAdam, FedYogi, FedAdagrad
+        algorithm = algorithm.with_model_pipeline(server_optimizer=s.server_optimizer())
     if config.privacy.mode == "central":
         from cohort.privacy import with_privacy
 

@@ -20,6 +20,7 @@ from cohort.server import checkpoint
 ROUNDS = 10
 SETUPS = {
     "fedavgm": ["server.momentum=0.9"],
+    "fedadam": ["server.optimizer=adam", "server.lr=0.05"],  # its moments come back from the checkpoint
     "scaffold": ["server.algorithm=scaffold"],
     "fedbuff": ["server.policy=fedbuff", "fedbuff.buffer_size=3", "fedbuff.concurrency=5", "simulation.speed_spread=4"],
     # the noise, the adaptive clip and ε (the accountant's ledger) all come back from the checkpoint

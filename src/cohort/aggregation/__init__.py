@@ -4,13 +4,13 @@ from cohort.aggregation.compose import process
 from cohort.aggregation.pipeline import (
     Aggregate, Aggregator, AggregatorState, Combine, Mechanism, RoundAccumulator, Step, chain, divide,
 )
-from cohort.aggregation.server_opt import SgdState, sgd
+from cohort.aggregation.server_opt import AdaptiveState, SgdState, adaptive, sgd
 from cohort.aggregation.weighting import (
     divide_by_population, staleness_weight, uniform_weights, validate, weighted_sum,
 )
 
 __all__ = [
-    "Aggregate", "Aggregator", "AggregatorState", "Combine", "Mechanism", "RoundAccumulator", "SgdState", "Step",
+    "AdaptiveState", "Aggregate", "Aggregator", "AggregatorState", "Combine", "Mechanism", "RoundAccumulator", "SgdState", "Step", "adaptive",
     "chain", "divide", "divide_by_population", "process", "sgd", "staleness_weight", "uniform_weights",
     "validate", "weighted_sum"
 ]

@@ -97,12 +97,14 @@ class Algorithm:
         for agg in self.aggregators.values():
             agg.combine.check(size)
 
-    def with_model_pipeline(self, combine: Combine | None = None, pre: tuple[Step, ...] = ()) -> "Algorithm":
-        """This algorithm with the model group's combine replaced (a robust one) and ``pre`` steps added
-        after its own (norm bounding)."""
+    def with_model_pipeline(self, combine: Combine | None = None, pre: tuple[Step, ...] = (),
+                            server_optimizer: Step | None = None) -> "Algorithm":
+        """This algorithm with the model group's combine replaced (a robust one), ``pre`` steps added
+        after its own (norm bounding), or its server optimizer replaced (FedAdam, ...)."""
         agg = self.aggregators[MODEL]
         agg = replace(agg, combine=combine if combine is not None else agg.combine,
-                      pre=chain(agg.pre, *pre) if pre else agg.pre)
+                      pre=chain(agg.pre, *pre) if pre else agg.pre,
+                      server_optimizer=server_optimizer if server_optimizer is not None else agg.server_optimizer)
         return replace(self, aggregators={**self.aggregators, MODEL: agg})
 
     @property
