@@ -264,6 +264,19 @@ class SecAggConfig:
 
 
 @dataclass(frozen=True)
+class CompressionConfig:
+    """``[compression]``: how clients send their model delta up."""
+
+    kind: str = "none"  # none | fp16 | int8 (unbiased stochastic) | topk (with error feedback)
+    topk_fraction: float = 0.05  # topk: the share of entries sent
+
+    def __post_init__(self) -> None:
+        from cohort.client.compression import check
+
+        check(self.kind, self.topk_fraction)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # each run writes a new folder in here
     progress: bool = True  # a live progress bar over rounds
@@ -286,6 +299,7 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 

@@ -228,6 +228,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     stopped_by, error, folder = "rounds", None, None
     given, channel = channel, None
     state = None
+    unwritten = None  # a finished round's record not yet in the metrics files
     try:
         if resume is not None:
             folder = RunFolder.reopen(resume)
@@ -263,10 +264,12 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
             except StopIteration as stop:
                 stopped_by = stop.value
                 break
+            unwritten = record  # until its line is out: a signal landing now must not lose it (below)
             if folder is not None:
                 folder.write_round(record)
-                if config.output.checkpoint:
-                    checkpoint.save(folder.path / "checkpoints", state, dict(states.items()) if states is not None else {})
+            unwritten = None
+            if folder is not None and config.output.checkpoint:
+                checkpoint.save(folder.path / "checkpoints", state, dict(states.items()) if states is not None else {})
             if progress is not None:
                 progress(record, state)
     except RoundFailed as e:
@@ -275,6 +278,11 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
         error = e
         stopped_by = ("interrupted" if isinstance(e, KeyboardInterrupt) else "terminated" if isinstance(e, Terminated)
                       else f"error: {type(e).__name__}: {e}")
+        if unwritten is not None and folder is not None:  # the round finished; its record was not yet written
+            try:
+                folder.write_round(unwritten)
+            except (OSError, CohortError):
+                pass
     finally:
         if progress is not None:
             progress.close()

@@ -38,6 +38,13 @@ def make_algorithm(config: RunConfig) -> Algorithm:
         from cohort.privacy import with_privacy
 
         algorithm = with_privacy(algorithm, config.privacy.mechanism())
+    c = config.compression
+    if c.kind != "none":
+        if config.secagg.mode != "none":
+            raise ConfigError("compression.kind must be 'none' with secure aggregation: its masked vectors are "
+                              "already fixed-point in the ring, and the server cannot decode a masked update")
+        algorithm = dataclasses.replace(algorithm, compression=c.kind, config={
+            **algorithm.config, "compression": {"kind": c.kind, "topk_fraction": c.topk_fraction}})
     if config.secagg.mode != "none":
         from cohort.secagg.settings import with_secure_aggregation
 

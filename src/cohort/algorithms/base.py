@@ -59,6 +59,7 @@ class Algorithm:
     groups: Callable[[NamedArrays], Groups] = _model_only  # the global groups, from the initial model
     config: Mapping[str, Any] = field(default_factory=dict)  # sent to every client, every round
     secure: Any = None  # cohort.secagg.SecureAggregation: the server learns only the sum of each round
+    compression: str = "none"  # how the model delta travels up: none | fp16 | int8 | topk (cohort.client.compression)
 
     def __post_init__(self) -> None:
         if MODEL not in self.aggregators:
@@ -79,6 +80,10 @@ class Algorithm:
         """Fold every group of ``reply`` in, or none: raises UpdateRejected (``accs`` unchanged) if any
         group is missing, unexpected or refused by a step."""
         arrays = reply.arrays
+        if self.compression != "none" and isinstance(arrays, Mapping) and isinstance(arrays.get(MODEL), Mapping):
+            from cohort.client.compression import decompress
+
+            arrays = {**arrays, MODEL: decompress(arrays[MODEL], accs[MODEL].arrays, self.compression)}
         if not isinstance(arrays, Mapping) or set(arrays) != set(self.aggregators):
             got = sorted(arrays) if isinstance(arrays, Mapping) else type(arrays).__name__
             raise UpdateRejected(f"reply of client {client_id} has groups {got}; {self.name} expects "

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from cohort.algorithms.base import ClientHalf, ClientState
 from cohort.client.base import ClientFn, as_trainer
-from cohort.core.types import ClientFailure, EvaluateResult, FailureStage, Message, Reply
+from cohort.core.types import MODEL, ClientFailure, EvaluateResult, FailureStage, Message, Reply
 
 Outcome = Reply | EvaluateResult | ClientFailure
 
@@ -43,9 +43,28 @@ def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, mes
             from cohort.client.ldp import account as account_ldp
 
             result, new_state = account_ldp(result, new_state)
+    compression = message.config.get("compression") if isinstance(message.config, Mapping) else None
+    if isinstance(result, Reply) and isinstance(compression, Mapping) and isinstance(result.arrays, Mapping) \
+            and MODEL in result.arrays:
+        result, new_state = _compressed(result, new_state, compression, message, client_id)
     if isinstance(result, Reply):
         result = replace(result, version=message.version)  # the version it was computed from, whatever it claims
     return result, new_state
+
+
+def _compressed(reply: Reply, state: ClientState, settings: Mapping, message: Message, client_id: int):
+    """The model delta compressed as the server asked (its config's ``compression``); top-k's residual
+    stays in this client's state (error feedback)."""
+    from cohort.client.compression import RESIDUAL, compress
+    from cohort.core.seeding import Stage, rng
+
+    kind, fraction = settings.get("kind", "none"), float(settings.get("topk_fraction", 1.0))
+    own = dict(state or {})
+    g = rng(int(message.config.get("seed", 0)), int(message.config.get("round", 0)), Stage.COMPRESS, client_id)
+    sent, residual = compress(reply.arrays[MODEL], kind, fraction, g, own.get(RESIDUAL))
+    if residual is not None:
+        own[RESIDUAL] = residual
+    return replace(reply, arrays={**reply.arrays, MODEL: sent}), (own or None)
 
 
 def _is_groups(value: object) -> bool:

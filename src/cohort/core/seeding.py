@@ -29,6 +29,7 @@ class Stage(enum.IntEnum):
     ATTACK = 12  # attack simulation: which clients attack, and their noise
     SECAGG_GRAPH = 13  # SecAgg+: the order of the clients on the cycle of its sparse graph
     SECAGG_ROUND = 14  # secure aggregation: a client's stochastic rounding into the ring
+    COMPRESS = 15  # compression: a client's stochastic rounding to 8 bits
 
 
 def seed_sequence(seed: int, round: int, stage: Stage, client: int = 0) -> np.random.SeedSequence:

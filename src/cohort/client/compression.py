@@ -1,0 +1,109 @@
+"""Compression of the model update on the way up, decoded by the server before anything else.
+
+- ``fp16``: every float array as float16 (2 bytes per value);
+- ``int8``: unbiased stochastic quantization to 256 levels between each array's min and max
+  (1 byte per value, plus the two bounds);
+- ``topk``: the ``topk_fraction`` largest entries by magnitude, as values (float32) and flat
+  indices (int32), with error feedback: what was not sent is kept in the client's own state and
+  added to its next update, so nothing is lost over the rounds (Stich et al. 2018).
+
+The client compresses in its runtime after training (and after local DP's noise); the arrays that
+travel are the compressed ones, so the channels count exactly the bytes sent. The server decodes
+each reply into the dense delta in the global arrays' dtypes before validation, so robust
+aggregation, central DP and secure aggregation see ordinary deltas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cohort.core.arrays import NamedArrays
+from cohort.core.errors import ConfigError, UpdateRejected
+
+KINDS = ("none", "fp16", "int8", "topk")
+SCALE, INDEX = "::bounds", "::index"
+RESIDUAL = "compression_residual"
+
+
+def check(kind: str, topk_fraction: float) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"compression.kind is {kind!r}; expected one of {', '.join(KINDS)}")
+    if not (isinstance(topk_fraction, (int, float)) and not isinstance(topk_fraction, bool) and 0 < topk_fraction <= 1):
+        raise ConfigError(f"compression.topk_fraction is {topk_fraction!r}; expected 0 < fraction <= 1")
+
+
+def compress(delta: NamedArrays, kind: str, topk_fraction: float, g: np.random.Generator,
+             residual: NamedArrays | None = None) -> tuple[NamedArrays, NamedArrays | None]:
+    """(the arrays to send, the new residual for top-k's error feedback, else None)."""
+    if kind == "fp16":
+        return {k: a.astype(np.float16) if a.dtype.kind == "f" else a for k, a in delta.items()}, None
+    if kind == "int8":
+        out = {}
+        for k, a in delta.items():
+            if a.dtype.kind != "f" or a.size == 0:
+                out[k] = a
+                continue
+            lo, hi = float(a.min()), float(a.max())
+            span = (hi - lo) or 1.0
+            scaled = (a.astype(np.float64) - lo) / span * 255.0
+            q = np.floor(scaled + g.random(a.shape))  # stochastic rounding: E[q] = scaled
+            out[k] = np.clip(q, 0, 255).astype(np.uint8)
+            out[k + SCALE] = np.array([lo, hi], np.float64)
+        return out, None
+    if kind == "topk":
+        out, left = {}, {}
+        for k, a in delta.items():
+            if a.dtype.kind != "f" or a.size == 0:
+                out[k] = a
+                continue
+            full = a.astype(np.float64).ravel() + (residual[k].ravel() if residual and k in residual else 0.0)
+            keep = max(1, int(round(topk_fraction * full.size)))
+            idx = np.argpartition(np.abs(full), full.size - keep)[full.size - keep:]
+            idx.sort()
+            out[k] = full[idx].astype(np.float32)
+            out[k + INDEX] = idx.astype(np.int32)
+            rest = full.copy()
+            rest[idx] -= out[k].astype(np.float64)  # what float32 rounding lost is kept too
+            left[k] = rest.reshape(a.shape)
+        return out, left
+    return delta, None
+
+
+def decompress(arrays: NamedArrays, like: NamedArrays, kind: str) -> NamedArrays:
+    """The dense delta, in ``like``'s shapes and dtypes; anything malformed is refused."""
+    if kind == "none":
+        return arrays
+    out = {}
+    try:
+        for k, ref in like.items():
+            a = arrays[k]
+            if ref.dtype.kind != "f":
+                out[k] = a
+                continue
+            if kind == "fp16":
+                if a.dtype != np.float16 or a.shape != ref.shape:
+                    raise ValueError(f"{k!r} is not float16 of shape {ref.shape}")
+                out[k] = a.astype(ref.dtype)
+            elif kind == "int8":
+                bounds = arrays[k + SCALE] if ref.size else None
+                if ref.size == 0:
+                    out[k] = np.zeros(ref.shape, ref.dtype)
+                    continue
+                if a.dtype != np.uint8 or a.shape != ref.shape or bounds.shape != (2,) or not np.isfinite(bounds).all():
+                    raise ValueError(f"{k!r} is not 8-bit codes of shape {ref.shape} with two finite bounds")
+                lo, hi = float(bounds[0]), float(bounds[1])
+                out[k] = (lo + a.astype(np.float64) / 255.0 * ((hi - lo) or 1.0) * (hi != lo)).astype(ref.dtype)
+            else:
+                if ref.size == 0:
+                    out[k] = np.zeros(ref.shape, ref.dtype)
+                    continue
+                idx = arrays[k + INDEX]
+                if (idx.dtype != np.int32 or a.dtype != np.float32 or idx.shape != a.shape or a.ndim != 1
+                        or (idx.size and (idx.min() < 0 or idx.max() >= ref.size))):
+                    raise ValueError(f"{k!r} is not matching top-k values and indices into {ref.size} entries")
+                dense = np.zeros(ref.size, np.float64)
+                np.add.at(dense, idx.astype(np.int64), a.astype(np.float64))
+                out[k] = dense.reshape(ref.shape).astype(ref.dtype)
+    except (KeyError, ValueError, AttributeError) as e:
+        raise UpdateRejected(f"a {kind}-compressed update does not decode: {e}") from e
+    return out

@@ -1,0 +1,113 @@
+"""Compression of the update: 8-bit quantization is unbiased (a statistical test), fp16 rounds within
+its precision, top-k with error feedback loses nothing over rounds (sent + residual = the sum of the
+true updates), malformed compressed updates are refused, and a run sends exactly the bytes the
+encoding says while the residual stays in each client's state."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cohort.client.compression import RESIDUAL, compress, decompress
+from cohort.config import load_config
+from cohort.core.errors import ConfigError, UpdateRejected
+from cohort.experiment import build, run
+from cohort.server import checkpoint
+
+LIKE = {"w": np.zeros((20, 30), np.float32), "b": np.zeros(30, np.float32), "n": np.zeros((), np.int64)}
+
+
+def update(seed):
+    g = np.random.default_rng(seed)
+    return {"w": g.normal(0, 1, (20, 30)).astype(np.float32), "b": g.normal(0, 0.1, 30).astype(np.float32),
+            "n": np.array(3, np.int64)}
+
+
+def test_8_bit_quantization_is_unbiased():
+    u = update(0)
+    g = np.random.default_rng(1)
+    draws = 4000
+    total = {k: np.zeros(a.shape) for k, a in u.items()}
+    for _ in range(draws):
+        sent, _ = compress(u, "int8", 1.0, g)
+        assert sent["w"].dtype == np.uint8
+        for k, a in decompress(sent, LIKE, "int8").items():
+            total[k] += a
+    for k in ("w", "b"):
+        step = float(u[k].max() - u[k].min()) / 255
+        err = total[k] / draws - u[k]
+        # each draw's error is in (−step, step) with variance <= step²/4: the mean of 4000 is within 5 SE
+        assert np.abs(err).max() < 5 * (step / 2) / np.sqrt(draws)
+        assert abs(err.mean()) < 5 * (step / 2) / np.sqrt(draws * u[k].size)
+    single = decompress(compress(u, "int8", 1.0, g)[0], LIKE, "int8")["w"]
+    assert not np.array_equal(single, u["w"])  # one draw is rounded: it is the mean that is exact
+
+
+def test_fp16_rounds_within_its_precision():
+    u = update(2)
+    sent, _ = compress(u, "fp16", 1.0, np.random.default_rng(0))
+    assert sent["w"].dtype == np.float16 and sent["n"].dtype == np.int64
+    back = decompress(sent, LIKE, "fp16")
+    assert back["w"].dtype == np.float32
+    np.testing.assert_allclose(back["w"], u["w"], rtol=2**-11, atol=1e-7)
+
+
+def test_error_feedback_loses_nothing_over_rounds():
+    g = np.random.default_rng(0)
+    residual, sent_sum, true_sum = None, {k: 0.0 for k in LIKE}, {k: 0.0 for k in LIKE}
+    for r in range(30):
+        u = update(100 + r)
+        sent, residual = compress(u, "topk", 0.05, g, residual)
+        assert sent["w"].size == round(0.05 * 600) and sent["w::index"].dtype == np.int32
+        dense = decompress(sent, LIKE, "topk")
+        for k in ("w", "b"):
+            sent_sum[k] = sent_sum[k] + dense[k].astype(np.float64)
+            true_sum[k] = true_sum[k] + u[k].astype(np.float64)
+    for k in ("w", "b"):
+        np.testing.assert_allclose(sent_sum[k] + residual[k], true_sum[k], rtol=0, atol=1e-9)
+        assert np.abs(residual[k]).max() > 0  # something really was held back
+
+
+@pytest.mark.parametrize("kind, broken", [
+    ("fp16", {"w": np.zeros((20, 30), np.float32)}),
+    ("int8", {"w::bounds": np.array([0.0, np.inf])}),
+    ("int8", {"w::bounds": None}),
+    ("topk", {"w::index": np.array([0, 600] + [1] * 28, np.int32)}),
+    ("topk", {"w::index": np.arange(30, dtype=np.int64)}),
+])
+def test_malformed_compressed_updates_are_refused(kind, broken):
+    sent, _ = compress(update(3), kind, 0.05, np.random.default_rng(0))
+    sent = {**sent, **broken}
+    sent = {k: v for k, v in sent.items() if v is not None}
+    with pytest.raises(UpdateRejected, match=f"a {kind}-compressed update does not decode"):
+        decompress(sent, LIKE, kind)
+
+
+def test_a_run_sends_the_encodings_bytes_and_keeps_the_residual_per_client(tmp_path):
+    def last(kind, *extra):
+        result = run(load_config(None, ["rounds=3", "output.progress=false", f"output.dir={tmp_path}", f"name={kind}",
+                                        f"compression.kind={kind}", *extra]))
+        records = [json.loads(x) for x in (result.folder / "metrics.jsonl").read_text().splitlines()]
+        return result, records
+
+    _, dense = last("none")
+    _, half = last("fp16")
+    topk, sparse = last("topk", "compression.topk_fraction=0.1")
+    model = build(load_config(None, [])).initial_state().model  # the demo's logistic regression, float32
+    sizes = [a.size for a in model.values()]
+    assert dense[-1]["bytes_received"] == 10 * sum(sizes) * 4
+    assert half[-1]["bytes_received"] == 10 * sum(sizes) * 2
+    kept = sum(max(1, round(0.1 * n)) for n in sizes)  # per array, as float32 values and int32 indices
+    assert sparse[-1]["bytes_received"] == 10 * kept * 8
+    clients = checkpoint.load(topk.folder / "checkpoints").clients
+    assert sorted(clients) == list(range(10)) and all(RESIDUAL in s for s in clients.values())
+    assert abs(sparse[-1]["accuracy"] - dense[-1]["accuracy"]) < 0.1
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="compression.kind is 'zip'"):
+        load_config(None, ["compression.kind=zip"])
+    with pytest.raises(ConfigError, match="compression.topk_fraction"):
+        load_config(None, ["compression.kind=topk", "compression.topk_fraction=0"])
+    with pytest.raises(ConfigError, match="secure aggregation"):
+        build(load_config(None, ["compression.kind=fp16", "secagg.mode=secagg"]))
