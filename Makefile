@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/deploy_throughput.py
 	$(VENV)/bin/python bench/robust_dp.py
 	$(VENV)/bin/python bench/secagg_overhead.py
+	$(VENV)/bin/python bench/compression.py
 
 # Regenerates the gRPC code from the committed .proto (grpcio-tools is in the dev extra).
 proto: $(STAMP)

@@ -21,8 +21,8 @@ from cohort.experiment import run
 ROOT = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("COHORT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 METHODS = {"none": [], "fp16": ["compression.kind='fp16'"], "int8 (stochastic)": ["compression.kind='int8'"],
-           "top-k 5% + error feedback": ["compression.kind='topk'", "compression.topk_fraction=0.05"],
-           "top-k 2% + error feedback": ["compression.kind='topk'", "compression.topk_fraction=0.02"]}
+           "top-k 10% + error feedback": ["compression.kind='topk'", "compression.topk_fraction=0.1"],
+           "top-k 5% + error feedback": ["compression.kind='topk'", "compression.topk_fraction=0.05"]}
 
 
 def main() -> None:

@@ -58,7 +58,8 @@ def test_error_feedback_loses_nothing_over_rounds():
     for r in range(30):
         u = update(100 + r)
         sent, residual = compress(u, "topk", 0.05, g, residual)
-        assert sent["w"].size == round(0.05 * 600) and sent["w::index"].dtype == np.int32
+        assert sent["w"].size == round(0.05 * 600) and sent["w"].dtype == np.float16
+        assert sent["w::index"].dtype == np.uint16
         dense = decompress(sent, LIKE, "topk")
         for k in ("w", "b"):
             sent_sum[k] = sent_sum[k] + dense[k].astype(np.float64)
@@ -72,8 +73,9 @@ def test_error_feedback_loses_nothing_over_rounds():
     ("fp16", {"w": np.zeros((20, 30), np.float32)}),
     ("int8", {"w::bounds": np.array([0.0, np.inf])}),
     ("int8", {"w::bounds": None}),
-    ("topk", {"w::index": np.array([0, 600] + [1] * 28, np.int32)}),
-    ("topk", {"w::index": np.arange(30, dtype=np.int64)}),
+    ("topk", {"w::index": np.array([1, 600] + [1] * 28, np.uint16)}),  # past the end
+    ("topk", {"w::index": np.array([1, 0] + [1] * 28, np.uint16)}),  # the same index twice
+    ("topk", {"w::index": np.arange(1, 31, dtype=np.int32)}),  # not uint16
 ])
 def test_malformed_compressed_updates_are_refused(kind, broken):
     sent, _ = compress(update(3), kind, 0.05, np.random.default_rng(0))
@@ -97,8 +99,8 @@ def test_a_run_sends_the_encodings_bytes_and_keeps_the_residual_per_client(tmp_p
     sizes = [a.size for a in model.values()]
     assert dense[-1]["bytes_received"] == 10 * sum(sizes) * 4
     assert half[-1]["bytes_received"] == 10 * sum(sizes) * 2
-    kept = sum(max(1, round(0.1 * n)) for n in sizes)  # per array, as float32 values and int32 indices
-    assert sparse[-1]["bytes_received"] == 10 * kept * 8
+    kept = sum(max(1, round(0.1 * n)) for n in sizes)  # per array, as float16 values and uint16 gaps
+    assert sparse[-1]["bytes_received"] == 10 * kept * 4
     clients = checkpoint.load(topk.folder / "checkpoints").clients
     assert sorted(clients) == list(range(10)) and all(RESIDUAL in s for s in clients.values())
     assert abs(sparse[-1]["accuracy"] - dense[-1]["accuracy"]) < 0.1
@@ -111,3 +113,14 @@ def test_bad_settings_are_refused():
         load_config(None, ["compression.kind=topk", "compression.topk_fraction=0"])
     with pytest.raises(ConfigError, match="secure aggregation"):
         build(load_config(None, ["compression.kind=fp16", "secagg.mode=secagg"]))
+
+
+def test_top_k_bridges_index_gaps_over_65535():
+    like = {"w": np.zeros(200_000, np.float32)}
+    delta = {"w": np.zeros(200_000, np.float32)}
+    delta["w"][[3, 150_000, 199_999]] = [1.0, -2.0, 3.0]
+    sent, residual = compress(delta, "topk", 3 / 200_000, np.random.default_rng(0))
+    assert sent["w::index"].max() <= 65535 and sent["w"].size == 5  # two zero-valued bridges
+    back = decompress(sent, like, "topk")["w"]
+    np.testing.assert_array_equal(back, delta["w"])
+    assert np.abs(residual["w"]).max() == 0

@@ -3,9 +3,11 @@
 - ``fp16``: every float array as float16 (2 bytes per value);
 - ``int8``: unbiased stochastic quantization to 256 levels between each array's min and max
   (1 byte per value, plus the two bounds);
-- ``topk``: the ``topk_fraction`` largest entries by magnitude, as values (float32) and flat
-  indices (int32), with error feedback: what was not sent is kept in the client's own state and
-  added to its next update, so nothing is lost over the rounds (Stich et al. 2018).
+- ``topk``: the ``topk_fraction`` largest entries by magnitude, with error feedback: what was not
+  sent (and what rounding the sent values to float16 lost) is kept in the client's own state and
+  added to its next update, so nothing is lost over the rounds (Stich et al. 2018). An entry costs 4
+  bytes: its value as float16 and the gap to the previous entry's index as uint16 (a gap over 65,535
+  is bridged by an entry of value 0), so 10% of the entries is 10× fewer bytes than float32.
 
 The client compresses in its runtime after training (and after local DP's noise); the arrays that
 travel are the compressed ones, so the channels count exactly the bytes sent. The server decodes
@@ -58,15 +60,31 @@ def compress(delta: NamedArrays, kind: str, topk_fraction: float, g: np.random.G
                 continue
             full = a.astype(np.float64).ravel() + (residual[k].ravel() if residual and k in residual else 0.0)
             keep = max(1, int(round(topk_fraction * full.size)))
-            idx = np.argpartition(np.abs(full), full.size - keep)[full.size - keep:]
-            idx.sort()
-            out[k] = full[idx].astype(np.float32)
-            out[k + INDEX] = idx.astype(np.int32)
+            idx = np.sort(np.argpartition(np.abs(full), full.size - keep)[full.size - keep:])
+            idx = _bridged(idx)
+            values = full[idx].astype(np.float16)
+            out[k] = values
+            out[k + INDEX] = np.diff(idx, prepend=-1).astype(np.uint16)
             rest = full.copy()
-            rest[idx] -= out[k].astype(np.float64)  # what float32 rounding lost is kept too
+            rest[idx] -= values.astype(np.float64)  # what float16 rounding lost is kept too
             left[k] = rest.reshape(a.shape)
         return out, left
     return delta, None
+
+
+def _bridged(idx: np.ndarray) -> np.ndarray:
+    """Sorted indices with extra ones inserted so that no gap (from -1 for the first) exceeds 65,535."""
+    gaps = np.diff(idx, prepend=-1)
+    if gaps.max(initial=0) <= 65535:
+        return idx
+    out, prev = [], -1
+    for i in idx.tolist():
+        while i - prev > 65535:
+            prev += 65535
+            out.append(prev)
+        out.append(i)
+        prev = i
+    return np.array(out, np.int64)
 
 
 def decompress(arrays: NamedArrays, like: NamedArrays, kind: str) -> NamedArrays:
@@ -97,12 +115,16 @@ def decompress(arrays: NamedArrays, like: NamedArrays, kind: str) -> NamedArrays
                 if ref.size == 0:
                     out[k] = np.zeros(ref.shape, ref.dtype)
                     continue
-                idx = arrays[k + INDEX]
-                if (idx.dtype != np.int32 or a.dtype != np.float32 or idx.shape != a.shape or a.ndim != 1
-                        or (idx.size and (idx.min() < 0 or idx.max() >= ref.size))):
-                    raise ValueError(f"{k!r} is not matching top-k values and indices into {ref.size} entries")
+                gaps = arrays[k + INDEX]
+                if gaps.dtype != np.uint16 or a.dtype != np.float16 or gaps.shape != a.shape or a.ndim != 1:
+                    raise ValueError(f"{k!r} is not float16 top-k values with uint16 index gaps of the same length")
+                idx = np.cumsum(gaps.astype(np.int64)) - 1
+                if idx.size and (gaps.min() < 1 or idx[-1] >= ref.size):
+                    raise ValueError(f"{k!r}'s index gaps do not fall strictly inside its {ref.size} entries")
+                if not np.isfinite(a).all():
+                    raise ValueError(f"{k!r} holds non-finite values")
                 dense = np.zeros(ref.size, np.float64)
-                np.add.at(dense, idx.astype(np.int64), a.astype(np.float64))
+                dense[idx] = a.astype(np.float64)
                 out[k] = dense.reshape(ref.shape).astype(ref.dtype)
     except (KeyError, ValueError, AttributeError) as e:
         raise UpdateRejected(f"a {kind}-compressed update does not decode: {e}") from e
