@@ -173,12 +173,17 @@ class FedBuffConfig:
 
     buffer_size: int = 10  # K: arrivals per server step
     concurrency: int = 20  # M: clients training at once
-    staleness_exponent: float = 0.5  # an update s versions old is scaled by (1 + s) ** -exponent
+    staleness_exponent: float = 0.5  # a: polynomial (1 + s) ** -a; hinge 1 / (a (s - b) + 1) past b
+    staleness: str = "polynomial"  # constant | polynomial | hinge (FedAsync's staleness functions)
+    hinge_b: int = 4  # hinge: versions of staleness still at full weight
 
     def __post_init__(self) -> None:
         _check(1 <= self.buffer_size <= 1_000_000, "fedbuff.buffer_size", self.buffer_size, "an integer from 1 to 1000000")
         _check(1 <= self.concurrency <= 1_000_000, "fedbuff.concurrency", self.concurrency, "an integer from 1 to 1000000")
         _check(0 <= self.staleness_exponent < math.inf, "fedbuff.staleness_exponent", self.staleness_exponent, "a finite number >= 0")
+        _check(self.staleness in ("constant", "polynomial", "hinge"), "fedbuff.staleness", self.staleness,
+               "one of constant, polynomial, hinge")
+        _check(self.hinge_b >= 0, "fedbuff.hinge_b", self.hinge_b, "an integer >= 0")
 
 
 @dataclass(frozen=True)

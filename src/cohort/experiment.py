@@ -105,7 +105,8 @@ def loop_settings(config: RunConfig) -> LoopSettings:
         round_timeout_s=s.round_timeout_s or None, evaluate_every=ev.every,
         federated_fraction=ev.federated_fraction,
         target=None if ev.target is None else Target(ev.target_metric, ev.target, ev.target_mode),
-        policy=FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent) if s.policy == "fedbuff" else None,
+        policy=FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent, fb.staleness, fb.hinge_b)
+        if s.policy == "fedbuff" else None,
         speed_spread=config.simulation.speed_spread, over_selection=s.over_selection,
     )
 

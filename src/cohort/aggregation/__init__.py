@@ -6,11 +6,11 @@ from cohort.aggregation.pipeline import (
 )
 from cohort.aggregation.server_opt import AdaptiveState, SgdState, adaptive, sgd
 from cohort.aggregation.weighting import (
-    divide_by_population, staleness_weight, uniform_weights, validate, weighted_sum,
+    divide_by_population, staleness_function, staleness_weight, uniform_weights, validate, weighted_sum,
 )
 
 __all__ = [
     "AdaptiveState", "Aggregate", "Aggregator", "AggregatorState", "Combine", "Mechanism", "RoundAccumulator", "SgdState", "Step", "adaptive",
-    "chain", "divide", "divide_by_population", "process", "sgd", "staleness_weight", "uniform_weights",
+    "chain", "divide", "divide_by_population", "process", "sgd", "staleness_function", "staleness_weight", "uniform_weights",
     "validate", "weighted_sum"
 ]

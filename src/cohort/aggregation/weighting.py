@@ -44,21 +44,43 @@ def uniform_weights() -> Step:
     return Step(lambda arrays: (), lambda u, state, ctx: (replace(u, weight=1.0), state))
 
 
-def staleness_weight(exponent: float = 0.5) -> Step:
-    """Scale a delta computed on model version ``v`` and arriving at version ``v + s`` by
-    ``(1 + s) ** -exponent`` (FedBuff, Nguyen et al. 2022: ``1/√(1+s)``). Its weight in the mean is
-    kept, so a stale update counts as often but moves the model less."""
-    if not 0 <= exponent < math.inf:
+STALENESS = ("constant", "polynomial", "hinge")
+
+
+def staleness_function(kind: str = "polynomial", a: float = 0.5, b: int = 0):
+    """The staleness functions of FedAsync (Xie et al. 2019), ``s(t − τ)`` for an update ``t − τ``
+    versions old: ``"constant"``: 1; ``"polynomial"``: ``(t − τ + 1) ** -a``; ``"hinge"``: 1 while
+    ``t − τ <= b``, then ``1 / (a·(t − τ − b) + 1)``."""
+    if kind not in STALENESS:
+        raise ConfigError(f"the staleness function is {kind!r}; expected one of {', '.join(STALENESS)}")
+    if not (isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a < math.inf):
+        raise ConfigError(f"the staleness function's a is {a!r}; expected a finite number >= 0")
+    if not (isinstance(b, int) and not isinstance(b, bool) and b >= 0):
+        raise ConfigError(f"the hinge's b is {b!r}; expected an integer >= 0 (versions of staleness at full weight)")
+    if kind == "constant":
+        return lambda s: 1.0
+    if kind == "polynomial":
+        return lambda s: (s + 1.0) ** -a
+    return lambda s: 1.0 if s <= b else 1.0 / (a * (s - b) + 1.0)
+
+
+def staleness_weight(exponent: float = 0.5, function=None) -> Step:
+    """Scale a delta computed on model version ``v`` and arriving at version ``v + s`` by ``function(s)``
+    (one of :func:`staleness_function`), by default ``(1 + s) ** -exponent`` (FedBuff, Nguyen et al.
+    2022: ``1/√(1+s)``). Its weight in the mean is kept, so a stale update counts as often but moves
+    the model less."""
+    if not (isinstance(exponent, (int, float)) and 0 <= exponent < math.inf):
         raise ConfigError(f"staleness exponent is {exponent!r}; expected a finite number >= 0")
+    weigh = function if function is not None else staleness_function("polynomial", exponent)
 
     def update(u: ClientUpdate, state, ctx: RoundContext):
         s = ctx.version - u.version
         if s < 0:
             raise UpdateRejected(f"update of client {u.client_id} claims model version {u.version}, "
                                  f"newer than the server's {ctx.version}")
-        if s == 0 or exponent == 0:
+        scale = weigh(s)
+        if scale == 1.0:
             return u, state
-        scale = (1.0 + s) ** -exponent
         return replace(u, delta={k: _scaled(d, scale) for k, d in u.delta.items()}), state
 
     return Step(lambda arrays: (), update)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cohort.algorithms.base import Algorithm
-from cohort.aggregation.weighting import staleness_weight
+from cohort.aggregation.weighting import staleness_function, staleness_weight
 from cohort.channel.base import Channel, is_live
 from cohort.core.errors import ConfigError, UpdateRejected
 from cohort.core.seeding import Stage, rng
@@ -259,12 +259,14 @@ class FedBuff:
 
     name = "fedbuff"
 
-    def __init__(self, buffer_size: int = 10, concurrency: int = 20, staleness_exponent: float = 0.5) -> None:
+    def __init__(self, buffer_size: int = 10, concurrency: int = 20, staleness_exponent: float = 0.5,
+                 staleness: str = "polynomial", hinge_b: int = 4) -> None:
         for key, v in (("fedbuff.buffer_size", buffer_size), ("fedbuff.concurrency", concurrency)):
             if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000):
                 raise ConfigError(f"{key} is {v!r}; expected an integer from 1 to 1000000")
         self.buffer_size, self.concurrency = buffer_size, concurrency
-        self.staleness = staleness_weight(staleness_exponent)  # checks the exponent
+        # polynomial: (1 + s)^-a; hinge: full weight up to hinge_b versions, then 1 / (a (s - b) + 1)
+        self.staleness = staleness_weight(staleness_exponent, staleness_function(staleness, staleness_exponent, hinge_b))
 
     def check_state(self, st: Any, num_clients: int) -> None:
         if st is None:
