@@ -26,7 +26,7 @@ from cohort.core.limits import MAX_ROUNDS, MAX_SEED, MAX_TIMEOUT_S
 DATASETS = ("mnist", "breast_cancer", "diabetes", "csv")
 PARTITIONS = ("iid", "shards", "dirichlet", "quantity")
 BACKENDS = ("inprocess", "processes")
-POLICIES = ("sync", "fedbuff")
+POLICIES = ("sync", "fedbuff", "fedasync")
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -78,7 +78,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     algorithm: str = "fedavg"  # fedavg | fedsgd | fedprox | scaffold (their own settings: [fedprox], [scaffold])
-    policy: str = "sync"  # sync: a sampled cohort per round | fedbuff: buffered asynchronous ([fedbuff])
+    policy: str = "sync"  # sync: a sampled cohort per round | fedbuff: buffered asynchronous ([fedbuff]) | fedasync ([fedasync])
     fraction: float = 1.0  # C: fraction of clients sampled each round
     min_clients: int = 1  # at least this many clients each round
     weighted: bool = True  # weight clients by example count (false: unweighted mean)
@@ -134,7 +134,7 @@ class ServerConfig:
         _check(0 <= self.over_selection <= 10, "server.over_selection", self.over_selection,
                "0 (none) to 10, e.g. 0.3 for 30% more clients than a round needs")
         _check(self.over_selection == 0 or self.policy == "sync", "server.over_selection", self.over_selection,
-               "0 with server.policy = 'fedbuff' (over-selection is for synchronous rounds)")
+               "0 with an asynchronous server.policy (over-selection is for synchronous rounds)")
         _check(self.optimizer in ("sgd", "adam", "yogi", "adagrad"), "server.optimizer", self.optimizer,
                "one of sgd, adam, yogi, adagrad")
         _check(self.optimizer == "sgd" or self.momentum == 0, "server.momentum", self.momentum,
@@ -282,6 +282,25 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class FedAsyncConfig:
+    """``[fedasync]``: every arrival mixed into the model at once (server.policy = "fedasync")."""
+
+    alpha: float = 0.6  # α: the mixing weight of a fresh update
+    concurrency: int = 20  # clients training at once
+    staleness: str = "polynomial"  # constant | polynomial | hinge
+    staleness_a: float = 0.5  # a of the polynomial (t − τ + 1)^-a, or of the hinge 1 / (a (t − τ − b) + 1)
+    hinge_b: int = 4  # hinge: versions of staleness still at full weight
+
+    def __post_init__(self) -> None:
+        _check(0 < self.alpha <= 1, "fedasync.alpha", self.alpha, "0 < α <= 1")
+        _check(1 <= self.concurrency <= 1_000_000, "fedasync.concurrency", self.concurrency, "an integer from 1 to 1000000")
+        _check(self.staleness in ("constant", "polynomial", "hinge"), "fedasync.staleness", self.staleness,
+               "one of constant, polynomial, hinge")
+        _check(0 <= self.staleness_a < math.inf, "fedasync.staleness_a", self.staleness_a, "a finite number >= 0")
+        _check(self.hinge_b >= 0, "fedasync.hinge_b", self.hinge_b, "an integer >= 0")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # each run writes a new folder in here
     progress: bool = True  # a live progress bar over rounds
@@ -301,6 +320,7 @@ class RunConfig:
     fedprox: FedProxSettings = field(default_factory=FedProxSettings)
     scaffold: ScaffoldSettings = field(default_factory=ScaffoldSettings)
     fedbuff: FedBuffConfig = field(default_factory=FedBuffConfig)
+    fedasync: FedAsyncConfig = field(default_factory=FedAsyncConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)

@@ -98,17 +98,28 @@ class Experiment:
 
 
 def loop_settings(config: RunConfig) -> LoopSettings:
-    s, ev, fb = config.server, config.evaluate, config.fedbuff
+    s, ev = config.server, config.evaluate
     return LoopSettings(
         rounds=config.rounds, fraction=s.fraction, min_clients=s.min_clients,
         min_successful_clients=s.min_successful_clients, max_failed_rounds=s.max_failed_rounds,
         round_timeout_s=s.round_timeout_s or None, evaluate_every=ev.every,
         federated_fraction=ev.federated_fraction,
         target=None if ev.target is None else Target(ev.target_metric, ev.target, ev.target_mode),
-        policy=FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent, fb.staleness, fb.hinge_b)
-        if s.policy == "fedbuff" else None,
+        policy=_async_policy(config),
         speed_spread=config.simulation.speed_spread, over_selection=s.over_selection,
     )
+
+
+def _async_policy(config: RunConfig) -> FedBuff | None:
+    if config.server.policy == "fedbuff":
+        fb = config.fedbuff
+        return FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent, fb.staleness, fb.hinge_b)
+    if config.server.policy == "fedasync":
+        from cohort.server.fedasync import FedAsync
+
+        fa = config.fedasync
+        return FedAsync(fa.alpha, fa.concurrency, fa.staleness, fa.staleness_a, fa.hinge_b)
+    return None
 
 
 def build(config: RunConfig) -> Experiment:

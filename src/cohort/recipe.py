@@ -40,6 +40,9 @@ def make_algorithm(config: RunConfig) -> Algorithm:
         algorithm = with_privacy(algorithm, config.privacy.mechanism())
     c = config.compression
     if c.kind != "none":
+        if config.server.policy != "sync":
+            raise ConfigError("compression.kind must be 'none' with an asynchronous server.policy: its staleness "
+                              "weighting works on dense updates (use server.policy = 'sync')")
         if config.secagg.mode != "none":
             raise ConfigError("compression.kind must be 'none' with secure aggregation: its masked vectors are "
                               "already fixed-point in the ring, and the server cannot decode a masked update")

@@ -39,8 +39,11 @@ def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext") -> "S
     dispatched = st.dispatched
     started = time.monotonic()
 
+    started_on = ctx.snapshots  # the groups each version in flight was sent (FedAsync mixes with them)
+
     def dispatch(version: int, groups) -> bool:
         nonlocal dispatched
+        started_on[version] = groups
         busy = {w.client_id for w in work_out.values()}
         free = [c for c in channel.available() if c not in busy]
         if not free:
@@ -80,7 +83,8 @@ def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext") -> "S
             work = work._replace(failure=outcome)
         else:
             work = work._replace(reply=outcome)
-        accs, n = fold_replies(ctx, accs, [(work.client_id, policy._stale(work, rctx))], failures, fit_metrics)
+        outcome = policy._stale(work, rctx, started_on.get(work.version), state.groups)
+        accs, n = fold_replies(ctx, accs, [(work.client_id, outcome)], failures, fit_metrics)
         if n:
             staleness.append(state.version - work.version)
         count += n
@@ -89,6 +93,8 @@ def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext") -> "S
     new, stands, problem = finish_step(ctx, state, accs, count)
     while len(work_out) < policy.concurrency and dispatch(new.version, new.groups):
         pass
+    for v in [v for v in started_on if v not in {w.version for w in work_out.values()}]:
+        del started_on[v]  # no work in flight was started on it any more
     record: dict[str, Any] = {
         **train_metrics(fit_metrics), "round": r, "status": "ok" if stands else "skipped",
         "clients_sampled": arrivals, "clients_succeeded": count, "clients_failed": len(failures),

@@ -61,6 +61,7 @@ class StepContext:
     # work a policy has out on a live channel, by task id (FedBuff over gRPC; see server/live.py):
     # it belongs to this run, not to the policy object, which a user may reuse for another run
     in_flight: dict[int, Any] = field(default_factory=dict)
+    snapshots: dict[int, Any] = field(default_factory=dict)  # live: the groups each version in flight was sent
 
 
 @dataclass(frozen=True)
@@ -278,8 +279,10 @@ class FedBuff:
                               f"{max((w.client_id for w in st.in_flight), default=0)}) but fedbuff.concurrency is "
                               f"{self.concurrency} and there are {num_clients} clients; resume with the settings it was started with")
 
-    def _stale(self, work: InFlight, rctx: RoundContext) -> Reply | ClientFailure:
-        """The arrival's outcome with every group passed through the staleness step."""
+    def _stale(self, work: InFlight, rctx: RoundContext, started_on: Groups | None = None,
+               current: Groups | None = None) -> Reply | ClientFailure:
+        """The arrival's outcome with every group passed through the staleness step (FedAsync, a
+        subclass, also needs the groups the work started on and the current ones)."""
         if work.failure is not None:
             return work.failure
         reply = work.reply
@@ -347,7 +350,8 @@ class FedBuff:
                 st = self._compute(st, state, ctx)
             work, st = st.in_flight[0], st._replace(in_flight=st.in_flight[1:])
             clock = work.finish
-            outcome = self._stale(work, rctx)
+            started_on = state.groups if work.version == state.version else st.snapshots.get(work.version)
+            outcome = self._stale(work, rctx, started_on, state.groups)
             accs, n = fold_replies(ctx, accs, [(work.client_id, outcome)], failures, fit_metrics)
             if n:
                 staleness.append(state.version - work.version)
