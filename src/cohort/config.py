@@ -301,6 +301,20 @@ class FedAsyncConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    """``[network]``: a cost model for simulation: each client's latency and bandwidth (seeded)."""
+
+    latency_s: float = 0.0  # one way; 0 and bandwidth_mbps 0: no network model
+    bandwidth_mbps: float = 0.0  # megabits per second; 0: unlimited
+    spread: float = 1.0  # > 1: each client's latency up to spread× and bandwidth down to 1/spread×, log-uniform
+
+    def __post_init__(self) -> None:
+        from cohort.server.network import NetworkModel
+
+        NetworkModel(0, self.latency_s, self.bandwidth_mbps, self.spread)  # checks every value, naming its key
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs"  # each run writes a new folder in here
     progress: bool = True  # a live progress bar over rounds
@@ -325,6 +339,7 @@ class RunConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 

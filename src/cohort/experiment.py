@@ -107,7 +107,13 @@ def loop_settings(config: RunConfig) -> LoopSettings:
         target=None if ev.target is None else Target(ev.target_metric, ev.target, ev.target_mode),
         policy=_async_policy(config),
         speed_spread=config.simulation.speed_spread, over_selection=s.over_selection,
+        network=_network(config),
     )
+
+
+def _network(config: RunConfig) -> tuple[float, float, float] | None:
+    n = config.network
+    return (n.latency_s, n.bandwidth_mbps, n.spread) if n.latency_s > 0 or n.bandwidth_mbps > 0 else None
 
 
 def _async_policy(config: RunConfig) -> FedBuff | None:

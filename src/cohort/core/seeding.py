@@ -30,6 +30,7 @@ class Stage(enum.IntEnum):
     SECAGG_GRAPH = 13  # SecAgg+: the order of the clients on the cycle of its sparse graph
     SECAGG_ROUND = 14  # secure aggregation: a client's stochastic rounding into the ring
     COMPRESS = 15  # compression: a client's stochastic rounding to 8 bits
+    NETWORK = 16  # network cost model: a client's latency and bandwidth
 
 
 def seed_sequence(seed: int, round: int, stage: Stage, client: int = 0) -> np.random.SeedSequence:

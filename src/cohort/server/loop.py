@@ -78,6 +78,7 @@ class LoopSettings:
     policy: FedBuff | None = None  # None: synchronous rounds of a sampled cohort
     speed_spread: float = 1.0  # simulation: fastest/slowest client speed on the virtual clock
     over_selection: float = 0.0  # sample this share more clients than a round needs; close it when enough reported
+    network: tuple[float, float, float] | None = None  # simulation: (latency_s, bandwidth_mbps, spread) per client
 
     def __post_init__(self) -> None:
         checks = (
@@ -96,6 +97,10 @@ class LoopSettings:
                 raise ConfigError(f"{name} is {getattr(self, name)!r}; expected {expected}")
         Synchronous(self.fraction, self.min_clients, self.over_selection)  # checks all three
         ClientSpeeds(0, self.speed_spread)  # checks the spread
+        if self.network is not None:
+            from cohort.server.network import NetworkModel
+
+            NetworkModel(0, *self.network)  # checks its values
 
     def make_policy(self) -> Policy:
         return self.policy if self.policy is not None else Synchronous(self.fraction, self.min_clients, self.over_selection)
@@ -141,7 +146,13 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
     policy.check_state(state.policy, num_clients)
     if state.history and settings.target is not None and settings.target.reached(state.history[-1]):
         return "target"  # a resumed run that had already reached its target has nothing left to do
-    ctx = StepContext(algorithm, channel, num_clients, ClientSpeeds(state.seed, settings.speed_spread),
+    network = None
+    if settings.network is not None:
+        from cohort.server.network import NetworkModel
+
+        network = NetworkModel(state.seed, *settings.network)
+    model_bytes = sum(a.nbytes for a in state.model.values())
+    ctx = StepContext(algorithm, channel, num_clients, ClientSpeeds(state.seed, settings.speed_spread, network, model_bytes),
                       settings.min_successful_clients, settings.round_timeout_s)
     warned = False
     while state.round < settings.rounds:

@@ -37,15 +37,23 @@ class ClientSpeeds:
     task, with ``speed_c = spread ** u_c`` and ``u_c`` uniform in [0, 1), seeded per client (so the
     fastest is at most ``spread`` times the slowest). ``spread = 1``: every client takes 1 s."""
 
-    def __init__(self, seed: int, spread: float = 1.0) -> None:
+    def __init__(self, seed: int, spread: float = 1.0, network=None, model_bytes: int = 0) -> None:
         if not (isinstance(spread, (int, float)) and not isinstance(spread, bool) and 1 <= spread < math.inf):
             raise ConfigError(f"simulation.speed_spread is {spread!r}; expected a finite number >= 1")
         self.seed, self.spread = seed, float(spread)
+        self.network, self.model_bytes = network, model_bytes  # a NetworkModel adds each task's transfer time
 
-    def duration(self, client_id: int) -> float:
+    def compute(self, client_id: int) -> float:
         if self.spread == 1.0:
             return 1.0
         return float(self.spread ** -rng(self.seed, 0, Stage.SPEED, client_id).random())
+
+    def transfer(self, client_id: int) -> float:
+        """Seconds on the network for one task: the model down and an update of the same size up."""
+        return self.network.transfer_s(client_id, self.model_bytes, self.model_bytes) if self.network else 0.0
+
+    def duration(self, client_id: int) -> float:
+        return self.compute(client_id) + self.transfer(client_id)
 
 
 @dataclass
@@ -197,6 +205,11 @@ class Synchronous:
             **train_metrics(fit_metrics), "round": r, "status": "ok" if stands else "skipped",
             "clients_sampled": len(cohort), "clients_succeeded": count, "clients_failed": len(failures),
         }
+        if ctx.speeds.network is not None and ctx.speeds.network.on:  # the round's critical path, split
+            slowest = max(used, key=lambda c: durations[c], default=None)
+            if slowest is not None:
+                record["network_s"] = ctx.speeds.transfer(slowest)
+                record["compute_s"] = ctx.speeds.compute(slowest)
         if self.over_selection:
             record["clients_not_needed"] = len(cohort) - len(used)
         if problem:
