@@ -56,7 +56,8 @@ def harary_graph(ids: list[int], degree: int, seed: int, round_: int) -> dict[in
     return {order[i]: frozenset(order[(i + d) % n] for d in range(-half, half + 1)) for i in range(n)}
 
 
-def _u8(b: bytes) -> np.ndarray:
+def u8(b: bytes) -> np.ndarray:
+    """Bytes as a uint8 array: how the protocol's bytes travel and rest in a client's state."""
     return np.frombuffer(b, np.uint8).copy()
 
 
@@ -85,13 +86,13 @@ class SecAggClient:
         return {
             "head": np.array([self.cid, self.t, self.stage, self.neighbours is not None], np.int64),
             "neighbours": np.array(sorted(self.neighbours or ()), np.int64),
-            "c_sk": _u8(private_bytes(self._c)), "s_sk": _u8(private_bytes(self._s)), "b": _u8(self._b),
+            "c_sk": u8(private_bytes(self._c)), "s_sk": u8(private_bytes(self._s)), "b": u8(self._b),
             "key_ids": np.array(ids, np.int64),
             "c_pk": np.array([list(self._keys[v][0]) for v in ids], np.uint8).reshape(len(ids), 32),
             "s_pk": np.array([list(self._keys[v][1]) for v in ids], np.uint8).reshape(len(ids), 32),
-            "own_s": _u8(self._own.get(KEY_SHARE, b"")), "own_b": _u8(self._own.get(B_SHARE, b"")),
+            "own_s": u8(self._own.get(KEY_SHARE, b"")), "own_b": u8(self._own.get(B_SHARE, b"")),
             "inbox_ids": np.array(inbox_ids, np.int64), "inbox_sizes": np.array([len(x) for x in blobs], np.int64),
-            "inbox": _u8(b"".join(blobs)),
+            "inbox": u8(b"".join(blobs)),
         }
 
     @classmethod

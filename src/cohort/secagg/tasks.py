@@ -20,20 +20,15 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import numpy as np
 
 from cohort.core.arrays import clip_to, flatten
 from cohort.core.errors import ConfigError
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import MODEL, Message, Reply
-from cohort.secagg.protocol import SecAggClient, quantize
+from cohort.secagg.protocol import SecAggClient, quantize, u8
 
 GROUP = "secagg"
 TASKS = ("secagg_advertise", "secagg_share", "secagg_unmask")
-
-
-def u8(b: bytes) -> np.ndarray:
-    return np.frombuffer(b, np.uint8).copy()
 
 
 def b64(b: bytes) -> str:
