@@ -24,7 +24,7 @@ from cohort.core.errors import CohortError, ConfigError, RoundFailed
 from cohort.data import ArrayDataset, Partition
 from cohort.server import checkpoint
 from cohort.recipe import check_client_privacy, flip_attackers_labels, make_algorithm
-from cohort.server.loop import LoopSettings, Target, check_private, privacy_refusal, run_rounds
+from cohort.server.loop import LoopSettings, Target, check_protections, privacy_refusal, run_rounds
 from cohort.server.policies import FedBuff
 from cohort.server.state import ServerState, initial_state
 from cohort.tracking import ConsoleProgress
@@ -159,7 +159,7 @@ def build(config: RunConfig) -> Experiment:
     if config.attack.kind == "label_flip":
         train = flip_attackers_labels(train, partition, config)
     algorithm = make_algorithm(config)
-    check_private(algorithm, settings, size)
+    check_protections(algorithm, settings, size)
     algorithm.check_cohort(size)
     return Experiment(config, train, test, partition, holdout, framework, model_fn, algorithm, settings, size)
 
@@ -261,7 +261,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
             folder.rewrite_metrics(state.history)  # rounds after the checkpoint are run again
         else:
             state = exp.initial_state()
-            why = privacy_refusal(exp.algorithm, state, exp.num_clients, exp.settings)
+            why = privacy_refusal(exp.algorithm, state, exp.num_clients, exp.settings.make_policy())
             if why:  # before anything is written
                 raise ConfigError(f"privacy.epsilon_max allows no round: {why}")
             if write:

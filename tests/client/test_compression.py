@@ -124,3 +124,15 @@ def test_top_k_bridges_index_gaps_over_65535():
     back = decompress(sent, like, "topk")["w"]
     np.testing.assert_array_equal(back, delta["w"])
     assert np.abs(residual["w"]).max() == 0
+
+
+def test_a_bad_compression_setting_from_the_server_fails_that_client_as_a_value():
+    from cohort.algorithms.fedavg import LocalSteps
+    from cohort.channel.runtime import run_client
+    from cohort.core.types import ClientFailure, Message
+    from fakes import Constant
+
+    message = Message("fit", {"model": {"w": np.zeros(1)}}, {"compression": {"kind": "topk", "topk_fraction": "lots"}})
+    outcome, state = run_client(Constant(), LocalSteps(), 4, message, None)
+    assert isinstance(outcome, ClientFailure) and outcome.client_id == 4 and "lots" in outcome.reason
+    assert state is None

@@ -34,22 +34,32 @@ def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, mes
     if new_state is not None and not _is_groups(new_state):
         return ClientFailure(client_id, stage, f"the client state is a {type(new_state).__name__}; "
                                                "expected {group: {name: array}} or None"), state
-    if isinstance(result, Reply) and isinstance(result.metrics, Mapping):  # client-side DP: its own ledger and ε
-        if "dp_sgd_steps" in result.metrics:
-            from cohort.client.dpsgd import account
-
-            result, new_state = account(result, new_state)
-        if "ldp_noise_multiplier" in result.metrics:
-            from cohort.client.ldp import account as account_ldp
-
-            result, new_state = account_ldp(result, new_state)
-    compression = message.config.get("compression") if isinstance(message.config, Mapping) else None
-    if isinstance(result, Reply) and isinstance(compression, Mapping) and isinstance(result.arrays, Mapping) \
-            and MODEL in result.arrays:
-        result, new_state = _compressed(result, new_state, compression, message, client_id)
+    if isinstance(result, Reply):
+        try:
+            result, new_state = _after_reply(result, new_state, message, client_id)
+        except Exception as e:  # a bad setting of the client's privacy or compression fails this client only
+            return ClientFailure(client_id, stage, describe(e)), state
     if isinstance(result, Reply):
         result = replace(result, version=message.version)  # the version it was computed from, whatever it claims
     return result, new_state
+
+
+def _after_reply(reply: Reply, state: ClientState, message: Message, client_id: int) -> tuple[Reply, ClientState]:
+    """What happens to every reply on its way out, in order: client-side DP accounting (the client's
+    ledger and ε, from facts its trainer reported), then compression as the server's config asks."""
+    metrics = reply.metrics if isinstance(reply.metrics, Mapping) else {}
+    if "dp_sgd_steps" in metrics:
+        from cohort.client.dpsgd import account
+
+        reply, state = account(reply, state)
+    if "ldp_noise_multiplier" in metrics:
+        from cohort.client.ldp import account as account_ldp
+
+        reply, state = account_ldp(reply, state)
+    compression = message.config.get("compression") if isinstance(message.config, Mapping) else None
+    if isinstance(compression, Mapping) and isinstance(reply.arrays, Mapping) and MODEL in reply.arrays:
+        reply, state = _compressed(reply, state, compression, message, client_id)
+    return reply, state
 
 
 def _compressed(reply: Reply, state: ClientState, settings: Mapping, message: Message, client_id: int):

@@ -19,7 +19,7 @@ from typing import Any
 
 from cohort.algorithms.base import Algorithm
 from cohort.aggregation.weighting import is_example_count
-from cohort.channel.base import Channel, is_live
+from cohort.channel.base import Channel, groups_nbytes, is_live
 from cohort.core.errors import ConfigError, RoundFailed
 from cohort.core.limits import MAX_ROUNDS, MAX_TIMEOUT_S
 from cohort.core.seeding import Stage
@@ -141,7 +141,7 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
     size = settings.check(num_clients)
     algorithm.check_cohort(size)
     policy = settings.make_policy()
-    check_private(algorithm, settings, size)
+    check_protections(algorithm, settings, size)
     check_fits(state, algorithm)
     policy.check_state(state.policy, num_clients)
     if state.history and settings.target is not None and settings.target.reached(state.history[-1]):
@@ -151,12 +151,12 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         from cohort.server.network import NetworkModel
 
         network = NetworkModel(state.seed, *settings.network)
-    model_bytes = sum(a.nbytes for a in state.model.values())
+    model_bytes = groups_nbytes(state.groups)  # every group travels down, and the same comes back up
     ctx = StepContext(algorithm, channel, num_clients, ClientSpeeds(state.seed, settings.speed_spread, network, model_bytes),
                       settings.min_successful_clients, settings.round_timeout_s)
     warned = False
     while state.round < settings.rounds:
-        why = _refusal(algorithm, state, channel, num_clients, policy)
+        why = privacy_refusal(algorithm, state, num_clients, policy, channel)
         if why:
             if not state.history:
                 raise ConfigError(f"privacy.epsilon_max allows no round: {why}")
@@ -201,7 +201,7 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
     return "rounds"
 
 
-def check_private(algorithm: Algorithm, settings: LoopSettings, size: int | None = None) -> None:
+def check_protections(algorithm: Algorithm, settings: LoopSettings, size: int | None = None) -> None:
     """Differential privacy is accounted for synchronous rounds of a uniformly sampled cohort; secure
     aggregation is a synchronous protocol whose cohort must fit its threshold."""
     if algorithm.private and (settings.policy is not None or settings.over_selection):
@@ -216,16 +216,11 @@ def check_private(algorithm: Algorithm, settings: LoopSettings, size: int | None
             algorithm.secure.check(size)
 
 
-def privacy_refusal(algorithm: Algorithm, state: ServerState, num_clients: int, settings: LoopSettings,
+def privacy_refusal(algorithm: Algorithm, state: ServerState, num_clients: int, policy: Policy,
                     channel: Channel | None = None) -> str | None:
     """Why the next round may not run (a privacy budget it would cross), or None; raises ConfigError
     for privacy settings that cannot work with these rounds. Callers check a new run with it before
     they write anything."""
-    return _refusal(algorithm, state, channel, num_clients, settings.make_policy())
-
-
-def _refusal(algorithm: Algorithm, state: ServerState, channel: Channel | None, num_clients: int, policy: Policy) -> str | None:
-    """Why the next round may not run (a privacy budget it would cross), or None."""
     if not algorithm.private:
         return None
     population = len(channel.available()) if channel is not None and is_live(channel) else num_clients
