@@ -16,8 +16,9 @@ class QuadraticClient:
         x0 = arrays["x"]
         x = x0.copy()
         offset = hooks.gradient_offset["x"] if hooks.gradient_offset else 0.0
+        centre = hooks.anchor["x"] if hooks.anchor is not None else x0
         for _ in range(self.steps):
-            grad = self.a * (x - self.b) + hooks.proximal_mu * (x - x0) + offset
+            grad = self.a * (x - self.b) + hooks.proximal_mu * (x - centre) + offset
             x -= self.lr * grad
         return Trained({"x": x - x0}, self.examples, self.steps, self.lr, {"loss": self.loss(x)})
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cohort.algorithms.fedprox import FedProxSettings
+from cohort.algorithms.personal import DittoSettings, FedPerSettings
 from cohort.algorithms.scaffold import ScaffoldSettings
 from cohort.client.settings import TrainSettings
 from cohort.core.errors import ConfigError
@@ -75,7 +76,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    algorithm: str = "fedavg"  # fedavg | fedsgd | fedprox | scaffold (their own settings: [fedprox], [scaffold])
+    algorithm: str = "fedavg"  # fedavg | fedsgd | fedprox | scaffold | fedper | ditto (own settings: [fedprox], [fedper], [ditto])
     policy: str = "sync"  # sync: a sampled cohort per round | fedbuff: buffered asynchronous ([fedbuff]) | fedasync ([fedasync])
     fraction: float = 1.0  # C: fraction of clients sampled each round
     min_clients: int = 1  # at least this many clients each round
@@ -219,6 +220,8 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     fedprox: FedProxSettings = field(default_factory=FedProxSettings)
     scaffold: ScaffoldSettings = field(default_factory=ScaffoldSettings)
+    fedper: FedPerSettings = field(default_factory=FedPerSettings)
+    ditto: DittoSettings = field(default_factory=DittoSettings)
     fedbuff: FedBuffConfig = field(default_factory=FedBuffConfig)
     fedasync: FedAsyncConfig = field(default_factory=FedAsyncConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -327,6 +330,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
+    if typing.get_origin(kind) is tuple:  # a list of strings, e.g. fedper.personal = ["4"]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{key} is {value!r}; expected a list of strings, e.g. [\"4\"]")
     allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     if value is None and type(None) in allowed:
         return None

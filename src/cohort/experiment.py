@@ -151,9 +151,14 @@ def build(config: RunConfig) -> Experiment:
         raise ConfigError(f"server.algorithm = 'scaffold' needs plain local SGD (its control variates are (x − y)/(K·lr)); "
                           f"client.optimizer is {config.client.optimizer!r} and client.momentum {config.client.momentum}: "
                           "set client.optimizer = 'sgd' and client.momentum = 0, or use fedavg/fedprox")
+    if config.server.algorithm == "fedper" and ev.centralized:
+        raise ConfigError("server.algorithm = 'fedper' keeps each client's personal layers on the client, so the server "
+                          "has no complete model to test on its own data: set evaluate.centralized = false, and evaluate "
+                          "every client on its own held-out data with data.holdout_fraction > 0 and "
+                          "evaluate.federated_fraction > 0")
     settings = loop_settings(config)
     reported = _reported_metrics(train.task, centralized=ev.centralized and test is not None,
-                                 federated=ev.federated_fraction > 0)
+                                 federated=ev.federated_fraction > 0, personal=config.server.algorithm in PERSONALIZED)
     size = settings.check(len(partition), reported)
     check_client_privacy(config)
     if config.attack.kind == "label_flip":
@@ -202,11 +207,15 @@ def _check_model_task(model: str, task: str) -> None:
         raise ConfigError(f"model.name = {model!r} is a classifier; the dataset is a regression one: use 'linear_regression'")
 
 
-def _reported_metrics(task: str, *, centralized: bool, federated: bool) -> list[str]:
+PERSONALIZED = ("fedper", "ditto")  # algorithms whose clients keep a model of their own (personal_* metrics)
+
+
+def _reported_metrics(task: str, *, centralized: bool, federated: bool, personal: bool = False) -> list[str]:
     names = ["loss", "accuracy"] if task == "classification" else ["loss", "r2"]
     out = ["train_loss"]
     out += names if centralized else []
     out += [f"federated_{m}" for m in names] if federated else []
+    out += [f"federated_personal_{m}" for m in names] if federated and personal else []
     return out
 
 
@@ -214,7 +223,7 @@ def _headline_metric(exp: Experiment) -> tuple[str, str]:
     """The metric a run is judged by: the target's if the run reports it, else its main quality metric."""
     ev = exp.config.evaluate
     available = _reported_metrics(exp.train.task, centralized=ev.centralized and exp.test is not None,
-                                  federated=ev.federated_fraction > 0)
+                                  federated=ev.federated_fraction > 0, personal=exp.config.server.algorithm in PERSONALIZED)
     if ev.target_metric in available:
         return ev.target_metric, ev.target_mode
     metric = next(m for m in ("accuracy", "r2", "federated_accuracy", "federated_r2", "train_loss") if m in available)

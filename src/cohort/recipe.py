@@ -61,6 +61,10 @@ def check_client_privacy(config: RunConfig) -> None:
         raise ConfigError(f"client.ldp (local DP) is built into the torch framework's client; this run has {config.model.framework!r}")
     if config.client.ldp and config.server.algorithm == "scaffold":
         raise ConfigError("client.ldp noises the model update only; SCAFFOLD's control variates would leave unprotected")
+    if config.client.ldp and config.server.algorithm in ("fedper", "ditto"):
+        raise ConfigError(f"client.ldp noises every local training's delta, and {config.server.algorithm}'s clients also "
+                          "train a personal model that never leaves them, which it would spoil for nothing: use central "
+                          "DP ([privacy] mode = 'central') or secure aggregation with it")
     if config.client.dp_sgd and (config.model.framework != "torch" or config.server.algorithm != "fedavg"):
         raise ConfigError(f"client.dp_sgd (Opacus) runs in the torch framework's plain local steps, with "
                           f"server.algorithm = 'fedavg'; this run has {config.model.framework!r} and "

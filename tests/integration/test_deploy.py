@@ -18,7 +18,10 @@ SETUPS = {"fedavg": ["server.algorithm=fedavg"], "scaffold": ["server.algorithm=
           # the server clips and noises: the same seeded noise, the same ε, over gRPC as in simulation
           "fedavg+central_dp": ["privacy.mode=central", "privacy.noise_multiplier=0.5", "privacy.clip=0.2"],
           # four exchanges a round through the client processes; the masks cancel exactly, so the same bits
-          "fedavg+secagg": ["secagg.mode=secagg"]}
+          "fedavg+secagg": ["secagg.mode=secagg"],
+          # personal models live in the client processes; their held-out scores match the simulation's
+          "ditto": ["server.algorithm=ditto", "ditto.lam=0.5"],
+          "fedper": ["server.algorithm=fedper", "model.name=mlp", "evaluate.centralized=false"]}
 
 
 @pytest.mark.parametrize("setup", SETUPS)
@@ -49,6 +52,13 @@ def test_three_client_processes_give_the_simulations_bits(setup, tmp_path):
         blobs = {f: f.read_bytes() for f in folder.rglob("*") if f.is_file()}
         assert any(f.name == "server.sqlite" for f in blobs)
         assert not [f for f, blob in blobs.items() for n in needles if n in blob]
+    if "ditto" in setup or "fedper" in setup:
+        import json
+
+        (sim_folder,) = tmp_path.glob("sim-*")
+        scores = [[json.loads(line)["federated_personal_loss"] for line in (f / "metrics.jsonl").read_text().splitlines()]
+                  for f in (folder, sim_folder)]
+        assert scores[0] == scores[1] and len(scores[0]) == 4
     if "privacy.mode=central" in sets:
         import json
 

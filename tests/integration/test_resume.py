@@ -22,6 +22,9 @@ SETUPS = {
     "fedavgm": ["server.momentum=0.9"],
     "fedadam": ["server.optimizer=adam", "server.lr=0.05"],  # its moments come back from the checkpoint
     "scaffold": ["server.algorithm=scaffold"],
+    # the personal models (client state) come back: the held-out personal scores after resuming are the same
+    "ditto": ["server.algorithm=ditto", "ditto.lam=0.3"],
+    "fedper": ["server.algorithm=fedper", "model.name=mlp", "evaluate.centralized=false"],
     "fedbuff": ["server.policy=fedbuff", "fedbuff.buffer_size=3", "fedbuff.concurrency=5", "simulation.speed_spread=4"],
     # the noise, the adaptive clip and ε (the accountant's ledger) all come back from the checkpoint
     "central_dp": ["privacy.mode=central", "privacy.noise_multiplier=0.8", "privacy.clip=0.3", "privacy.adaptive_clip=true"],

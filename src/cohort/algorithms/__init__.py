@@ -4,11 +4,15 @@ from cohort.algorithms.base import Algorithm, ClientHalf, ClientState
 from cohort.algorithms.fedavg import LocalSteps, fedavg
 from cohort.algorithms.fedprox import FedProxSettings, ProximalSteps, fedprox
 from cohort.algorithms.fedsgd import FullGradient, fedsgd
+from cohort.algorithms.personal import (
+    PERSONAL, PERSONAL_INIT, DittoSettings, FedPerSettings, PersonalLayers, PersonalModel, ditto, fedper,
+)
 from cohort.algorithms.scaffold import CONTROL, ControlledSteps, ScaffoldSettings, scaffold
 
-ALGORITHMS = {"fedavg": fedavg, "fedsgd": fedsgd, "fedprox": fedprox, "scaffold": scaffold}
+ALGORITHMS = {"fedavg": fedavg, "fedsgd": fedsgd, "fedprox": fedprox, "scaffold": scaffold, "fedper": fedper, "ditto": ditto}
 
 __all__ = [
-    "ALGORITHMS", "CONTROL", "Algorithm", "ClientHalf", "ClientState", "ControlledSteps", "FedProxSettings",
-    "FullGradient", "LocalSteps", "ProximalSteps", "ScaffoldSettings", "fedavg", "fedprox", "fedsgd", "scaffold",
+    "ALGORITHMS", "CONTROL", "PERSONAL", "PERSONAL_INIT", "Algorithm", "ClientHalf", "ClientState", "ControlledSteps",
+    "DittoSettings", "FedPerSettings", "FedProxSettings", "FullGradient", "LocalSteps", "PersonalLayers", "PersonalModel",
+    "ProximalSteps", "ScaffoldSettings", "ditto", "fedavg", "fedper", "fedprox", "fedsgd", "scaffold",
 ]

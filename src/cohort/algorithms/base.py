@@ -49,6 +49,10 @@ def _model_only(model: NamedArrays) -> Groups:
     return {MODEL: model}
 
 
+def _model_group(groups: Groups) -> NamedArrays:
+    return groups[MODEL]
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """Both halves of an algorithm. Build one with a factory (``fedavg()``, ``scaffold()``, ...)."""
@@ -57,6 +61,7 @@ class Algorithm:
     client: ClientHalf
     aggregators: Mapping[str, Aggregator]  # one pipeline per group the clients send back
     groups: Callable[[NamedArrays], Groups] = _model_only  # the global groups, from the initial model
+    whole: Callable[[Groups], NamedArrays] = _model_group  # the inverse: a model with every array ``groups`` split off
     config: Mapping[str, Any] = field(default_factory=dict)  # sent to every client, every round
     secure: Any = None  # cohort.secagg.SecureAggregation: the server learns only the sum of each round
     compression: str = "none"  # how the model delta travels up: none | fp16 | int8 | topk (cohort.client.compression)

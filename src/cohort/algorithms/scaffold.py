@@ -49,7 +49,7 @@ class ControlledSteps(ClientHalf):
 
     def fit(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply, ClientState]:
         x, c = message.arrays[MODEL], message.arrays[CONTROL]
-        c_i = state[CONTROL] if state else {k: np.zeros_like(v) for k, v in c.items()}
+        c_i = (state or {}).get(CONTROL) or {k: np.zeros_like(v) for k, v in c.items()}
         offset = {k: c[k] - c_i[k] for k in c}
         t = trainer.train(x, message.config, Hooks(gradient_offset=offset))
         if t.num_steps < 1 or not t.lr > 0:
@@ -62,7 +62,7 @@ class ControlledSteps(ClientHalf):
             raise FloatingPointError("SCAFFOLD's new control variate is not finite (the local training diverged); "
                                      "the client keeps its previous one")
         dc = {k: c_new[k] - c_i[k] for k in c}
-        return Reply({MODEL: t.delta, CONTROL: dc}, t.num_examples, t.metrics), {CONTROL: c_new}
+        return Reply({MODEL: t.delta, CONTROL: dc}, t.num_examples, t.metrics), {**(state or {}), CONTROL: c_new}
 
 
 def _groups(model: NamedArrays) -> Groups:

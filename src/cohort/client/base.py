@@ -48,6 +48,7 @@ class Hooks:
 
     proximal_mu: float = 0.0  # extra loss term μ/2·‖w − w_received‖² (FedProx); 0: none
     gradient_offset: NamedArrays | None = None  # added to every step's gradient (SCAFFOLD: c − cᵢ)
+    anchor: NamedArrays | None = None  # the proximal term's centre; None: the arrays training starts from (Ditto: the global model)
 
     @property
     def plain(self) -> bool:

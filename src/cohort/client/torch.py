@@ -200,7 +200,8 @@ class TorchClient:
                                                         make_optimizer)
             else:
                 shuffle = rng(seed, round_, Stage.SHUFFLE, self.client_id)
-                mean_loss, steps = train_epochs(self.model, self.x, self.y, LOSSES[self.loss], settings, shuffle, hooks, arrays)
+                mean_loss, steps = train_epochs(self.model, self.x, self.y, LOSSES[self.loss], settings, shuffle, hooks,
+                                                  arrays if hooks.anchor is None else hooks.anchor)
         new = self.model.state_dict()
         delta = {name: np.subtract(t.numpy(), arrays[name]) for name, t in new.items()}
         if settings.ldp:  # local DP: clipped and noised before it leaves this client

@@ -97,7 +97,11 @@ def structure(tree: object) -> object:
 
 def check_fits(state: ServerState, algorithm) -> None:
     """Raise ConfigError unless ``state`` has the groups and step states ``algorithm`` would have."""
-    groups, steps = algorithm.init(state.model)
+    try:
+        groups, steps = algorithm.init(algorithm.whole(state.groups))
+    except (KeyError, ConfigError) as e:
+        raise ConfigError(f"the checkpoint's groups ({sorted(state.groups)}) do not fit algorithm {algorithm.name!r}: "
+                          f"{e}; resume with the config the run was started with") from e
     if structure(groups) != structure(state.groups):
         raise ConfigError(f"the checkpoint's groups ({sorted(state.groups)}) do not fit algorithm {algorithm.name!r} "
                           f"({sorted(groups)}); resume with the config the run was started with")
