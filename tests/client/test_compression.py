@@ -136,3 +136,29 @@ def test_a_bad_compression_setting_from_the_server_fails_that_client_as_a_value(
     outcome, state = run_client(Constant(), LocalSteps(), 4, message, None)
     assert isinstance(outcome, ClientFailure) and outcome.client_id == 4 and "lots" in outcome.reason
     assert state is None
+
+
+
+@pytest.mark.parametrize("algorithm", ["scaffold", "ditto"])
+def test_algorithms_with_client_state_of_their_own_keep_the_residual_too(algorithm):
+    """The residual lives beside the algorithm's own state (SCAFFOLD's cᵢ, Ditto's personal model), and
+    error feedback holds round after round: sent + new residual = true update + previous residual."""
+    from cohort.algorithms import ALGORITHMS
+    from cohort.channel.runtime import run_client
+    from cohort.core.types import MODEL, Message
+
+    exp = build(load_config(None, ["data.num_clients=3", f"server.algorithm={algorithm}"]))
+    half, client_fn = ALGORITHMS[algorithm]().client, exp.client_fn()
+    groups = exp.initial_state().groups
+    state = None
+    for r in (1, 2, 3):
+        plain = {"round": r, "seed": 0}
+        true, _ = half.handle(Message("fit", groups, plain, 0), client_fn(0), state)
+        reply, after = run_client(client_fn, half, 0, Message("fit", groups, {**plain, "compression": {
+            "kind": "topk", "topk_fraction": 0.1}}, 0), state)
+        assert RESIDUAL in after and len(after) == 2, (r, reply)
+        sent = decompress(reply.arrays[MODEL], groups[MODEL], "topk")
+        for k, d in true.arrays[MODEL].items():
+            before = state[RESIDUAL][k] if state else 0.0
+            np.testing.assert_allclose(sent[k] + after[RESIDUAL][k], d + before, rtol=1e-3, atol=1e-6)
+        state = after
