@@ -1,12 +1,12 @@
 """cohort: federated learning that reads simply, simulates fast and deploys safely.
 
 The pieces most programs need are here; everything else lives in its module (see README.md).
-Importing cohort imports no framework: the torch adapter (``TorchClient`` and friends) is loaded
-the first time one of its names is used.
+Importing cohort imports no framework: the torch, Keras and scikit-learn adapters (``TorchClient``,
+``KerasClient``, ``SklearnClient`` and friends) are loaded the first time one of their names is used.
 """
 
 from cohort.aggregation import Aggregate, Aggregator, Combine, Step, chain, process, sgd, staleness_weight, uniform_weights, weighted_sum
-from cohort.algorithms import Algorithm, ClientHalf, fedavg, fedprox, fedsgd, scaffold
+from cohort.algorithms import Algorithm, ClientHalf, ditto, fedavg, fedper, fedprox, fedsgd, scaffold
 from cohort.channel import Channel, InProcessChannel, ProcessPoolChannel
 from cohort.client.base import Client, ClientFn, Hooks, Trained, Trainer
 from cohort.client.settings import TrainSettings
@@ -25,14 +25,19 @@ from cohort.simulation import simulate
 
 __version__ = "0.2.0"
 
-_TORCH_NAMES = ("TorchClient", "TorchClientFactory", "TorchEvaluator", "initial_arrays")
+_LAZY = {  # name -> (module, attribute): the framework adapters, imported on first use
+    **{n: ("cohort.client.torch", n) for n in ("TorchClient", "TorchClientFactory", "TorchEvaluator", "initial_arrays")},
+    "KerasClient": ("cohort.client.keras", "KerasClient"), "keras_weights": ("cohort.client.keras", "weights_of"),
+    "SklearnClient": ("cohort.client.sklearn", "SklearnClient"), "SklearnModel": ("cohort.client.sklearn", "SklearnModel"),
+}
 
 
 def __getattr__(name: str):
-    if name in _TORCH_NAMES:  # the torch adapter, imported on first use
-        from cohort.client import torch as torch_adapter
+    if name in _LAZY:
+        import importlib
 
-        return getattr(torch_adapter, name)
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'cohort' has no attribute {name!r}")
 
 
@@ -41,7 +46,8 @@ __all__ = [
     "ClientHalf", "ClientStateStore", "ClientUpdate", "CohortError", "Combine", "ConfigError", "DataError",
     "EvaluateResult", "FailureStage", "FedBuff", "FitResult", "Hooks", "InProcessChannel", "Instruction",
     "LoopSettings", "Message", "NamedArrays", "PrivacyBudgetExceeded", "ProcessPoolChannel", "Reply",
-    "RoundContext", "RoundFailed", "ServerState", "Step", "Target", "TorchClient", "TorchClientFactory",
+    "KerasClient", "RoundContext", "RoundFailed", "ServerState", "SklearnClient", "SklearnModel", "Step", "Target",
+    "TorchClient", "TorchClientFactory", "ditto", "fedper", "keras_weights",
     "TorchEvaluator", "TrainSettings", "Trained", "Trainer", "TransportError", "UpdateRejected", "chain", "fedavg",
     "fedprox", "fedsgd", "from_torch", "initial_arrays", "initial_state", "load_safetensors", "process", "run",
     "run_rounds", "save_safetensors", "scaffold", "sgd", "simulate", "staleness_weight", "to_torch",

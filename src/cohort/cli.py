@@ -76,7 +76,9 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
     console = Console()
     console.print(f"cohort: {config.name} from {source}", highlight=False, markup=False, soft_wrap=True)
     experiment = build(config)  # every check happens here, before training
-    console.print(f"model {config.model.name}, {config.server.algorithm} ({config.server.policy}), up to "
+    model = config.model.factory or config.model.name
+    framework = f" ({config.model.framework})" if config.model.framework != "torch" else ""
+    console.print(f"model {model}{framework}, {config.server.algorithm} ({config.server.policy}), up to "
                   f"{config.rounds} rounds; {experiment.num_clients} clients, {experiment.cohort_size} per round:",
                   highlight=False, soft_wrap=True)
     for line in experiment.describe_clients().splitlines()[1:3]:  # sizes, and labels per client

@@ -66,12 +66,15 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "logistic_regression"  # mnist_2nn | mnist_cnn | mlp | cnn | linear_regression | logistic_regression
-    framework: str = "torch"  # the framework adapter that builds and trains it (cohort.frameworks)
+    framework: str = "torch"  # torch | keras | sklearn: the adapter that builds and trains it (cohort.frameworks)
+    factory: str = ""  # your own model: "module:function" or "file.py:function" (with (input_shape, outputs) or none); wins over name
 
     def __post_init__(self) -> None:
         from cohort import frameworks
 
         _check(self.framework in frameworks.names(), "model.framework", self.framework, f"one of {', '.join(frameworks.names())}")
+        if self.factory:
+            frameworks.check_factory_spec(self.factory)
 
 
 @dataclass(frozen=True)

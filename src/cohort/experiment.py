@@ -22,6 +22,7 @@ from cohort.config import DataConfig, RunConfig
 from cohort.core.arrays import num_parameters
 from cohort.core.errors import CohortError, ConfigError, RoundFailed
 from cohort.data import ArrayDataset, Partition
+from cohort.frameworks import Factory
 from cohort.server import checkpoint
 from cohort.recipe import check_client_privacy, flip_attackers_labels, make_algorithm
 from cohort.server.loop import LoopSettings, Target, check_protections, privacy_refusal, run_rounds
@@ -135,13 +136,22 @@ def build(config: RunConfig) -> Experiment:
     train, test = load_data(config.data, config.seed)
     partition, holdout = partition_data(train, config.data, config.seed)
     outputs = train.num_classes if train.task == "classification" else 1
-    _check_model_task(config.model.name, train.task)
-    if config.model.name not in framework.models:
-        raise ConfigError(f"model.name is {config.model.name!r}; expected one of {', '.join(framework.models)}")
+    factory = Factory(config.model.factory, tuple(train.feature_shape), outputs) if config.model.factory else None
+    if framework.algorithms is not None and config.server.algorithm not in framework.algorithms:
+        raise ConfigError(f"server.algorithm = {config.server.algorithm!r} changes local training in a way the "
+                          f"{framework.name} client cannot (it trains with the model's own fit); with model.framework = "
+                          f"{framework.name!r} use {' or '.join(repr(a) for a in framework.algorithms)}, or the torch framework")
+    if factory is None:
+        _check_model_task(config.model.name, train.task)
+        if config.model.name not in framework.models:
+            raise ConfigError(f"model.name is {config.model.name!r}; expected one of {', '.join(framework.models)}"
+                              if framework.models else f"model.framework = {framework.name!r} builds your own model: "
+                              f"set model.factory = 'module:function' (see examples/)")
     try:
-        model_fn = framework.build_model(config.model.name, tuple(train.feature_shape), outputs, train)
+        model_fn = framework.build_model(config.model.name, factory, tuple(train.feature_shape), outputs, train)
     except ConfigError as e:  # name the setting and the data it was checked against
-        raise ConfigError(f"model.name is {config.model.name!r}, which does not fit data.dataset = "
+        which = f"model.factory is {factory.spec!r}" if factory else f"model.name is {config.model.name!r}"
+        raise ConfigError(f"{which}, which does not fit data.dataset = "
                           f"{config.data.dataset!r} (examples of shape {tuple(train.feature_shape)}, "
                           f"{outputs} output{'s' if outputs != 1 else ''}): {e}") from e
     ev = config.evaluate
@@ -200,11 +210,14 @@ def partition_data(train: ArrayDataset, cfg: DataConfig, seed: int) -> tuple[Par
     return datasets.split_holdout(partition, cfg.holdout_fraction, seed)
 
 
+REGRESSORS = ("linear_regression", "sgd_regressor")
+
+
 def _check_model_task(model: str, task: str) -> None:
-    if model == "linear_regression" and task != "regression":
-        raise ConfigError("model.name = 'linear_regression' needs a regression dataset; for class labels use 'logistic_regression'")
-    if model != "linear_regression" and task == "regression":
-        raise ConfigError(f"model.name = {model!r} is a classifier; the dataset is a regression one: use 'linear_regression'")
+    if model in REGRESSORS and task != "regression":
+        raise ConfigError(f"model.name = {model!r} needs a regression dataset; for class labels use 'logistic_regression'")
+    if model not in REGRESSORS and task == "regression":
+        raise ConfigError(f"model.name = {model!r} is a classifier; the dataset is a regression one: use 'linear_regression' (torch) or 'sgd_regressor' (sklearn)")
 
 
 PERSONALIZED = ("fedper", "ditto")  # algorithms whose clients keep a model of their own (personal_* metrics)

@@ -33,3 +33,17 @@ def test_the_torch_names_load_on_first_use():
     r = subprocess.run([sys.executable, "-c", "import sys, cohort; assert 'torch' not in sys.modules; "
                         "cohort.TorchClient; assert 'torch' in sys.modules"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_import_cohort_imports_no_framework():
+    """Frameworks load on first use: importing cohort and loading configs of every framework imports none."""
+    script = ("import sys, cohort, cohort.frameworks\n"
+              "from cohort.config import load_config\n"
+              "for f in ('keras', 'sklearn', 'torch'):\n"
+              "    load_config(None, [f'model.framework={f}'])\n"
+              "loaded = [m for m in ('keras', 'sklearn', 'transformers', 'peft', 'torch', 'tensorflow') if m in sys.modules]\n"
+              "assert not loaded, loaded\n"
+              "print('none')")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "none"

@@ -310,12 +310,17 @@ def initial_arrays(model_fn: Callable[[], torch.nn.Module], seed: int) -> NamedA
         return from_torch(model_fn().state_dict())
 
 
-def _build_model(name: str, feature_shape: tuple[int, ...], outputs: int, example: Any) -> Callable[[], torch.nn.Module]:
+def _build_model(name: str, factory, feature_shape: tuple[int, ...], outputs: int, example: Any) -> Callable[[], torch.nn.Module]:
     from cohort.models import check_fits, model_factory
 
-    model_fn = model_factory(name, feature_shape, outputs)
+    model_fn = factory if factory is not None else model_factory(name, feature_shape, outputs)
+    if factory is not None:
+        built = factory()
+        if not isinstance(built, torch.nn.Module):
+            raise ConfigError(f"model.factory {factory.spec!r} returned a {type(built).__name__}; the torch framework "
+                              "needs a torch.nn.Module")
     x, _ = to_tensors(example.x[:1], example.y[:1], example.x_scale)
-    check_fits(model_fn, x[0], outputs, name)
+    check_fits(model_fn, x[0], outputs, factory.spec if factory is not None else name)
     return model_fn
 
 

@@ -1,0 +1,16 @@
+"""Estimator factories for test_sklearn.py: one that works, and ones a user could wrongly give."""
+
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import SGDClassifier, SGDRegressor
+
+
+def hinge_sgd():
+    return SGDClassifier(loss="hinge", alpha=1e-4, learning_rate="constant", eta0=0.005)
+
+
+def random_forest():
+    return RandomForestClassifier()
+
+
+def regressor():
+    return SGDRegressor()
