@@ -21,7 +21,10 @@ SETUPS = {"fedavg": ["server.algorithm=fedavg"], "scaffold": ["server.algorithm=
           "fedavg+secagg": ["secagg.mode=secagg"],
           # personal models live in the client processes; their held-out scores match the simulation's
           "ditto": ["server.algorithm=ditto", "ditto.lam=0.5"],
-          "fedper": ["server.algorithm=fedper", "model.name=mlp", "evaluate.centralized=false"]}
+          "fedper": ["server.algorithm=fedper", "model.name=mlp", "evaluate.centralized=false"],
+          # the other frameworks in client processes: Keras weights by variable path, scikit-learn's coef_/intercept_
+          "keras": ["model.framework=keras", f"model.factory='{TESTS.parent / 'examples' / 'keras_models.py'}:binary_classifier'"],
+          "sklearn": ["model.framework=sklearn", "model.name=sgd_classifier"]}
 
 
 @pytest.mark.parametrize("setup", SETUPS)
