@@ -78,9 +78,23 @@ def test_quiet_run_prints_no_round_lines(demo_runs):
 
 def test_run_folder_holds_config_metrics_model_and_summary(demo_runs):
     assert sorted(p.name for p in demo_runs["a"].iterdir()) == [
-        ".lock", "checkpoints", "clients.txt", "config.toml", "metrics.csv", "metrics.jsonl", "model.pt", "model.safetensors", "summary.json"]
+        ".lock", "checkpoints", "clients.jsonl", "clients.txt", "config.toml", "metrics.csv", "metrics.jsonl", "model.pt",
+        "model.safetensors", "summary.json"]
     clients = (demo_runs["a"] / "clients.txt").read_text()
     assert clients.startswith("10 clients") and "label histogram" in clients
+    # a row per sampled client per round for training, and one per evaluated client (the demo takes all 10 in both)
+    rows = [json.loads(line) for line in (demo_runs["a"] / "clients.jsonl").read_text().splitlines()]
+    for r in (1, 2, 3):
+        for task in ("fit", "evaluate"):
+            mine = [row for row in rows if row["round"] == r and row["task"] == task]
+            assert sorted(row["client"] for row in mine) == list(range(10)), (r, task)
+            assert all(row["status"] == "ok" and row["examples"] >= 1 and row["seconds"] >= 0 for row in mine)
+    fit = [row for row in rows if row["task"] == "fit"]
+    assert all(row["bytes"] == 31 * 2 * 4 and "train_loss" in row["metrics"] for row in fit)  # 30 features + bias, 2 classes
+    evaluated = [row for row in rows if row["task"] == "evaluate"]
+    assert all(0 <= row["metrics"]["accuracy"] <= 1 and row["loss"] > 0 for row in evaluated)
+    records = [json.loads(line) for line in (demo_runs["a"] / "metrics.jsonl").read_text().splitlines()]
+    assert all("clients" not in rec for rec in records)
 
 
 def test_resolved_config_loads_back_equal(demo_runs):

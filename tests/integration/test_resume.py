@@ -60,6 +60,11 @@ def records(folder: Path):
     return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS} for line in lines]
 
 
+def client_rows(folder: Path):
+    lines = (folder / "clients.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
     """One uninterrupted in-process run per algorithm setup."""
@@ -107,6 +112,7 @@ def test_sigkill_then_resume_is_byte_identical(setup, backend, references, tmp_p
     for name in a:
         assert a[name].tobytes() == b[name].tobytes(), name
     assert records(folder) == records(ref)  # no round lost or duplicated, metrics equal but for timings
+    assert client_rows(folder) == client_rows(ref)  # the per-client rows too: none lost, none twice
     assert [r["round"] for r in records(folder)] == list(range(1, ROUNDS + 1))
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["rounds_completed"] == ROUNDS

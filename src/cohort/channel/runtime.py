@@ -6,6 +6,7 @@ back. Anything user code raises or returns wrongly becomes a :class:`ClientFailu
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import replace
@@ -22,6 +23,7 @@ def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, mes
     """Run ``message.task`` for client ``client_id``; return its outcome and its next state (the
     state is unchanged when the client fails)."""
     stage = FailureStage.of_task(message.task)
+    started = time.perf_counter()
     try:
         trainer = as_trainer(client_fn(client_id))
         result, new_state = client_half.handle(message, trainer, state)
@@ -39,8 +41,11 @@ def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, mes
             result, new_state = _after_reply(result, new_state, message, client_id)
         except Exception as e:  # a bad setting of the client's privacy or compression fails this client only
             return ClientFailure(client_id, stage, describe(e)), state
-    if isinstance(result, Reply):
-        result = replace(result, version=message.version)  # the version it was computed from, whatever it claims
+    seconds = time.perf_counter() - started
+    if isinstance(result, Reply):  # the version it was computed from, whatever it claims
+        result = replace(result, version=message.version, seconds=seconds)
+    else:
+        result = replace(result, seconds=seconds)
     return result, new_state
 
 

@@ -41,6 +41,7 @@ class Reply:
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
     version: int = 0  # the model version the reply was computed from (set by the client runtime)
+    seconds: float = 0.0  # the client's own time on the task (set by the client runtime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class EvaluateResult:
     loss: float
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    seconds: float = 0.0  # the client's own time on the task (set by the client runtime)
 
 
 class FailureStage(str, enum.Enum):

@@ -26,7 +26,7 @@ from cohort.core.seeding import Stage
 from cohort.core.types import ClientFailure, EvaluateResult, FailureStage, Instruction, Message, RoundContext
 from cohort.server.checkpoint import check_fits
 from cohort.server.policies import ClientSpeeds, FedBuff, StepContext, Synchronous
-from cohort.server.records import WeightedMean, checked_evaluation, failure_lines
+from cohort.server.records import WeightedMean, checked_evaluation, client_row, failure_lines
 from cohort.server.sampling import cohort_size, sample_cohort
 from cohort.server.state import ServerState
 
@@ -163,18 +163,22 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
             return f"privacy budget: {why}"
         started = time.perf_counter()
         sent0, received0 = channel.bytes_sent, channel.bytes_received
+        ctx.rows.clear()
         out = policy.step(state, ctx)
         state, record, failures = out.state, out.record, list(out.failures)
         r = state.round
+        rows = [*ctx.rows, *(client_row("evaluate" if f.stage == FailureStage.EVALUATE else "fit", f.client_id, f)
+                             for f in failures)]
         record["version"] = state.version
         record.update(algorithm.report(state.steps))
         if r % settings.evaluate_every == 0 or r == settings.rounds:
             if evaluate is not None:
                 record.update(checked_evaluation(evaluate(dict(state.model))))
             if settings.federated_fraction > 0:
-                metrics, eval_failures = federated_evaluation(state, channel, num_clients, settings)
+                metrics, eval_failures = federated_evaluation(state, channel, num_clients, settings, rows)
                 record.update(metrics, evaluations_failed=len(eval_failures))
                 failures += eval_failures
+                rows += [client_row("evaluate", f.client_id, f) for f in eval_failures]
         record["bytes_sent"] = channel.bytes_sent - sent0
         record["bytes_received"] = channel.bytes_received - received0
         record["seconds"] = time.perf_counter() - started
@@ -188,7 +192,7 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
             warnings.warn(f"the target's metric {settings.target.metric!r} is not in round {r}'s record "
                           f"(it has {', '.join(sorted(k for k in record if k not in ('failures',)))}); "
                           "the target can never be reached", stacklevel=2)
-        yield state, record
+        yield state, {**record, "clients": [{"round": r, **row} for row in rows]}  # the rows are not kept in the history
         if not out.stands and state.failed_rounds >= settings.max_failed_rounds:
             shown = "\n  ".join([*([record["aggregate_error"]] if "aggregate_error" in record else []),
                                  *record.get("failures", [])[:3]]) or "no replies"
@@ -244,9 +248,10 @@ def run(state: ServerState, *, on_round: Iterable[OnRound] = (), **kwargs) -> tu
             callback(record, state)
 
 
-def federated_evaluation(state: ServerState, channel: Channel, num_clients: int, settings: LoopSettings
-                         ) -> tuple[dict[str, float], list[ClientFailure]]:
-    """Example-weighted means of the sampled clients' held-out loss and metrics, and the failures."""
+def federated_evaluation(state: ServerState, channel: Channel, num_clients: int, settings: LoopSettings,
+                         rows: list | None = None) -> tuple[dict[str, float], list[ClientFailure]]:
+    """Example-weighted means of the sampled clients' held-out loss and metrics, and the failures; with
+    ``rows``, each client's result is appended to it as well."""
     size = cohort_size(num_clients, settings.federated_fraction)
     clients = sample_cohort(num_clients, size, state.seed, state.round, Stage.EVAL_SAMPLE)
     message = Message("evaluate", state.groups, {"round": state.round, "seed": state.seed, "version": state.version}, state.version)
@@ -259,6 +264,8 @@ def federated_evaluation(state: ServerState, channel: Channel, num_clients: int,
         elif isinstance(reply, EvaluateResult) and is_example_count(reply.num_examples) and _is_real(reply.loss) and math.isfinite(reply.loss):
             metrics = reply.metrics if isinstance(reply.metrics, Mapping) else {}
             mean.add({**metrics, "loss": reply.loss}, reply.num_examples)
+            if rows is not None:
+                rows.append(client_row("evaluate", cid, reply))
         else:
             failures.append(ClientFailure(cid, FailureStage.VALIDATE,
                                           f"evaluation result has loss {getattr(reply, 'loss', None)!r} and num_examples "

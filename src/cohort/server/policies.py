@@ -27,7 +27,7 @@ from cohort.core.errors import ConfigError, UpdateRejected
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import ClientFailure, ClientUpdate, FailureStage, Groups, Instruction, Message, Reply, RoundContext
 from cohort.server.live import live_step
-from cohort.server.records import WeightedMean, train_metrics
+from cohort.server.records import WeightedMean, client_row, train_metrics
 from cohort.server.sampling import cohort_size, sample_cohort
 from cohort.server.state import ServerState
 
@@ -70,6 +70,7 @@ class StepContext:
     # it belongs to this run, not to the policy object, which a user may reuse for another run
     in_flight: dict[int, Any] = field(default_factory=dict)
     snapshots: dict[int, Any] = field(default_factory=dict)  # live: the groups each version in flight was sent
+    rows: list[dict[str, Any]] = field(default_factory=list)  # this step's accepted updates, one row each (clients.jsonl)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def fold_replies(ctx: StepContext, accs, replies, failures: list[ClientFailure],
             continue
         count += 1
         fit_metrics.add(outcome.metrics, outcome.num_examples)
+        ctx.rows.append(client_row("fit", cid, outcome))
         if on_reply is not None:
             on_reply(cid, outcome)
         if enough is not None and count >= enough:

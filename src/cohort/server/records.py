@@ -8,7 +8,7 @@ from numbers import Real
 from typing import Any
 
 from cohort.core.errors import ConfigError
-from cohort.core.types import ClientFailure
+from cohort.core.types import ClientFailure, EvaluateResult, Reply
 
 MAX_FAILURES_RECORDED = 10
 
@@ -77,3 +77,31 @@ def checked_evaluation(result: object) -> dict[str, float]:
 
 def failure_lines(failures: list[ClientFailure]) -> list[str]:
     return [f"client {f.client_id} ({f.stage}): {f.reason}" for f in failures[:MAX_FAILURES_RECORDED]]
+
+
+def client_row(task: str, client_id: int, outcome: object) -> dict[str, Any]:
+    """One client's part of a round, as a line of ``clients.jsonl``: what it reported (examples, loss,
+    metrics, its own seconds, bytes sent up) or why it failed. Never an array."""
+    row: dict[str, Any] = {"client": int(client_id), "task": task}
+    if isinstance(outcome, ClientFailure):
+        return {**row, "status": "failed", "stage": getattr(outcome.stage, "value", str(outcome.stage)),
+                "failure": str(outcome.reason)[:500]}
+    row["status"] = "ok"
+    if isinstance(outcome, (Reply, EvaluateResult)):
+        row["examples"] = outcome.num_examples
+        if isinstance(outcome, EvaluateResult) and _finite(outcome.loss):
+            row["loss"] = float(outcome.loss)
+        metrics = outcome.metrics if isinstance(outcome.metrics, Mapping) else {}
+        row["metrics"] = {k: float(v) for k, v in metrics.items() if isinstance(k, str) and _finite(v)}
+        row["seconds"] = round(float(outcome.seconds), 6) if _finite(outcome.seconds) else None
+        if isinstance(outcome, Reply) and isinstance(outcome.arrays, Mapping):
+            row["bytes"] = sum(getattr(a, "nbytes", 0) for g in outcome.arrays.values() if isinstance(g, Mapping)
+                               for a in g.values())
+    return row
+
+
+def _finite(v: object) -> bool:
+    try:
+        return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v))
+    except OverflowError:  # an int too large for a float
+        return False

@@ -84,6 +84,17 @@ class RunFolder:
                 writer.close()
             os.replace(tmp, self.path / name)
         self.writers = [JsonlWriter(self.path / "metrics.jsonl"), CsvWriter(self.path / "metrics.csv", append=True)]
+        last = history[-1]["round"] if history else 0
+        clients = self.path / "clients.jsonl"
+        if clients.exists():  # the same for the per-client rows: those of rounds after the checkpoint go
+            kept = []
+            for line in clients.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    if json.loads(line).get("round", 0) <= last:
+                        kept.append(line + "\n")
+                except (ValueError, AttributeError):
+                    continue  # a line torn by a crash
+            _write_atomic(clients, "".join(kept))
 
     def write_config(self, toml_text: str) -> None:
         self.write_text("config.toml", toml_text)
@@ -92,8 +103,21 @@ class RunFolder:
         _write_atomic(self.path / name, text)
 
     def write_round(self, record: Mapping[str, Any], state: Any = None) -> None:
+        """The round's figures to metrics.jsonl/.csv, and its per-client rows (``record["clients"]``) to
+        clients.jsonl, each named by ``client_names`` when the run has them."""
+        rows = record.get("clients")
+        if rows is not None:
+            record = {k: v for k, v in record.items() if k != "clients"}
         for writer in self.writers:
             writer.write(record)
+        if rows:
+            if getattr(self, "clients_writer", None) is None:
+                self.clients_writer = JsonlWriter(self.path / "clients.jsonl")
+            names = getattr(self, "client_names", None)
+            if names is not None:
+                rows = [{**{k: v for k, v in row.items() if k != "name"}, "name": names[row["client"]]}
+                        if 0 <= row.get("client", -1) < len(names) else row for row in rows]
+            self.clients_writer.write_many(rows)
 
     def save_model(self, arrays: NamedArrays, metadata: Mapping[str, str] | None = None,
                    native: Callable[[NamedArrays, Path], Any] | None = None) -> None:
@@ -111,9 +135,9 @@ class RunFolder:
         _write_atomic(self.path / "summary.json", json.dumps(dict(summary), indent=2) + "\n")
 
     def close(self) -> None:
-        for writer in self.writers:
+        for writer in [*self.writers, *([self.clients_writer] if getattr(self, "clients_writer", None) else [])]:
             writer.close()
-        self.writers = []
+        self.writers, self.clients_writer = [], None
 
     def release(self) -> None:
         """Close the writers and let another process have the folder."""

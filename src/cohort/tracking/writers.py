@@ -100,6 +100,11 @@ class JsonlWriter:
         line = json.dumps(dict(record), default=_json_default) + "\n"
         self._file.append(line.encode("utf-8"))
 
+    def write_many(self, records) -> None:
+        """Several records in one write (a round's per-client rows)."""
+        lines = "".join(json.dumps(dict(r), default=_json_default) + "\n" for r in records)
+        self._file.append(lines.encode("utf-8"))
+
     def close(self) -> None:
         self._file.close()
 

@@ -171,22 +171,28 @@ def decode(pieces: list[bytes] | list[np.ndarray]) -> dict[str, dict[str, np.nda
         raise TransportError(f"the arrays payload is not valid safetensors: {type(e).__name__}: {e}") from e
 
 
+def _seconds(value: Any) -> float:
+    """A client's reported task time: informative only, so anything but a finite number >= 0 is 0."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e9 else 0.0
+
+
 def outcome_meta(outcome: Any) -> tuple[dict[str, Any], Groups]:
     """What a client sends back: JSON-able facts and the groups (if any)."""
     if isinstance(outcome, Reply):
-        return {"kind": "reply", "num_examples": _plain(outcome.num_examples), "metrics": _metrics(outcome.metrics)}, outcome.arrays
+        return {"kind": "reply", "num_examples": _plain(outcome.num_examples), "metrics": _metrics(outcome.metrics),
+                "seconds": _seconds(outcome.seconds)}, outcome.arrays
     if isinstance(outcome, EvaluateResult):
         return {"kind": "evaluate", "loss": _plain(outcome.loss), "num_examples": _plain(outcome.num_examples),
-                "metrics": _metrics(outcome.metrics)}, {}
+                "metrics": _metrics(outcome.metrics), "seconds": _seconds(outcome.seconds)}, {}
     return {"kind": "failure", "stage": str(outcome.stage), "reason": str(outcome.reason)[:2000]}, {}
 
 
 def outcome_from(meta: Mapping[str, Any], groups: Groups, client_id: int, version: int):
     kind = meta.get("kind")
     if kind == "reply":
-        return Reply(groups, meta.get("num_examples"), meta.get("metrics") or {}, version)
+        return Reply(groups, meta.get("num_examples"), meta.get("metrics") or {}, version, _seconds(meta.get("seconds")))
     if kind == "evaluate":
-        return EvaluateResult(meta.get("loss"), meta.get("num_examples"), meta.get("metrics") or {})
+        return EvaluateResult(meta.get("loss"), meta.get("num_examples"), meta.get("metrics") or {}, _seconds(meta.get("seconds")))
     if kind == "failure":
         stage = meta.get("stage")
         stage = FailureStage(stage) if stage in {s.value for s in FailureStage} else FailureStage.TASK
