@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/robust_dp.py
 	$(VENV)/bin/python bench/secagg_overhead.py
 	$(VENV)/bin/python bench/compression.py
+	$(VENV)/bin/python bench/personalization.py
 
 # Regenerates the gRPC code from the committed .proto (grpcio-tools is in the dev extra).
 proto: $(STAMP)
