@@ -262,6 +262,15 @@ def _plot(args: argparse.Namespace) -> int:
 
     import warnings
 
+    if args.per_site:
+        from cohort.tracking.report import plot_sites
+
+        if len(args.runs) != 1 or (args.metric and len(args.metric) != 1):
+            raise ConfigError("--per-site draws one run's clients: give one run folder and at most one --metric")
+        path = plot_sites(args.runs[0], args.output or str(Path(args.runs[0]) / "sites.png"),
+                          (args.metric or ["accuracy"])[0])
+        print(f"wrote {path}")
+        return 0
     out = args.output or str(Path(args.runs[0]) / "curves.png")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -269,6 +278,13 @@ def _plot(args: argparse.Namespace) -> int:
     for w in caught:  # damaged lines skipped: one plain line each, no source excerpt
         print(f"warning: {w.message}", file=sys.stderr)
     print(f"wrote {path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cohort.tracking.report import format_site_table
+
+    print(format_site_table(args.run))
     return 0
 
 
@@ -362,8 +378,14 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="plot the curves of one or more runs, overlaid (PNG, PDF, SVG, ...)")
     plot.add_argument("runs", nargs="+", help="run folders written by `cohort run`")
     plot.add_argument("--metric", action="append", help="metric to plot (repeatable; default: accuracy and loss)")
-    plot.add_argument("-o", "--output", help="PNG file (default: curves.png in the first run folder)")
+    plot.add_argument("-o", "--output", help="PNG file (default: curves.png, or sites.png, in the first run folder)")
+    plot.add_argument("--per-site", action="store_true",
+                      help="one run: a line per client of its held-out metric over the rounds (from clients.jsonl)")
     plot.set_defaults(func=_plot)
+
+    report = sub.add_parser("report", help="print the per-client table of a run's final model (from clients.jsonl)")
+    report.add_argument("run", help="a run folder written by `cohort run` or `cohort server`")
+    report.set_defaults(func=_report)
     return parser
 
 

@@ -28,7 +28,8 @@ from cohort.options import (  # the optional sections, and the check every secti
 )
 
 DATASETS = ("mnist", "breast_cancer", "diabetes", "csv")
-PARTITIONS = ("iid", "shards", "dirichlet", "quantity")
+PARTITIONS = ("iid", "shards", "dirichlet", "quantity", "column", "files", "assigned")
+NATURAL = ("column", "files", "assigned")  # partitions the data brings: one client per site
 BACKENDS = ("inprocess", "processes")
 POLICIES = ("sync", "fedbuff", "fedasync")
 
@@ -38,16 +39,29 @@ class DataConfig:
     dataset: str = "breast_cancer"  # mnist | breast_cancer | diabetes | csv
     dir: str = ""  # folder of downloadable datasets; "" means $COHORT_DATA_DIR, else ~/.cache/cohort/data
     download: bool = True  # fetch missing files from the public mirrors (checksums verified)
-    csv_path: str = ""  # dataset = "csv": the file (header row required)
+    csv_path: str = ""  # dataset = "csv": the file (or data.client_files: one file per client)
     csv_target: str = ""  # dataset = "csv": the target column
     csv_task: str = "classification"  # dataset = "csv": classification | regression
-    test_fraction: float = 0.2  # server test split of datasets that have none (all but mnist)
-    standardize: bool = True  # z-score tabular features with the training split's mean and std
-    num_clients: int = 10  # clients the training data is split among
-    partition: str = "iid"  # iid | shards | dirichlet | quantity
+    csv_columns: tuple[str, ...] = ()  # the column names of files without a header row
+    csv_delimiter: str = ","
+    missing_values: tuple[str, ...] = ()  # codes that mean "missing" in every column, e.g. ["?", "NA"] (empty cells always do)
+    missing_by_column: dict[str, tuple[str, ...]] = field(default_factory=dict)  # e.g. {chol = ["0"]}: 0 is impossible there
+    categorical: tuple[str, ...] = ()  # columns of categories: one-hot encoded over the federation's categories
+    impute: str = "none"  # missing numbers: none (refused) | mean | median | constant (impute_value)
+    impute_value: float = 0.0
+    target_binarize: str = ""  # e.g. "> 0": a 0-4 diagnosis becomes 0 / 1
+    target_classes: dict[str, int] = field(default_factory=dict)  # e.g. {"0" = 0, "1" = 1, "2" = 1}
+    statistics: str = "federated"  # csv: imputation and z-scores from the federation's sums and counts | local (each client its own)
+    test_fraction: float = 0.2  # server test split of datasets that have none (all but mnist); not with natural partitions
+    standardize: bool = True  # z-score tabular features
+    num_clients: int = 10  # clients the training data is split among (natural partitions: one per site)
+    partition: str = "iid"  # iid | shards | dirichlet | quantity | column | files | assigned
+    partition_column: str = ""  # partition = "column": one client per value of this column
+    client_files: tuple[str, ...] = ()  # partition = "files": CSV files or globs, one client each (named by file stem)
+    partition_file: str = ""  # partition = "assigned": a CSV of (row, client) giving each example's client
     shards_per_client: int = 2  # partition = "shards": label-sorted shards per client (McMahan: 2)
     alpha: float = 0.5  # partition = "dirichlet" | "quantity": concentration; small is skewed
-    holdout_fraction: float = 0.0  # share of each client's data kept for federated evaluation
+    holdout_fraction: float | None = None  # share of each client's data kept for evaluation; unset: 0.2 for natural partitions, else 0
 
     def __post_init__(self) -> None:
         _check(self.dataset in DATASETS, "data.dataset", self.dataset, f"one of {', '.join(DATASETS)}")
@@ -57,10 +71,39 @@ class DataConfig:
         _check(self.shards_per_client >= 1, "data.shards_per_client", self.shards_per_client, "an integer >= 1")
         _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "0 < fraction < 1")
         _check(0 < self.alpha < math.inf, "data.alpha", self.alpha, "a finite number > 0")
-        _check(0 <= self.holdout_fraction < 1, "data.holdout_fraction", self.holdout_fraction, "0 <= fraction < 1")
+        _check(self.holdout_fraction is None or 0 <= self.holdout_fraction < 1, "data.holdout_fraction",
+               self.holdout_fraction, "0 <= fraction < 1")
+        _check(self.impute in ("none", "mean", "median", "constant"), "data.impute", self.impute, "one of none, mean, median, constant")
+        _check(math.isfinite(self.impute_value), "data.impute_value", self.impute_value, "a finite number")
+        _check(self.statistics in ("federated", "local"), "data.statistics", self.statistics, "'federated' or 'local'")
+        _check(all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10_000 for v in self.target_classes.values()),
+               "data.target_classes", self.target_classes, "a table of value = class, classes integers from 0")
+        _check(not (self.target_binarize and self.target_classes), "data.target_binarize", self.target_binarize,
+               "unset when data.target_classes is given (one target mapping)")
+        if self.target_binarize:
+            from cohort.data.features import parse_binarize
+
+            parse_binarize(self.target_binarize)
+        needs = {"column": ("partition_column", self.partition_column), "files": ("client_files", self.client_files),
+                 "assigned": ("partition_file", self.partition_file)}
+        for kind, (key, value) in needs.items():
+            _check(bool(value) == (self.partition == kind), f"data.{key}", value,
+                   f"set exactly when data.partition = {kind!r}")
+        if self.partition in NATURAL:
+            _check(self.dataset == "csv", "data.dataset", self.dataset, f"'csv' with data.partition = {self.partition!r}")
         if self.dataset == "csv":
-            _check(bool(self.csv_path and self.csv_target), "data.csv_path / data.csv_target",
-                   (self.csv_path, self.csv_target), "both set when data.dataset = 'csv'")
+            _check(bool(self.csv_target), "data.csv_target", self.csv_target, "the target column when data.dataset = 'csv'")
+            _check(bool(self.csv_path) != bool(self.client_files), "data.csv_path", self.csv_path,
+                   "set when data.dataset = 'csv', unless data.client_files gives one file per client")
+
+    @property
+    def natural(self) -> bool:
+        return self.partition in NATURAL
+
+    @property
+    def holdout(self) -> float:
+        """The held-out share in effect: unset, 0.2 for natural partitions (each site keeps a test share)."""
+        return self.holdout_fraction if self.holdout_fraction is not None else (0.2 if self.natural else 0.0)
 
 
 @dataclass(frozen=True)
@@ -174,13 +217,14 @@ class FedBuffConfig:
 class EvaluateConfig:
     every: int = 1  # evaluate every k rounds, and after the last
     centralized: bool = True  # on the server's test set
-    federated_fraction: float = 0.0  # fraction of clients evaluated on their held-out data; 0: none
+    federated_fraction: float | None = None  # fraction of clients evaluated on their held-out data; unset: 1 for natural partitions, else 0
     target_metric: str = "accuracy"  # metric of the round record the target applies to
     target: float | None = None  # stop once target_metric reaches this (losses: falls to this)
 
     def __post_init__(self) -> None:
         _check(self.every >= 1, "evaluate.every", self.every, "an integer >= 1")
-        _check(0 <= self.federated_fraction <= 1, "evaluate.federated_fraction", self.federated_fraction, "0 <= fraction <= 1")
+        _check(self.federated_fraction is None or 0 <= self.federated_fraction <= 1, "evaluate.federated_fraction",
+               self.federated_fraction, "0 <= fraction <= 1")
         _check(self.target is None or math.isfinite(self.target), "evaluate.target", self.target, "a finite number")
 
     @property
@@ -243,6 +287,13 @@ class RunConfig:
         if self.secagg.mode != "none" and self.privacy.mode == "central" and self.privacy.adaptive_clip:
             raise ConfigError("privacy.adaptive_clip cannot run with secure aggregation: it counts the updates the server "
                               "clipped, and under secure aggregation the server never sees one. Set a fixed privacy.clip")
+
+    @property
+    def federated_fraction(self) -> float:
+        """The share of clients evaluated on their held-out data each evaluation: unset, all of them with a
+        natural partition (each site is scored), none otherwise."""
+        f = self.evaluate.federated_fraction
+        return f if f is not None else (1.0 if self.data.natural else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict; unset (None) values are left out, as TOML has no null."""
@@ -334,9 +385,14 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
     if typing.get_origin(kind) is tuple:  # a list of strings, e.g. fedper.personal = ["4"]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f"{key} is {value!r}; expected a list of strings, e.g. [\"4\"]")
+    if typing.get_origin(kind) is dict:  # a table, e.g. data.missing_by_column = {chol = ["0"]}
+        _, inner = typing.get_args(kind)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} is {value!r}; expected a table, e.g. {{name = value}}")
+        return {str(k): _coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
     allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     if value is None and type(None) in allowed:
         return None

@@ -18,10 +18,11 @@ from cohort.algorithms import Algorithm
 from cohort.channel import InProcessChannel, ProcessPoolChannel
 from cohort.channel.base import SimulationChannel
 from cohort.client.store import ClientStateStore
-from cohort.config import DataConfig, RunConfig
+from cohort.config import RunConfig
 from cohort.core.arrays import num_parameters
 from cohort.core.errors import CohortError, ConfigError, RoundFailed
 from cohort.data import ArrayDataset, Partition
+from cohort.data.from_config import federated_data
 from cohort.frameworks import Factory
 from cohort.server import checkpoint
 from cohort.recipe import check_client_privacy, flip_attackers_labels, make_algorithm
@@ -50,6 +51,7 @@ class Experiment:
     algorithm: Algorithm
     settings: LoopSettings
     cohort_size: int  # clients each round takes updates from
+    client_names: list[str] | None = None  # the sites' own names (natural partitions)
 
     @property
     def num_clients(self) -> int:
@@ -104,7 +106,7 @@ def loop_settings(config: RunConfig) -> LoopSettings:
         rounds=config.rounds, fraction=s.fraction, min_clients=s.min_clients,
         min_successful_clients=s.min_successful_clients, max_failed_rounds=s.max_failed_rounds,
         round_timeout_s=s.round_timeout_s or None, evaluate_every=ev.every,
-        federated_fraction=ev.federated_fraction,
+        federated_fraction=config.federated_fraction,
         target=None if ev.target is None else Target(ev.target_metric, ev.target, ev.target_mode),
         policy=_async_policy(config),
         speed_spread=config.simulation.speed_spread, over_selection=s.over_selection,
@@ -133,8 +135,8 @@ def build(config: RunConfig) -> Experiment:
     """Load and split the data, build model and algorithm; raise ConfigError or DataError on anything
     that cannot work, before any training starts."""
     framework = frameworks.get(config.model.framework)
-    train, test = load_data(config.data, config.seed)
-    partition, holdout = partition_data(train, config.data, config.seed)
+    fed = federated_data(config.data, config.seed)
+    train, test, partition, holdout = fed.train, fed.test, fed.partition, fed.holdout
     outputs = train.num_classes if train.task == "classification" else 1
     factory = Factory(config.model.factory, tuple(train.feature_shape), outputs) if config.model.factory else None
     if framework.algorithms is not None and config.server.algorithm not in framework.algorithms:
@@ -155,7 +157,7 @@ def build(config: RunConfig) -> Experiment:
                           f"{config.data.dataset!r} (examples of shape {tuple(train.feature_shape)}, "
                           f"{outputs} output{'s' if outputs != 1 else ''}): {e}") from e
     ev = config.evaluate
-    if ev.federated_fraction > 0 and holdout is None:
+    if config.federated_fraction > 0 and holdout is None:
         raise ConfigError("evaluate.federated_fraction > 0 needs held-out client data: set data.holdout_fraction > 0")
     if config.server.algorithm == "scaffold" and (config.client.optimizer != "sgd" or config.client.momentum > 0):
         raise ConfigError(f"server.algorithm = 'scaffold' needs plain local SGD (its control variates are (x − y)/(K·lr)); "
@@ -168,7 +170,7 @@ def build(config: RunConfig) -> Experiment:
                           "evaluate.federated_fraction > 0")
     settings = loop_settings(config)
     reported = _reported_metrics(train.task, centralized=ev.centralized and test is not None,
-                                 federated=ev.federated_fraction > 0, personal=config.server.algorithm in PERSONALIZED)
+                                 federated=config.federated_fraction > 0, personal=config.server.algorithm in PERSONALIZED)
     size = settings.check(len(partition), reported)
     check_client_privacy(config)
     if config.attack.kind == "label_flip":
@@ -176,38 +178,7 @@ def build(config: RunConfig) -> Experiment:
     algorithm = make_algorithm(config)
     check_protections(algorithm, settings, size)
     algorithm.check_cohort(size)
-    return Experiment(config, train, test, partition, holdout, framework, model_fn, algorithm, settings, size)
-
-
-def load_data(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
-    if cfg.dataset == "mnist":
-        return datasets.load_mnist(cfg.dir or None, download=cfg.download)
-    loaders = {"breast_cancer": datasets.load_breast_cancer, "diabetes": datasets.load_diabetes,
-               "csv": lambda: datasets.load_csv(cfg.csv_path, cfg.csv_target, task=cfg.csv_task)}
-    train, test = datasets.train_test_split(loaders[cfg.dataset](), cfg.test_fraction, seed)
-    return datasets.standardize(train, test) if cfg.standardize else (train, test)
-
-
-def partition_data(train: ArrayDataset, cfg: DataConfig, seed: int) -> tuple[Partition, Partition | None]:
-    n = len(train)
-    if cfg.num_clients > n:
-        raise ConfigError(f"data.num_clients is {cfg.num_clients} but the training data has only {n} examples "
-                          f"(after the server's test split, data.test_fraction = {cfg.test_fraction}); "
-                          f"use at most {n} clients")
-    if cfg.partition in ("shards", "dirichlet") and train.task != "classification":
-        raise ConfigError(f"data.partition = {cfg.partition!r} splits by class label; {train.name or 'this dataset'} "
-                          "is a regression dataset: use 'iid' or 'quantity'")
-    if cfg.partition == "iid":
-        partition = datasets.iid(n, cfg.num_clients, seed)
-    elif cfg.partition == "shards":
-        partition = datasets.shards(train.y, cfg.num_clients, seed, shards_per_client=cfg.shards_per_client)
-    elif cfg.partition == "dirichlet":
-        partition = datasets.dirichlet(train.y, cfg.num_clients, seed, alpha=cfg.alpha)
-    else:
-        partition = datasets.quantity_skew(n, cfg.num_clients, seed, alpha=cfg.alpha)
-    if cfg.holdout_fraction == 0:
-        return partition, None
-    return datasets.split_holdout(partition, cfg.holdout_fraction, seed)
+    return Experiment(config, train, test, partition, holdout, framework, model_fn, algorithm, settings, size, fed.names)
 
 
 REGRESSORS = ("linear_regression", "sgd_regressor")
@@ -236,7 +207,7 @@ def _headline_metric(exp: Experiment) -> tuple[str, str]:
     """The metric a run is judged by: the target's if the run reports it, else its main quality metric."""
     ev = exp.config.evaluate
     available = _reported_metrics(exp.train.task, centralized=ev.centralized and exp.test is not None,
-                                  federated=ev.federated_fraction > 0, personal=exp.config.server.algorithm in PERSONALIZED)
+                                  federated=exp.config.federated_fraction > 0, personal=exp.config.server.algorithm in PERSONALIZED)
     if ev.target_metric in available:
         return ev.target_metric, ev.target_mode
     metric = next(m for m in ("accuracy", "r2", "federated_accuracy", "federated_r2", "train_loss") if m in available)
@@ -290,6 +261,8 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
                 folder = RunFolder(config.output.dir, config.name)
                 folder.write_config(config.to_toml())
                 folder.write_text("clients.txt", exp.describe_clients() + "\n")
+        if folder is not None:
+            folder.client_names = exp.client_names
         if folder is not None and on_folder is not None:
             on_folder(folder.path)
         channel = given if given is not None else exp.channel()

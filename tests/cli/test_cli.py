@@ -20,7 +20,7 @@ import torch
 from cohort.cli import main
 from cohort.config import load_config
 from cohort.core.arrays import load_safetensors
-from cohort.experiment import load_data
+from cohort.data.from_config import load_data
 from cohort.models import model_factory
 from cohort.tracking import CSV_COLUMNS, read_jsonl
 

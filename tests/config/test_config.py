@@ -205,8 +205,10 @@ def test_out_of_range_value_names_the_key_and_what_is_expected(item, key):
 
 
 def test_csv_dataset_needs_its_path_and_target():
-    with pytest.raises(ConfigError, match=r"data\.csv_path / data\.csv_target .*both set when data\.dataset = 'csv'"):
+    with pytest.raises(ConfigError, match=r"data\.csv_target is ''; expected the target column when data\.dataset = 'csv'"):
         load_config(None, ["data.dataset=csv"])
+    with pytest.raises(ConfigError, match=r"data\.csv_path is ''; expected set when data\.dataset = 'csv', unless data\.client_files"):
+        load_config(None, ["data.dataset=csv", "data.csv_target=y"])
 
 
 # --- files that cannot be read ------------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""``data.dataset = "csv"``: CSV files as sites have them, split among clients, preprocessed federatedly.
+
+The partition is natural (one client per value of ``partition_column``, per file of ``client_files``, or
+as a ``partition_file`` assigns rows) or synthetic (iid, shards, dirichlet, quantity, after a server test
+split). Clients keep names (the column's value, the file's stem). With a natural partition every client
+holds out a stratified, seeded share of its rows (``data.holdout_fraction``, 0.2 unless set) and there is
+no server test set: the global model is scored on every site's share.
+
+Imputation, z-scoring and one-hot categories use statistics that the clients send as sums and counts of
+their *training* rows (:mod:`cohort.data.features`), or, with ``data.statistics = "local"``, each
+client's own; they are then applied to every row of that client, held-out rows included.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cohort.core.errors import ConfigError, DataError
+from cohort.core.seeding import Stage, rng
+from cohort.data import features as F
+from cohort.data.datasets import ArrayDataset, _stratified_pick
+from cohort.data.partition import Partition, _offsets
+from cohort.data.table import Table, expand_files, read_table
+
+
+@dataclass(frozen=True, eq=False)
+class Sites:
+    train: ArrayDataset  # every client's rows (training and held-out), preprocessed
+    test: ArrayDataset | None  # the server's test split (synthetic partitions only)
+    partition: Partition  # client -> training rows of ``train``
+    holdout: Partition | None  # client -> held-out rows
+    names: list[str]  # each client's name
+    preprocessing: F.Preprocessing  # the federation's (local mode: what the server test set used)
+
+
+def load_sites(cfg, seed: int, split=None) -> Sites:
+    """Read, split and preprocess ``cfg`` (a DataConfig). ``split(train, cfg, seed)`` is the synthetic
+    partitioner (the experiment's), called with a dataset of the raw training rows."""
+    if cfg.partition == "files":
+        files = expand_files(cfg.client_files)
+        tables = [read_table(f, cfg.csv_columns, cfg.csv_delimiter) for f in files]
+        names = [f.stem for f in files]
+        if len(set(names)) != len(names):
+            raise DataError(f"data.client_files: two files share a name ({names}); each client is named by its file's stem")
+    else:
+        tables = [read_table(cfg.csv_path, cfg.csv_columns, cfg.csv_delimiter)]
+    spec = F.Spec(cfg.csv_target, cfg.csv_task, tuple(cfg.categorical),
+                  (cfg.partition_column,) if cfg.partition == "column" else (), tuple(cfg.missing_values),
+                  dict(cfg.missing_by_column), cfg.target_binarize, dict(cfg.target_classes))
+    enc = F.encode(tables, spec)
+    n = len(enc.y)
+    test_rows = None
+    if cfg.partition == "files":
+        sizes = np.array([len(t.rows) for t in tables])
+        client_of = np.repeat(np.arange(len(tables)), sizes)
+    elif cfg.partition == "column":
+        values = tables[0].column(cfg.partition_column)
+        names = sorted(set(values))
+        if any(not v for v in names):
+            raise DataError(f"{tables[0].source}: column {cfg.partition_column!r} is empty in some rows; every row "
+                            "needs its site")
+        index = {v: i for i, v in enumerate(names)}
+        client_of = np.array([index[v] for v in values])
+    elif cfg.partition == "assigned":
+        client_of, names = _assigned(Path(cfg.partition_file), n)
+    else:  # synthetic: a server test split first, then the partitioner on the rest
+        keep, test_rows = _server_split(enc, cfg, seed)
+        client_of = np.full(n, -1)
+        part = split(ArrayDataset(np.zeros((len(keep), 1), np.float32), enc.y[keep], cfg.csv_task, enc.num_classes), cfg, seed)
+        for c in range(len(part)):
+            client_of[keep[part[c]]] = c
+        names = [str(c) for c in range(len(part))]
+    clients = len(names)
+    rows_of = [np.flatnonzero(client_of == c) for c in range(clients)]
+    if any(len(r) == 0 for r in rows_of):
+        raise DataError(f"client {names[[len(r) for r in rows_of].index(0)]!r} has no rows")
+    train_rows, held_rows = _holdout(rows_of, enc.y, cfg.holdout, seed, cfg.csv_task)
+    prep, per_client = _preprocess(enc, train_rows, cfg)
+    x = np.empty((n, _width(enc, prep)), np.float32)
+    for c in range(clients):
+        rows = np.concatenate([train_rows[c], held_rows[c]])
+        x[rows] = F.transform(enc.numeric, enc.categorical, rows, per_client[c])
+    test = None
+    if test_rows is not None:
+        test = ArrayDataset(F.transform(enc.numeric, enc.categorical, test_rows, prep), enc.y[test_rows], cfg.csv_task,
+                            enc.num_classes, name="test")
+    assigned = client_of >= 0
+    data = ArrayDataset(x[assigned] if test_rows is not None else x, enc.y[assigned] if test_rows is not None else enc.y,
+                        cfg.csv_task, enc.num_classes, name=Path(tables[0].source).stem)
+    remap = np.cumsum(assigned) - 1  # row -> position among the clients' rows
+    partition = Partition(remap[np.concatenate(train_rows)], _offsets(np.array([len(r) for r in train_rows])))
+    holdout = (Partition(remap[np.concatenate(held_rows)], _offsets(np.array([len(r) for r in held_rows])))
+               if cfg.holdout > 0 else None)
+    return Sites(data, test, partition, holdout, names, prep)
+
+
+def _width(enc: F.Encoded, prep: F.Preprocessing) -> int:
+    return enc.numeric.shape[1] + sum(len(c) for c in prep.categories.values())
+
+
+def _server_split(enc: F.Encoded, cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    n = len(enc.y)
+    n_test = int(np.floor(cfg.test_fraction * n + 0.5))
+    if not 1 <= n_test <= n - 1:
+        raise DataError(f"data.test_fraction = {cfg.test_fraction} of {n} rows leaves no test or no training rows")
+    gen = rng(seed, 0, Stage.SPLIT)
+    test = np.sort(_stratified_pick(enc.y, n_test, gen) if cfg.csv_task == "classification" else gen.permutation(n)[:n_test])
+    is_test = np.zeros(n, bool)
+    is_test[test] = True
+    return np.flatnonzero(~is_test), test
+
+
+def _holdout(rows_of: list[np.ndarray], y: np.ndarray, fraction: float, seed: int, task: str):
+    """Each client's (training, held-out) rows: a seeded share, stratified by class for classification;
+    a client of 2 rows or more keeps at least one of each."""
+    train, held = [], []
+    for c, rows in enumerate(rows_of):
+        k = int(np.floor(fraction * len(rows) + 0.5))
+        k = min(max(k, 1 if fraction > 0 and len(rows) >= 2 else 0), max(len(rows) - 1, 0))
+        gen = rng(seed, 0, Stage.HOLDOUT, c)
+        pick = (_stratified_pick(y[rows], k, gen) if task == "classification" else gen.permutation(len(rows))[:k]) if k else []
+        mask = np.zeros(len(rows), bool)
+        mask[np.asarray(pick, np.int64)] = True
+        train.append(rows[~mask])
+        held.append(rows[mask])
+    return train, held
+
+
+def _preprocess(enc: F.Encoded, train_rows: list[np.ndarray], cfg) -> tuple[F.Preprocessing, list[F.Preprocessing]]:
+    """The federation's preprocessing from the clients' statistics (sums and counts of their training
+    rows), and the one each client applies (the same, or its own with statistics = "local")."""
+    cats = {k: v for k, v in enc.categorical.items()}
+    stats = [F.client_statistics(enc.numeric[r], {k: [v[i] for i in r] for k, v in cats.items()}) for r in train_rows]
+    total = F.combine(stats)
+    if cfg.impute == "none" and np.isnan(enc.numeric).any():
+        j = int(np.flatnonzero(np.isnan(enc.numeric).any(axis=0))[0])
+        i = int(np.flatnonzero(np.isnan(enc.numeric[:, j]))[0])
+        raise DataError(f"column {enc.numeric_names[j]!r} has missing values (first at {enc.where[i][0]}, line "
+                        f"{enc.where[i][1]}); set data.impute = 'mean', 'median' or 'constant' (with data.impute_value)")
+    median = None
+    if cfg.impute == "median":  # the second exchange: histograms over the federation's range
+        hist = sum(F.histogram(enc.numeric[r], total.low, total.high) for r in train_rows)
+        median = F.median_from(hist, total.low, total.high)
+    categories = {n: sorted(c) for n, c in total.categories.items()}
+    glob = F.preprocessing(total, cfg.impute, cfg.impute_value, cfg.standardize, median, categories)
+    if cfg.statistics == "federated":
+        return glob, [glob] * len(train_rows)
+    local = []
+    for r, s in zip(train_rows, stats):
+        own_median = None
+        if cfg.impute == "median":
+            col = enc.numeric[r]
+            own_median = np.array([np.median(c[~np.isnan(c)]) if (~np.isnan(c)).any() else 0.0 for c in col.T])
+        local.append(F.preprocessing(s, cfg.impute, cfg.impute_value, cfg.standardize, own_median, categories))
+    return glob, local
+
+
+def _assigned(path: Path, n: int) -> tuple[np.ndarray, list[str]]:
+    """``partition_file``: a CSV with a header ``row,client``: each row index (0-based, in file order)
+    and its client's name; every row of the data exactly once."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            lines = list(csv.reader(f))
+    except OSError as e:
+        raise DataError(f"data.partition_file {str(path)!r} cannot be read: {e}") from e
+    if not lines or [h.strip() for h in lines[0]] != ["row", "client"]:
+        raise DataError(f"data.partition_file {str(path)!r}: the first line must be the header 'row,client'")
+    client_of = np.full(n, -1)
+    names: dict[str, int] = {}
+    for k, fields in enumerate(lines[1:], start=2):
+        if not any(f.strip() for f in fields):
+            continue
+        try:
+            row, name = int(fields[0]), fields[1].strip()
+        except (ValueError, IndexError):
+            raise DataError(f"{path}, line {k}: expected 'row,client' with an integer row; got {fields}") from None
+        if not 0 <= row < n or client_of[row] != -1 or not name:
+            raise DataError(f"{path}, line {k}: row {row} is out of 0..{n - 1}, listed twice, or has no client")
+        client_of[row] = names.setdefault(name, len(names))
+    if (client_of < 0).any():
+        raise DataError(f"{path}: rows {np.flatnonzero(client_of < 0)[:5].tolist()}... have no client; list every row")
+    order = sorted(names, key=names.get)
+    return client_of, order
+
+
+def check_csv(cfg) -> None:
+    if cfg.partition in ("shards", "dirichlet") and cfg.csv_task != "classification":
+        raise ConfigError(f"data.partition = {cfg.partition!r} splits by class label; the target is a regression one")
+
+
+__all__ = ["Sites", "Table", "load_sites"]
