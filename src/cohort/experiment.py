@@ -90,11 +90,15 @@ class Experiment:
 
     def describe_clients(self) -> str:
         """Clients, their sizes and, for classification, their label histograms."""
+        named = ""
+        if self.client_names is not None:
+            sizes = self.partition.sizes() + (self.holdout.sizes() if self.holdout is not None else 0)
+            named = "\nclients: " + ", ".join(f"{i} {name} ({n})" for i, (name, n) in enumerate(zip(self.client_names, sizes)))
         if self.train.task == "classification":
-            return datasets.describe(self.train.y, self.partition, self.train.num_classes)
+            return datasets.describe(self.train.y, self.partition, self.train.num_classes) + named
         sizes = self.partition.sizes()
         return (f"{len(sizes)} clients, {sizes.sum()} examples\nexamples per client: min {sizes.min()}, "
-                f"median {int(np.median(sizes))}, max {sizes.max()}\n" + " ".join(map(str, sizes[:50])))
+                f"median {int(np.median(sizes))}, max {sizes.max()}\n" + " ".join(map(str, sizes[:50])) + named)
 
     def initial_state(self) -> ServerState:
         return initial_state(self.algorithm, self.framework.initial_arrays(self.model_fn, self.config.seed), self.config.seed)
