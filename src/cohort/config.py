@@ -253,6 +253,11 @@ class OutputConfig:
     dir: str = "runs"  # each run writes a new folder in here
     progress: bool = True  # a live progress bar over rounds
     checkpoint: bool = True  # write the whole server state after every round (cohort run --resume)
+    trackers: tuple[str, ...] = ()  # also log to: tensorboard | mlflow (a local store) | wandb (offline), in the run folder
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.trackers if t not in ("tensorboard", "mlflow", "wandb")]
+        _check(not bad, "output.trackers", list(self.trackers), "a list of tensorboard, mlflow, wandb")
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,10 @@ def build(config: RunConfig) -> Experiment:
                                  federated=config.federated_fraction > 0, personal=config.server.algorithm in PERSONALIZED)
     size = settings.check(len(partition), reported)
     check_client_privacy(config)
+    if config.output.trackers:
+        from cohort.tracking.trackers import check_trackers
+
+        check_trackers(config.output.trackers)
     if config.attack.kind == "label_flip":
         train = flip_attackers_labels(train, partition, config)
     algorithm = make_algorithm(config)
@@ -244,6 +248,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     given, channel = channel, None
     state = None
     unwritten = None  # a finished round's record not yet in the metrics files
+    trackers = None
     try:
         if resume is not None:
             folder = RunFolder.reopen(resume)
@@ -267,6 +272,10 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
                 folder.write_text("clients.txt", exp.describe_clients() + "\n")
         if folder is not None:
             folder.client_names = exp.client_names
+            if config.output.trackers:
+                from cohort.tracking.trackers import Trackers
+
+                trackers = Trackers(config.output.trackers, folder.path, config.name, config.to_dict(), config.to_toml())
         if folder is not None and on_folder is not None:
             on_folder(folder.path)
         channel = given if given is not None else exp.channel()
@@ -285,6 +294,8 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
             if folder is not None:
                 folder.write_round(record)
             unwritten = None
+            if trackers is not None:
+                trackers.log(record)
             if folder is not None and config.output.checkpoint:
                 checkpoint.save(folder.path / "checkpoints", state, dict(states.items()) if states is not None else {})
             if progress is not None:
@@ -318,6 +329,8 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
                     raise
                 print(f"warning: could not write the final model or summary: {e}")
     finally:
+        if trackers is not None:
+            trackers.close(stopped_by)
         if folder is not None:
             folder.release()
         closing = channel if channel is not None else given
