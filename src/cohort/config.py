@@ -27,16 +27,16 @@ from cohort.options import (  # the optional sections, and the check every secti
     AttackConfig, CompressionConfig, FedAsyncConfig, NetworkConfig, PrivacyConfig, SecAggConfig, _check,
 )
 
-DATASETS = ("mnist", "breast_cancer", "diabetes", "csv")
-PARTITIONS = ("iid", "shards", "dirichlet", "quantity", "column", "files", "assigned")
-NATURAL = ("column", "files", "assigned")  # partitions the data brings: one client per site
+DATASETS = ("mnist", "breast_cancer", "diabetes", "csv", "shakespeare")
+PARTITIONS = ("iid", "shards", "dirichlet", "quantity", "column", "files", "assigned", "speaker")
+NATURAL = ("column", "files", "assigned", "speaker")  # partitions the data brings: one client per site (or speaker)
 BACKENDS = ("inprocess", "processes")
 POLICIES = ("sync", "fedbuff", "fedasync")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "breast_cancer"  # mnist | breast_cancer | diabetes | csv
+    dataset: str = "breast_cancer"  # mnist | breast_cancer | diabetes | csv | shakespeare
     dir: str = ""  # folder of downloadable datasets; "" means $COHORT_DATA_DIR, else ~/.cache/cohort/data
     download: bool = True  # fetch missing files from the public mirrors (checksums verified)
     csv_path: str = ""  # dataset = "csv": the file (or data.client_files: one file per client)
@@ -60,6 +60,8 @@ class DataConfig:
     client_files: tuple[str, ...] = ()  # partition = "files": CSV files or globs, one client each (named by file stem)
     partition_file: str = ""  # partition = "assigned": a CSV of (row, client) giving each example's client
     shards_per_client: int = 2  # partition = "shards": label-sorted shards per client (McMahan: 2)
+    seq_stride: int = 80  # shakespeare: a window of 80 characters every this many characters
+    min_speeches: int = 10  # shakespeare: speakers with at least this many speeches are clients
     alpha: float = 0.5  # partition = "dirichlet" | "quantity": concentration; small is skewed
     holdout_fraction: float | None = None  # share of each client's data kept for evaluation; unset: 0.2 for natural partitions, else 0
 
@@ -89,8 +91,12 @@ class DataConfig:
         for kind, (key, value) in needs.items():
             _check(bool(value) == (self.partition == kind), f"data.{key}", value,
                    f"set exactly when data.partition = {kind!r}")
-        if self.partition in NATURAL:
+        if self.partition in ("column", "files", "assigned"):
             _check(self.dataset == "csv", "data.dataset", self.dataset, f"'csv' with data.partition = {self.partition!r}")
+        _check((self.dataset == "shakespeare") == (self.partition == "speaker"), "data.partition", self.partition,
+               "'speaker' exactly when data.dataset = 'shakespeare' (one client per speaking role)")
+        _check(1 <= self.seq_stride <= 10_000, "data.seq_stride", self.seq_stride, "an integer from 1 to 10000")
+        _check(1 <= self.min_speeches <= 10_000, "data.min_speeches", self.min_speeches, "an integer from 1 to 10000")
         if self.dataset == "csv":
             _check(bool(self.csv_target), "data.csv_target", self.csv_target, "the target column when data.dataset = 'csv'")
             _check(bool(self.csv_path) != bool(self.client_files), "data.csv_path", self.csv_path,

@@ -21,6 +21,12 @@ class FederatedData:
 
 
 def federated_data(cfg: DataConfig, seed: int) -> FederatedData:
+    if cfg.dataset == "shakespeare":
+        from cohort.data.shakespeare import load_speakers
+
+        s = load_speakers(cfg.dir or None, download=cfg.download, stride=cfg.seq_stride, min_speeches=cfg.min_speeches,
+                          holdout=cfg.holdout)
+        return FederatedData(s.data, None, s.partition, s.holdout, s.names)
     if cfg.dataset == "csv":
         from cohort.data.sites import check_csv, load_sites
 

@@ -68,6 +68,28 @@ def logistic_regression(input_shape: tuple[int, ...], outputs: int) -> nn.Module
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), outputs))
 
 
+class CharLSTM(nn.Module):
+    """McMahan et al.'s Shakespeare model: an 8-dimensional character embedding, two LSTM layers of 256
+    units, and the next character's logits from the last step. Inputs are character ids (as floats, the
+    way every cohort input arrives; they are exact integers)."""
+
+    def __init__(self, seq_len: int, vocabulary: int, embedding: int = 8, hidden: int = 256, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, embedding)
+        self.lstm = nn.LSTM(embedding, hidden, layers, batch_first=True)
+        self.out = nn.Linear(hidden, vocabulary)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(self.embed(x.long()))
+        return self.out(h[:, -1])
+
+
+def shakespeare_lstm(input_shape: tuple[int, ...], outputs: int) -> nn.Module:
+    if len(input_shape) != 1:
+        raise ConfigError(f"shakespeare_lstm reads sequences of character ids; the data has examples of shape {tuple(input_shape)}")
+    return CharLSTM(input_shape[0], outputs)
+
+
 def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) != 3 or min(input_shape[1:]) < 8:
         raise ConfigError(f"this model needs images of shape (channels, height, width) with sides >= 8; the data has examples of shape {tuple(input_shape)}")
@@ -81,6 +103,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": cnn,
     "linear_regression": linear_regression,
     "logistic_regression": logistic_regression,
+    "shakespeare_lstm": shakespeare_lstm,
 }
 
 
