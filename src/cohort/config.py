@@ -80,6 +80,9 @@ class DataConfig:
         _check(self.statistics in ("federated", "local"), "data.statistics", self.statistics, "'federated' or 'local'")
         _check(all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10_000 for v in self.target_classes.values()),
                "data.target_classes", self.target_classes, "a table of value = class, classes integers from 0")
+        used = set(self.target_classes.values())
+        _check(used == set(range(len(used))), "data.target_classes", self.target_classes,
+               f"classes numbered 0 to {len(used) - 1} with none skipped (each class needs its values)")
         _check(not (self.target_binarize and self.target_classes), "data.target_binarize", self.target_binarize,
                "unset when data.target_classes is given (one target mapping)")
         if self.target_binarize:

@@ -351,23 +351,15 @@ def check_resumable(folder: Path, config: RunConfig) -> None:
     that would make the resumed rounds a different run."""
     from cohort.config import load_config
 
-    before, now = _flat(load_config(folder / "config.toml").to_dict()), _flat(config.to_dict())
+    from cohort.core.tree import flatten
+
+    before, now = flatten(load_config(folder / "config.toml").to_dict()), flatten(config.to_dict())
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)
                      and not k.startswith(RESUME_MAY_CHANGE))
     if changed:
         shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
         raise ConfigError(f"--resume {str(folder)!r}: {shown} differ from the run's own config; a resumed run "
                           f"may change only {', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)}. Start a new run instead")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _summary(exp: Experiment, state: ServerState, stopped_by: str, seconds: float, folder: RunFolder | None) -> dict[str, Any]:

@@ -140,6 +140,7 @@ def test_header_less_files_and_target_mappings(tmp_path):
     (["data.partition='files'", "data.client_files=['no/such/*.csv']"], "matches no file"),
     (["data.impute='zero'", "data.csv_path='x.csv'"], "data.impute is 'zero'"),
     (["data.statistics='pooled'", "data.csv_path='x.csv'"], "data.statistics is 'pooled'"),
+    (["data.target_classes={a=0, b=2}", "data.csv_path='x.csv'"], "classes numbered 0 to 1 with none skipped"),
 ])
 def test_bad_site_settings_say_what_to_do(tmp_path, sets, match):
     with pytest.raises((ConfigError, DataError), match=match):

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cohort.core.arrays import NamedArrays
-from cohort.core.errors import ConfigError
+from cohort.core.errors import ConfigError, DataError
 from cohort.core.types import Config, EvaluateResult, FitResult, Metrics
 
 
@@ -115,6 +115,22 @@ def as_trainer(client: object) -> Trainer:
         return FitClientTrainer(client)  # type: ignore[arg-type]
     raise TypeError(f"client_fn returned a {type(client).__name__}; expected an object with fit() and evaluate() "
                     "(cohort.Client) or train(), gradient() and evaluate() (cohort.Trainer)")
+
+
+class FrameworkClient:
+    """What the framework adapters' clients share: ``fit`` is ``train`` without hooks, and evaluation
+    needs held-out data (``self.test``: features and targets, or None)."""
+
+    test: object = None
+    client_id: int = 0
+
+    def fit(self, arrays: NamedArrays, config: Config) -> FitResult:
+        t = self.train(arrays, config)  # type: ignore[attr-defined]
+        return FitResult(t.delta, t.num_examples, t.metrics)
+
+    def require_test(self, what: str = "held-out data") -> None:
+        if self.test is None or len(self.test[0]) == 0:  # type: ignore[index]
+            raise DataError(f"client {self.client_id} has no {what} to evaluate on; set data.holdout_fraction > 0")
 
 
 def zeros_like(arrays: NamedArrays) -> NamedArrays:

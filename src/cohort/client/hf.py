@@ -30,7 +30,7 @@ try:
 except ImportError as e:
     raise ImportError(f"{e}: pip install 'cohort[hf]' (transformers and peft)", name=getattr(e, "name", "transformers")) from e
 
-from cohort.client.base import Hooks, Trained
+from cohort.client.base import FrameworkClient, Hooks, Trained
 from cohort.client.settings import TrainSettings
 from cohort.core.arrays import NamedArrays
 from cohort.core.errors import ConfigError, DataError
@@ -148,7 +148,7 @@ def nbytes_full(model: "peft.PeftModel") -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-class HFLoraClient:
+class HFLoraClient(FrameworkClient):
     """A client fine-tuning the adapters on its own token ids (a :class:`cohort.Trainer`)."""
 
     def __init__(self, model: "peft.PeftModel", input_ids: np.ndarray, labels: np.ndarray | None = None, *,
@@ -206,8 +206,7 @@ class HFLoraClient:
 
     @torch.no_grad()
     def evaluate(self, arrays: NamedArrays, config: Config) -> EvaluateResult:
-        if self.test is None or len(self.test[0]) == 0:
-            raise DataError(f"client {self.client_id} has no held-out sequences to evaluate on")
+        self.require_test("held-out sequences")
         load_adapters(self.model, arrays)
         self.model.eval()
         ids = torch.from_numpy(np.asarray(self.test[0], np.int64))

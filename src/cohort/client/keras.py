@@ -37,11 +37,11 @@ if keras.backend.backend() != "torch":
     raise ConfigError(f"keras was imported with the {keras.backend.backend()!r} backend before cohort; "
                       "model.framework = 'keras' needs KERAS_BACKEND=torch set before keras is imported")
 
-from cohort.client.base import Hooks, Trained  # noqa: E402
+from cohort.client.base import FrameworkClient, Hooks, Trained  # noqa: E402
 from cohort.client.settings import TrainSettings  # noqa: E402
 from cohort.core.arrays import NamedArrays  # noqa: E402
 from cohort.core.seeding import Stage, rng, torch_seed  # noqa: E402
-from cohort.core.types import Config, EvaluateResult, FitResult  # noqa: E402
+from cohort.core.types import Config, EvaluateResult  # noqa: E402
 
 
 def _seed32(seed: int, round_: int, stage: int, client: int = 0) -> int:
@@ -98,7 +98,7 @@ def _optimizer_start(model: "keras.Model") -> list[np.ndarray]:
     return [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.optimizer.variables]
 
 
-class KerasClient:
+class KerasClient(FrameworkClient):
     """A client training a compiled Keras model on its own examples: a :class:`cohort.Trainer` for the
     algorithms that keep local training plain (FedAvg, FedAvgM, the server optimizers, FedPer, FedBuff)."""
 
@@ -140,13 +140,8 @@ class KerasClient:
         raise ConfigError("FedSGD needs full-batch gradients, which the keras client does not compute; use "
                           "server.algorithm = 'fedavg' or model.framework = 'torch'")
 
-    def fit(self, arrays: NamedArrays, config: Config) -> FitResult:
-        t = self.train(arrays, config)
-        return FitResult(t.delta, t.num_examples, t.metrics)
-
     def evaluate(self, arrays: NamedArrays, config: Config) -> EvaluateResult:
-        if self.test is None or len(self.test[0]) == 0:
-            raise DataError(f"client {self.client_id} has no held-out data to evaluate on; set data.holdout_fraction > 0")
+        self.require_test()
         set_weights(self.model, arrays)
         loss, metrics = _evaluate(self.model, *self.test)
         return EvaluateResult(loss, len(self.test[0]), metrics)

@@ -29,12 +29,12 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier, SGDRegressor
 from sklearn.linear_model._stochastic_gradient import BaseSGD
 from sklearn.metrics import get_scorer, hinge_loss, log_loss, mean_squared_error
 
-from cohort.client.base import Hooks, Trained
+from cohort.client.base import FrameworkClient, Hooks, Trained
 from cohort.client.settings import TrainSettings
 from cohort.core.arrays import NamedArrays
 from cohort.core.errors import ConfigError, DataError
 from cohort.core.seeding import Stage, rng
-from cohort.core.types import Config, EvaluateResult, FitResult
+from cohort.core.types import Config, EvaluateResult
 
 MODELS = ("sgd_classifier", "sgd_regressor", "logistic_regression")
 SCORERS = {"classification": ("accuracy", "f1_macro"), "regression": ("r2", "neg_mean_absolute_error")}
@@ -87,7 +87,7 @@ class SklearnModel:
         return est
 
 
-class SklearnClient:
+class SklearnClient(FrameworkClient):
     """A client training a linear scikit-learn model on its own examples (a :class:`cohort.Trainer`)."""
 
     def __init__(self, model: SklearnModel, x: np.ndarray, y: np.ndarray, *, test=None,
@@ -132,13 +132,8 @@ class SklearnClient:
     def gradient(self, arrays: NamedArrays, config: Config) -> Trained:
         raise ConfigError("FedSGD needs full-batch gradients, which the sklearn client does not compute; use fedavg")
 
-    def fit(self, arrays: NamedArrays, config: Config) -> FitResult:
-        t = self.train(arrays, config)
-        return FitResult(t.delta, t.num_examples, t.metrics)
-
     def evaluate(self, arrays: NamedArrays, config: Config) -> EvaluateResult:
-        if self.test is None or len(self.test[0]) == 0:
-            raise DataError(f"client {self.client_id} has no held-out data to evaluate on; set data.holdout_fraction > 0")
+        self.require_test()
         loss, metrics = _score(self.model.with_arrays(arrays), *self.test, self.model.task)
         return EvaluateResult(loss, len(self.test[0]), metrics)
 

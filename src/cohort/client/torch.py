@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cohort.client.base import Hooks, Trained
+from cohort.client.base import FrameworkClient, Hooks, Trained
 from cohort.client.settings import TrainSettings
 from cohort.core.arrays import NamedArrays, from_torch
 from cohort.core.errors import ConfigError, DataError
 from cohort.core.seeding import Stage, rng, torch_seed
-from cohort.core.types import Config, EvaluateResult, FitResult
+from cohort.core.types import Config, EvaluateResult
 
 def _mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if output.ndim == target.ndim + 1 and output.shape[-1] == 1:
@@ -147,7 +147,7 @@ def load_arrays(model: torch.nn.Module, arrays: NamedArrays) -> None:
         raise ConfigError(f"the arrays do not fit the model: {e}") from e
 
 
-class TorchClient:
+class TorchClient(FrameworkClient):
     """A client training a torch model on its own examples: a :class:`cohort.Trainer`.
 
     ``train`` runs local SGD/Adam with ``settings`` (any field can be overridden per round through
@@ -224,13 +224,8 @@ class TorchClient:
         delta = {name: grads[name].numpy() if name in grads else np.zeros_like(a) for name, a in arrays.items()}
         return Trained(delta, len(self.x), 1, settings.lr, {"train_loss": mean_loss})
 
-    def fit(self, arrays: NamedArrays, config: Config) -> FitResult:
-        t = self.train(arrays, config)
-        return FitResult(t.delta, t.num_examples, t.metrics)
-
     def evaluate(self, arrays: NamedArrays, config: Config) -> EvaluateResult:
-        if self.test is None or len(self.test[0]) == 0:
-            raise DataError(f"client {self.client_id} has no held-out data to evaluate on; set data.holdout_fraction > 0")
+        self.require_test()
         load_arrays(self.model, arrays)
         loss, n, metrics = evaluate_model(self.model, *self.test, self.loss)
         return EvaluateResult(loss, n, metrics)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -91,3 +92,14 @@ def _find(name: str) -> type:
     if not isinstance(obj, type) or not (issubclass(obj, (tuple, enum.Enum)) or dataclasses.is_dataclass(obj)):
         raise ValueError(f"the checkpoint names {name}, which is not a NamedTuple, dataclass or enum")
     return obj
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -78,7 +78,7 @@ def encode(tables: list[Table], spec: Spec) -> Encoded:
         raise ConfigError(f"data.categorical lists the target {spec.target!r}; the target is mapped by "
                           "data.target_binarize or data.target_classes")
     where = [(t.source, line) for t in tables for line in t.lines]
-    cells = {name: [v for t in tables for v in t.column(name)] for name in columns}
+    cells = {name: [v.strip() for t in tables for v in t.column(name)] for name in columns}
     numeric_names = [c for c in columns if c not in (spec.target, *spec.categorical, *spec.exclude)]
     numeric = np.empty((len(where), len(numeric_names)), np.float64)
     for j, name in enumerate(numeric_names):

@@ -58,7 +58,7 @@ def load_sites(cfg, seed: int, split=None) -> Sites:
         sizes = np.array([len(t.rows) for t in tables])
         client_of = np.repeat(np.arange(len(tables)), sizes)
     elif cfg.partition == "column":
-        values = tables[0].column(cfg.partition_column)
+        values = [v.strip() for v in tables[0].column(cfg.partition_column)]
         names = sorted(set(values))
         if any(not v for v in names):
             raise DataError(f"{tables[0].source}: column {cfg.partition_column!r} is empty in some rows; every row "

@@ -19,7 +19,7 @@ ALWAYS_MISSING = ("",)  # an empty cell is missing in every column
 
 @dataclass(frozen=True, eq=False)
 class Table:
-    """A file's cells as text: ``rows[i][j]`` is row i's value of ``columns[j]``; ``lines[i]`` its line."""
+    """A file's cells as text, as written: ``rows[i][j]`` is row i's value of ``columns[j]``; ``lines[i]`` its line."""
 
     source: str
     columns: list[str]
@@ -62,7 +62,7 @@ def read_table(path: str | os.PathLike[str], columns: tuple[str, ...] | list[str
                                 "[\"age\", \"sex\", ...]")
             if not all(header) or len(set(header)) != len(header):
                 duplicates = sorted({n for n in header if header.count(n) > 1})
-                raise DataError(f"{path}: column names must be distinct and non-empty; got {header}"
+                raise DataError(f"{path}: column names must be distinct (no duplicate) and non-empty; got {header}"
                                 + (f" (repeated: {duplicates})" if duplicates else ""))
             rows, lines = [], []
             for row in reader:
@@ -71,7 +71,7 @@ def read_table(path: str | os.PathLike[str], columns: tuple[str, ...] | list[str
                 if len(row) != len(header):
                     raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields; expected {len(header)} "
                                     f"({'data.csv_columns' if columns else 'the header'} names {len(header)})")
-                rows.append([field.strip() for field in row])
+                rows.append(row)  # as written; readers strip what they compare
                 lines.append(reader.line_num)
     except FileNotFoundError as e:
         raise DataError(f"CSV file not found: {path}") from e

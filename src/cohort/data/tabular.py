@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
@@ -70,31 +69,10 @@ def load_csv(
 
 def _read_rows(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the non-blank data rows, each with its 1-based line number in the file."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: the file is empty; expected a header row naming the columns")
-            header = [name.strip() for name in header]
-            if len(set(header)) != len(header):
-                duplicates = sorted({name for name in header if header.count(name) > 1})
-                raise DataError(f"{path}: duplicate column names {duplicates} in the header")
-            rows = []
-            for row in reader:
-                if not any(field.strip() for field in row):
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields; expected "
-                                    f"{len(header)} as in the header")
-                rows.append((reader.line_num, row))
-    except FileNotFoundError as exc:
-        raise DataError(f"CSV file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read CSV file {path}: {exc}") from exc
-    if not rows:
-        raise DataError(f"{path}: a header but no data rows; expected at least 1 row")
-    return header, rows
+    from cohort.data.table import read_table
+
+    table = read_table(path, (), delimiter)
+    return table.columns, list(zip(table.lines, table.rows))
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -56,16 +56,6 @@ def client_scalars(record: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 class TensorBoard:
     def __init__(self, folder: Path, name: str, config: Mapping[str, Any], config_text: str) -> None:
         from tensorboard.compat.proto.summary_pb2 import SummaryMetadata
@@ -111,7 +101,9 @@ class Mlflow:
         found = self.client.get_experiment_by_name("cohort")
         experiment = found.experiment_id if found else self.client.create_experiment("cohort")
         self.run_id = self.client.create_run(experiment, run_name=name).info.run_id
-        params = [Param(k, str(v)[:500]) for k, v in _flat(config).items()]
+        from cohort.core.tree import flatten
+
+        params = [Param(k, str(v)[:500]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
