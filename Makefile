@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/secagg_overhead.py
 	$(VENV)/bin/python bench/compression.py
 	$(VENV)/bin/python bench/personalization.py
+	$(VENV)/bin/python bench/shakespeare.py
+	$(VENV)/bin/python bench/aggregation_throughput.py
 
 # Regenerates the gRPC code from the committed .proto (grpcio-tools is in the dev extra).
 proto: $(STAMP)

@@ -105,3 +105,20 @@ def test_inputs_are_never_modified():
     for k in before:
         np.testing.assert_array_equal(u.delta[k], before[k])
         np.testing.assert_array_equal(start[k], START[k])
+
+
+def test_the_chunked_fold_gives_the_same_bits_as_one_numpy_expression():
+    from cohort.aggregation.weighting import CHUNK, _fold
+
+    gen = np.random.default_rng(3)
+    for shape, dtype in (((3 * CHUNK + 17,), np.float32), ((700, 301), np.float64), ((CHUNK // 2,), np.float32),
+                         ((257, 2 * CHUNK // 256 + 3), np.int64)):
+        delta = (gen.standard_normal(shape) * 1e3).astype(dtype)
+        if delta.ndim == 2:
+            delta = np.asfortranarray(delta)  # not C-contiguous
+        s1, s2 = gen.standard_normal(shape), None
+        s2 = s1.copy()
+        w = np.float64(gen.uniform(1, 1000))
+        s1 += w * delta
+        _fold(s2, w, delta)
+        assert s1.tobytes() == s2.tobytes(), (shape, dtype)
