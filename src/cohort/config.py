@@ -30,7 +30,7 @@ from cohort.options import (  # the optional sections, and the check every secti
 DATASETS = ("mnist", "breast_cancer", "diabetes", "csv", "shakespeare")
 PARTITIONS = ("iid", "shards", "dirichlet", "quantity", "column", "files", "assigned", "speaker")
 NATURAL = ("column", "files", "assigned", "speaker")  # partitions the data brings: one client per site (or speaker)
-BACKENDS = ("inprocess", "processes")
+BACKENDS = ("inprocess", "processes", "vectorized")
 POLICIES = ("sync", "fedbuff", "fedasync")
 
 
@@ -243,7 +243,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    backend: str = "inprocess"  # inprocess | processes
+    backend: str = "inprocess"  # inprocess | processes | vectorized (many small-model clients at once, torch.func)
     workers: int = 0  # processes: worker count; 0: one per core
     threads: int = 1  # torch threads per client; equal counts give bit-identical runs across backends
     speed_spread: float = 1.0  # virtual clock: client speeds spread log-uniformly over [1, spread]

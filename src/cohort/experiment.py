@@ -78,6 +78,10 @@ class Experiment:
     def channel(self) -> SimulationChannel:
         sim = self.config.simulation
         states = ClientStateStore(sim.client_state_mb * 2**20)
+        if sim.backend == "vectorized":
+            from cohort.channel.vectorized import VectorizedChannel
+
+            return VectorizedChannel(self.client_fn(), self.algorithm.client, threads=sim.threads, states=states)
         if sim.backend == "processes":
             return ProcessPoolChannel(self.client_fn(), self.algorithm.client, workers=sim.workers,
                                       threads=sim.threads, states=states)

@@ -1,0 +1,167 @@
+"""Vectorized clients: a cohort of small-model clients trained at once with ``torch.func``.
+
+Every client of a fit task gets its own copy of the parameters, stacked along a leading client axis;
+one step runs every client's batch through ``vmap(functional_call(model, ...))``, so ten or a thousand
+clients cost a handful of large tensor operations instead of thousands of small ones. Each client goes
+through the same batches as in the sequential backend (its seeded order, its own batch size, a last
+partial batch), padded to the largest batch and masked; a client whose steps are done stops moving.
+The steps are plain SGD with momentum and weight decay, written out on the stacked tensors.
+
+It computes what the sequential backend computes, within float tolerance (a batched matrix product
+sums in another order). What it cannot run the same way, it hands to the sequential path of
+:class:`InProcessChannel`: evaluation, algorithms other than plain local steps (FedProx, SCAFFOLD, ...),
+Adam, DP-SGD, local DP, models with buffers (batch norm) and clients other than the torch factory's.
+Dropout draws differ from the sequential backend's (``vmap`` randomness is per client, not per process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from cohort.algorithms.fedavg import LocalSteps
+from cohort.channel.inprocess import InProcessChannel, torch_threads
+from cohort.channel.runtime import Outcome
+from cohort.client.torch import TorchClientFactory
+from cohort.core.errors import ConfigError
+from cohort.core.seeding import Stage, rng
+from cohort.core.types import MODEL, ClientFailure, FailureStage, Instruction, Message, Reply
+
+MAX_CLIENTS = 1024  # clients stacked at once; a larger cohort goes in slices
+
+
+class VectorizedChannel(InProcessChannel):
+    """Fit tasks of plain local SGD trained for many clients at once; everything else as InProcessChannel."""
+
+    def __init__(self, client_fn, client_half=None, *, threads: int = 1, states=None, max_clients: int = MAX_CLIENTS) -> None:
+        super().__init__(client_fn, client_half, threads=threads, states=states)
+        if not (isinstance(max_clients, int) and 1 <= max_clients <= 65536):
+            raise ConfigError(f"max_clients is {max_clients!r}; expected an integer from 1 to 65536")
+        self.max_clients = max_clients
+        self._features: torch.Tensor | None = None
+        self._targets: torch.Tensor | None = None
+
+    def why_sequential(self, message: Message) -> str | None:
+        """Why this task runs client by client, or None when it can be vectorized."""
+        f = self.client_fn
+        if message.task != "fit":
+            return f"{message.task} tasks"
+        if type(self.client_half) is not LocalSteps:
+            return f"{type(self.client_half).__name__} (only plain local steps are vectorized)"
+        if not isinstance(f, TorchClientFactory):
+            return "clients other than the torch framework's"
+        s = f.settings.override(message.config)
+        if s.optimizer != "sgd" or s.dp_sgd or s.ldp:
+            return "adam, DP-SGD or local DP"
+        if any(True for _ in f.model.buffers()):
+            return "models with buffers (batch norm)"
+        if isinstance(message.config.get("compression"), dict) or message.config.get("secagg"):
+            return "compression or secure aggregation"
+        return None
+
+    def run(self, message: Message, instructions: Sequence[Instruction],
+            timeout_s: float | None = None) -> Iterator[tuple[int, Outcome]]:
+        if self.why_sequential(message) is not None:
+            yield from super().run(message, instructions, timeout_s)
+            return
+        self._sent(message, len(instructions))
+        for start in range(0, len(instructions), self.max_clients):
+            chunk = list(instructions[start:start + self.max_clients])
+            with torch_threads(self.threads):
+                try:
+                    outcomes = self._train(message, chunk)
+                except Exception as e:  # a framework error fails this slice's clients as values, as in user code
+                    outcomes = [ClientFailure(ins.client_id, FailureStage.FIT, f"{type(e).__name__}: {e}") for ins in chunk]
+            for k, (ins, outcome) in enumerate(zip(chunk, outcomes)):
+                state = self.states.get(ins.client_id)
+                yield start + k, self._received(ins.client_id, outcome, state, state)
+
+    def _data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._features is None:  # the whole training set once, as the torch client would convert it
+            from cohort.client.torch import to_tensors
+
+            ds = self.client_fn.dataset
+            self._features, self._targets = to_tensors(ds.x, ds.y, ds.x_scale)
+        return self._features, self._targets
+
+    def _train(self, message: Message, chunk: list[Instruction]) -> list[Outcome]:
+        f: TorchClientFactory = self.client_fn
+        settings = f.settings.override({**message.config, **chunk[0].config})
+        seed, round_ = int(message.config.get("seed", f.seed)), int(message.config.get("round", 0))
+        x_all, y_all = self._data()
+        model, arrays = f.model, message.arrays[MODEL]
+        k = len(chunk)
+        # every client's batches, as TorchClient draws them: a seeded order per epoch, its own batch size
+        plans, sizes = [], []
+        for ins in chunk:
+            idx = np.asarray(f.train[ins.client_id])
+            n = len(idx)
+            b = n if settings.batch_size == 0 else min(settings.batch_size, n)
+            order = rng(seed, round_, Stage.SHUFFLE, ins.client_id)
+            plans.append([idx[perm[s:s + b]] for perm in (order.permutation(n) for _ in range(settings.epochs))
+                          for s in range(0, n, b)])
+            sizes.append(n)
+        steps = max(len(p) for p in plans)
+        width = max(len(batch) for p in plans for batch in p)
+        index = np.zeros((steps, k, width), np.int64)
+        mask = np.zeros((steps, k, width), np.float32)
+        for c, plan in enumerate(plans):
+            for t, batch in enumerate(plan):
+                index[t, c, :len(batch)] = batch
+                mask[t, c, :len(batch)] = 1.0
+        active = torch.from_numpy(mask.max(axis=2))  # (steps, k): client c still has a step t
+        index_t, mask_t = torch.from_numpy(index), torch.from_numpy(mask)
+
+        names = [n for n, _ in model.named_parameters()]
+        params = {n: torch.from_numpy(np.array(arrays[n], copy=True)).unsqueeze(0).repeat(k, *[1] * arrays[n].ndim)
+                  for n in names}
+        momentum = {n: None for n in names}
+        loss_name = f.loss
+
+        def client_loss(p, x, y, m):
+            out = functional_call(model, p, (x,))
+            if loss_name == "cross_entropy":
+                each = F.cross_entropy(out, y, reduction="none")
+            else:
+                each = F.mse_loss(out.squeeze(-1) if out.ndim == y.ndim + 1 and out.shape[-1] == 1 else out, y,
+                                  reduction="none")
+            return (each * m).sum() / m.sum().clamp(min=1.0)
+
+        batched = vmap(client_loss, randomness="different")
+        totals = np.zeros(k)
+        model.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed ^ round_)
+            for t in range(steps):
+                for p in params.values():
+                    p.requires_grad_(True)
+                x = x_all[index_t[t]]
+                y = y_all[index_t[t]]
+                losses = batched(params, x, y, mask_t[t])
+                grads = torch.autograd.grad((losses * active[t]).sum(), [params[n] for n in names])
+                counts = mask_t[t].sum(dim=1)
+                totals += (losses.detach() * counts).numpy()
+                with torch.no_grad():
+                    for n, g in zip(names, grads):
+                        p = params[n].detach()
+                        if settings.weight_decay:
+                            g = g + settings.weight_decay * p
+                        if settings.momentum:
+                            momentum[n] = g.clone() if momentum[n] is None else momentum[n].mul_(settings.momentum).add_(g)
+                            g = momentum[n]
+                        on = active[t].view(k, *[1] * (p.ndim - 1))
+                        params[n] = p - settings.lr * g * on
+        out: list[Outcome] = []
+        for c, ins in enumerate(chunk):
+            delta = {n: params[n][c].detach().numpy() - arrays[n] for n in names}
+            if not all(np.isfinite(d).all() for d in delta.values()):
+                out.append(ClientFailure(ins.client_id, FailureStage.FIT, "the local training diverged (non-finite weights)"))
+                continue
+            metrics = {"train_loss": float(totals[c] / (sizes[c] * settings.epochs))}
+            out.append(Reply({MODEL: {n: delta[n].astype(arrays[n].dtype, copy=False) for n in names}}, sizes[c], metrics,
+                             message.version))
+        return out
