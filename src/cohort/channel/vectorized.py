@@ -118,7 +118,7 @@ class VectorizedChannel(InProcessChannel):
 
         names = [n for n, _ in model.named_parameters()]
         params = {n: torch.from_numpy(np.array(arrays[n], copy=True)).unsqueeze(0).repeat(k, *[1] * arrays[n].ndim)
-                  for n in names}
+                  .requires_grad_(True) for n in names}
         momentum = {n: None for n in names}
         loss_name = f.loss
 
@@ -137,24 +137,21 @@ class VectorizedChannel(InProcessChannel):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed ^ round_)
             for t in range(steps):
-                for p in params.values():
-                    p.requires_grad_(True)
                 x = x_all[index_t[t]]
                 y = y_all[index_t[t]]
                 losses = batched(params, x, y, mask_t[t])
                 grads = torch.autograd.grad((losses * active[t]).sum(), [params[n] for n in names])
                 counts = mask_t[t].sum(dim=1)
                 totals += (losses.detach() * counts).numpy()
-                with torch.no_grad():
+                with torch.no_grad():  # in place: the stacked parameters are large, every pass over them counts
                     for n, g in zip(names, grads):
-                        p = params[n].detach()
+                        p = params[n]
                         if settings.weight_decay:
-                            g = g + settings.weight_decay * p
+                            g = g.add_(p, alpha=settings.weight_decay)
                         if settings.momentum:
                             momentum[n] = g.clone() if momentum[n] is None else momentum[n].mul_(settings.momentum).add_(g)
                             g = momentum[n]
-                        on = active[t].view(k, *[1] * (p.ndim - 1))
-                        params[n] = p - settings.lr * g * on
+                        p.addcmul_(g, active[t].view(k, *[1] * (p.ndim - 1)), value=-settings.lr)
         out: list[Outcome] = []
         for c, ins in enumerate(chunk):
             delta = {n: params[n][c].detach().numpy() - arrays[n] for n in names}
