@@ -27,16 +27,16 @@ from cohort.options import (  # the optional sections, and the check every secti
     AttackConfig, CompressionConfig, FedAsyncConfig, NetworkConfig, PrivacyConfig, SecAggConfig, _check,
 )
 
-DATASETS = ("mnist", "breast_cancer", "diabetes", "csv", "shakespeare")
-PARTITIONS = ("iid", "shards", "dirichlet", "quantity", "column", "files", "assigned", "speaker")
-NATURAL = ("column", "files", "assigned", "speaker")  # partitions the data brings: one client per site (or speaker)
+DATASETS = ("mnist", "breast_cancer", "diabetes", "csv", "shakespeare", "synthetic")
+PARTITIONS = ("iid", "shards", "dirichlet", "quantity", "column", "files", "assigned", "speaker", "generated")
+NATURAL = ("column", "files", "assigned", "speaker", "generated")  # partitions the data brings: one client per site, speaker, ...
 BACKENDS = ("inprocess", "processes", "vectorized")
 POLICIES = ("sync", "fedbuff", "fedasync")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "breast_cancer"  # mnist | breast_cancer | diabetes | csv | shakespeare
+    dataset: str = "breast_cancer"  # mnist | breast_cancer | diabetes | csv | shakespeare | synthetic (LEAF's, generated lazily)
     dir: str = ""  # folder of downloadable datasets; "" means $COHORT_DATA_DIR, else ~/.cache/cohort/data
     download: bool = True  # fetch missing files from the public mirrors (checksums verified)
     csv_path: str = ""  # dataset = "csv": the file (or data.client_files: one file per client)
@@ -62,6 +62,8 @@ class DataConfig:
     shards_per_client: int = 2  # partition = "shards": label-sorted shards per client (McMahan: 2)
     seq_stride: int = 80  # shakespeare: a window of 80 characters every this many characters
     min_speeches: int = 10  # shakespeare: speakers with at least this many speeches are clients
+    synthetic_alpha: float = 1.0  # synthetic: how much the clients' models differ (LEAF's α)
+    synthetic_beta: float = 1.0  # synthetic: how much the clients' data differ (LEAF's β)
     alpha: float = 0.5  # partition = "dirichlet" | "quantity": concentration; small is skewed
     holdout_fraction: float | None = None  # share of each client's data kept for evaluation; unset: 0.2 for natural partitions, else 0
 
@@ -98,6 +100,10 @@ class DataConfig:
             _check(self.dataset == "csv", "data.dataset", self.dataset, f"'csv' with data.partition = {self.partition!r}")
         _check((self.dataset == "shakespeare") == (self.partition == "speaker"), "data.partition", self.partition,
                "'speaker' exactly when data.dataset = 'shakespeare' (one client per speaking role)")
+        _check((self.dataset == "synthetic") == (self.partition == "generated"), "data.partition", self.partition,
+               "'generated' exactly when data.dataset = 'synthetic' (each client made from its id)")
+        _check(self.num_clients <= (100_000_000 if self.dataset == "synthetic" else 10_000_000), "data.num_clients",
+               self.num_clients, "at most 10000000 (100000000 for generated synthetic clients)")
         _check(1 <= self.seq_stride <= 10_000, "data.seq_stride", self.seq_stride, "an integer from 1 to 10000")
         _check(1 <= self.min_speeches <= 10_000, "data.min_speeches", self.min_speeches, "an integer from 1 to 10000")
         if self.dataset == "csv":
@@ -307,7 +313,11 @@ class RunConfig:
         """The share of clients evaluated on their held-out data each evaluation: unset, all of them with a
         natural partition (each site is scored), none otherwise."""
         f = self.evaluate.federated_fraction
-        return f if f is not None else (1.0 if self.data.natural else 0.0)
+        if f is not None:
+            return f
+        if self.data.dataset == "synthetic":  # a generated population may be huge: score about 1,000 of them
+            return min(1.0, 1000 / self.data.num_clients)
+        return 1.0 if self.data.natural else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict; unset (None) values are left out, as TOML has no null."""

@@ -94,6 +94,12 @@ class Experiment:
 
     def describe_clients(self) -> str:
         """Clients, their sizes and, for classification, their label histograms."""
+        if hasattr(self.partition, "federation"):  # generated on demand: describe a sample
+            sizes = self.partition.sizes(limit=1000)
+            return (f"{self.num_clients} clients, generated on demand from (seed, client id); sizes of the first "
+                    f"{len(sizes)}: min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}\n"
+                    f"examples per client: min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}\n"
+                    "labels per client: (not listed: the clients are not stored)")
         named = ""
         if self.client_names is not None:
             sizes = self.partition.sizes() + (self.holdout.sizes() if self.holdout is not None else 0)

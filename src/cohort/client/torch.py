@@ -284,6 +284,26 @@ class TorchClientFactory:
                            client_id=client_id, seed=self.seed)
 
 
+class LazyTorchClients(TorchClientFactory):
+    """The ``client_fn`` of a generated federation (``source.split(k)`` gives client k's training and
+    held-out examples on demand, e.g. :class:`cohort.data.synthetic.SyntheticFederation`): nothing is
+    stored per client, so the registered population costs no memory."""
+
+    def __init__(self, model_fn: Callable[[], torch.nn.Module], source, *, settings: TrainSettings = TrainSettings(),
+                 seed: int = 0, loss: str = "cross_entropy") -> None:
+        self.model_fn, self.source, self.settings, self.seed, self.loss = model_fn, source, settings, seed, loss
+        self._model = None
+
+    def __len__(self) -> int:
+        return self.source.num_clients
+
+    def __call__(self, client_id: int) -> TorchClient:
+        (x, y), test = self.source.split(int(client_id))
+        held = to_tensors(*test) if len(test[0]) else None
+        return TorchClient(self.model, *to_tensors(x, y), test=held, settings=self.settings, loss=self.loss,
+                           client_id=client_id, seed=self.seed)
+
+
 class TorchEvaluator:
     """Centralized evaluation on a server-side test set: ``evaluator(arrays) -> metrics``."""
 
@@ -320,6 +340,9 @@ def _build_model(name: str, factory, feature_shape: tuple[int, ...], outputs: in
 
 
 def _client_fn(model_fn, train, partition, holdout, settings: TrainSettings, seed: int) -> TorchClientFactory:
+    source = getattr(partition, "federation", None)
+    if source is not None:  # a generated federation: clients made on demand
+        return LazyTorchClients(model_fn, source, settings=settings, seed=seed, loss=loss_for_task(train.task))
     return TorchClientFactory(model_fn, train, partition, holdout, settings=settings, seed=seed)
 
 

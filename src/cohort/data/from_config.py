@@ -21,6 +21,13 @@ class FederatedData:
 
 
 def federated_data(cfg: DataConfig, seed: int) -> FederatedData:
+    if cfg.dataset == "synthetic":
+        from cohort.data.synthetic import LazyPartition, SyntheticFederation
+
+        fed = SyntheticFederation(cfg.num_clients, cfg.synthetic_alpha, cfg.synthetic_beta, seed, cfg.holdout)
+        x, y = fed.examples(0)  # one client's examples: the shapes and classes every client shares
+        example = ArrayDataset(x, y, "classification", 10, name="synthetic")
+        return FederatedData(example, None, LazyPartition(fed), LazyPartition(fed, held_out=True) if cfg.holdout > 0 else None, None)
     if cfg.dataset == "shakespeare":
         from cohort.data.shakespeare import load_speakers
 
