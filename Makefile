@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/personalization.py
 	$(VENV)/bin/python bench/shakespeare.py
 	$(VENV)/bin/python bench/aggregation_throughput.py
+	$(VENV)/bin/python bench/vectorized.py
+	$(VENV)/bin/python bench/million.py
 
 # Regenerates the gRPC code from the committed .proto (grpcio-tools is in the dev extra).
 proto: $(STAMP)
