@@ -20,8 +20,11 @@ def test_the_examples_are_all_here():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(ROOT / "examples").as_posix())
 def test_an_example_runs_one_short_round(path, data_dir, monkeypatch):
     monkeypatch.chdir(ROOT)  # examples name their files from the project folder
-    config = load_config(path, ["rounds=1", "server.fraction=0.1", "output.progress=false", f'data.dir="{data_dir}"',
-                                "data.download=false"])
+    sets = ["rounds=1", "output.progress=false", f'data.dir="{data_dir}"', "data.download=false"]
+    config = load_config(path, sets)
+    if config.server.fraction * config.data.num_clients > 2:  # a short round: two clients
+        sets.append(f"server.fraction={2 / config.data.num_clients}")
+    config = load_config(path, sets)
     result = run(config, write=False)
     assert result.stopped_by == "rounds" and result.state.round == 1
     record = result.state.history[-1]
