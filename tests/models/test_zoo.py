@@ -45,4 +45,4 @@ def test_check_fits_catches_a_wrong_output_count():
 
 
 def test_every_model_is_listed():
-    assert set(MODELS) == {"mnist_2nn", "mnist_cnn", "mlp", "cnn", "linear_regression", "logistic_regression"}
+    assert set(MODELS) == {"mnist_2nn", "mnist_cnn", "mlp", "cnn", "linear_regression", "logistic_regression", "shakespeare_lstm"}
