@@ -153,6 +153,9 @@ def build(config: RunConfig) -> Experiment:
     train, test, partition, holdout = fed.train, fed.test, fed.partition, fed.holdout
     outputs = train.num_classes if train.task == "classification" else 1
     factory = Factory(config.model.factory, tuple(train.feature_shape), outputs) if config.model.factory else None
+    if config.data.dataset == "synthetic" and (framework.name != "torch" or config.attack.kind == "label_flip"):
+        raise ConfigError("data.dataset = 'synthetic' generates each client on demand for the torch framework; it "
+                          "takes model.framework = 'torch' and no attack.kind = 'label_flip'")
     if framework.algorithms is not None and config.server.algorithm not in framework.algorithms:
         raise ConfigError(f"server.algorithm = {config.server.algorithm!r} changes local training in a way the "
                           f"{framework.name} client cannot (it trains with the model's own fit); with model.framework = "
@@ -172,12 +175,14 @@ def build(config: RunConfig) -> Experiment:
                           f"{outputs} output{'s' if outputs != 1 else ''}): {e}") from e
     ev = config.evaluate
     if config.federated_fraction > 0 and holdout is None:
-        raise ConfigError("evaluate.federated_fraction > 0 needs held-out client data: set data.holdout_fraction > 0")
+        raise ConfigError(f"federated evaluation (evaluate.federated_fraction = {config.federated_fraction:g}"
+                          f"{'' if config.evaluate.federated_fraction is not None else ', the default here'}) needs "
+                          "held-out client data: set data.holdout_fraction > 0, or evaluate.federated_fraction = 0")
     if config.server.algorithm == "scaffold" and (config.client.optimizer != "sgd" or config.client.momentum > 0):
         raise ConfigError(f"server.algorithm = 'scaffold' needs plain local SGD (its control variates are (x − y)/(K·lr)); "
                           f"client.optimizer is {config.client.optimizer!r} and client.momentum {config.client.momentum}: "
                           "set client.optimizer = 'sgd' and client.momentum = 0, or use fedavg/fedprox")
-    if config.server.algorithm == "fedper" and ev.centralized:
+    if config.server.algorithm == "fedper" and ev.centralized and test is not None:
         raise ConfigError("server.algorithm = 'fedper' keeps each client's personal layers on the client, so the server "
                           "has no complete model to test on its own data: set evaluate.centralized = false, and evaluate "
                           "every client on its own held-out data with data.holdout_fraction > 0 and "
@@ -285,7 +290,8 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
             if config.output.trackers:
                 from cohort.tracking.trackers import Trackers
 
-                trackers = Trackers(config.output.trackers, folder.path, config.name, config.to_dict(), config.to_toml())
+                trackers = Trackers(config.output.trackers, folder.path, config.name, config.to_dict(), config.to_toml(),
+                                    exp.client_names)
         if folder is not None and on_folder is not None:
             on_folder(folder.path)
         channel = given if given is not None else exp.channel()
@@ -332,7 +338,10 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
         summary = _summary(exp, state, stopped_by, time.perf_counter() - started, folder)
         if folder is not None:
             try:
-                folder.save_model(state.model, {"round": str(state.round), "name": config.name}, exp.framework.save_model)
+                meta = {"round": str(state.round), "name": config.name}
+                if config.server.algorithm == "fedper":  # say what is not in it
+                    meta["note"] = "FedPer: the shared layers only; each client keeps its personal layers"
+                folder.save_model(state.model, meta, exp.framework.save_model)
                 folder.write_summary(summary)
             except (OSError, CohortError) as e:
                 if error is None:

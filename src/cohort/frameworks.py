@@ -123,8 +123,10 @@ class Factory:
 
     def __call__(self) -> Any:
         fn = self.function()
-        try:
-            takes_shape = len(inspect.signature(fn).parameters) >= 2
+        try:  # (input_shape, outputs) when its first two parameters are required positional ones
+            params = list(inspect.signature(fn).parameters.values())[:2]
+            takes_shape = len(params) == 2 and all(
+                p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
         except (TypeError, ValueError):
             takes_shape = False
         return fn(self.input_shape, self.outputs) if takes_shape else fn()

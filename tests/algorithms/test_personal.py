@@ -103,8 +103,10 @@ def test_ditto_keeps_other_state_and_refuses_a_diverged_personal_model():
 
     _, state = half.handle(Message("fit", {MODEL: {"x": np.ones(2)}}, {}), Recorder(1), other)
     assert set(state) == {"residual", PERSONAL}
-    with pytest.raises(FloatingPointError, match="keeps its previous"):
-        half.handle(Message("fit", {MODEL: {"x": np.ones(2)}}, {}), Diverging(1), state)
+    # the personal steps diverge: the client keeps its last personal model, and its global update still goes up
+    reply, after = half.handle(Message("fit", {MODEL: {"x": np.ones(2)}}, {}), Diverging(1), state)
+    assert after[PERSONAL] is state[PERSONAL] and reply.metrics["personal_diverged"] == 1.0
+    np.testing.assert_allclose(reply.arrays[MODEL]["x"], 0.2)
     with pytest.raises(ConfigError, match="do not match the model"):
         half.handle(Message("fit", {MODEL: {"y": np.ones(2)}}, {}), Recorder(1), state)
 
@@ -137,6 +139,16 @@ def test_fedper_splits_the_last_layer_off_by_default_or_the_named_ones():
     for bad in ({"personal": ("",)}, {"personal": "2"}, {"personal_layers": 0}, {"personal_layers": True}):
         with pytest.raises(ConfigError, match="fedper.personal"):
             FedPerSettings(**bad)
+
+
+def test_fedper_finds_keras_layers_by_path():
+    keras_like = {"sequential/dense/kernel": np.zeros((3, 2)), "sequential/dense/bias": np.zeros(2),
+                  "sequential/dense_1/kernel": np.zeros((2, 1)), "sequential/dense_1/bias": np.zeros(1)}
+    for settings in (FedPerSettings(), FedPerSettings(personal=("dense_1",)), FedPerSettings(personal=("sequential/dense_1",))):
+        shared, personal = settings.split(keras_like)
+        assert set(personal) == {"sequential/dense_1/kernel", "sequential/dense_1/bias"}, settings
+    nested = {"layers.2.weight": np.zeros(2), "layers.12.weight": np.zeros(2)}
+    assert set(FedPerSettings(personal=("2",)).split(nested)[1]) == {"layers.2.weight"}
 
 
 def test_fedper_personal_layers_never_travel_and_stay_each_clients_own():

@@ -175,7 +175,7 @@ def test_plot_writes_curves_into_the_first_run_folder_by_default(demo_runs):
     (["data.num_clients=1000", "data.partition=iid"], "data.num_clients is 1000 but the training data has only 455 examples"),
     (["model.name=cnn"], "model.name is 'cnn', which does not fit data.dataset = 'breast_cancer'"),
     (["data.dataset=diabetes", "model.name=linear_regression"], "data.partition = 'dirichlet' splits by class label"),
-    (["data.holdout_fraction=0"], "evaluate.federated_fraction > 0 needs held-out client data"),
+    (["data.holdout_fraction=0"], "federated evaluation (evaluate.federated_fraction = 1) needs held-out client data: set data.holdout_fraction > 0"),
     (["evaluate.target=0.5", "evaluate.target_metric=f1"], "evaluate.target_metric is 'f1', which this run does not report"),
     (["rounds"], "--set 'rounds': expected key=value"),
 ])

@@ -128,6 +128,12 @@ def test_header_less_files_and_target_mappings(tmp_path):
     write(tmp_path / "words.csv", "a,y\n1,0\nhigh,1\n2,1\n")
     with pytest.raises(DataError, match=r"line 3, column 'a': 'high' is not a number.*data.missing_values.*data.categorical"):
         federated_data(sites_config(tmp_path, f"data.csv_path='{tmp_path}/words.csv'", "data.csv_target='y'").data, 0)
+    write(tmp_path / "nantarget.csv", "a,y\n1,0\n2,nan\n3,1\n")  # "nan" is a missing target, not a class of its own
+    with pytest.raises(DataError, match="line 3: the target 'y' is missing"):
+        federated_data(sites_config(tmp_path, f"data.csv_path='{tmp_path}/nantarget.csv'", "data.csv_target='y'").data, 0)
+    with pytest.raises(DataError, match="line 3: the target 'y' is missing"):
+        federated_data(sites_config(tmp_path, f"data.csv_path='{tmp_path}/nantarget.csv'", "data.csv_target='y'",
+                                    "data.csv_task='regression'", "data.partition='iid'").data, 0)
     write(tmp_path / "notarget.csv", "a,y\n1,0\n2,\n3,1\n")
     with pytest.raises(DataError, match="line 3: the target 'y' is missing"):
         federated_data(sites_config(tmp_path, f"data.csv_path='{tmp_path}/notarget.csv'", "data.csv_target='y'").data, 0)

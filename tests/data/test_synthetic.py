@@ -53,3 +53,13 @@ def test_the_example_runs_and_its_clients_learn():
     h = result.state.history
     assert h[-1]["clients_succeeded"] == 200 and "federated_accuracy" in h[-1]
     assert h[-1]["train_loss"] < 2.3  # below chance's log 10: the local models learn
+
+
+def test_generated_clients_refuse_what_cannot_serve_them():
+    import pytest
+
+    from cohort.core.errors import ConfigError
+
+    for sets in (["model.framework=sklearn", "model.name=sgd_classifier"], ["attack.kind=label_flip", "attack.fraction=0.1"]):
+        with pytest.raises(ConfigError, match="takes model.framework = 'torch' and no attack.kind = 'label_flip'"):
+            build(load_config(ROOT / "examples" / "synthetic_million.toml", ["data.num_clients=1000", *sets]))

@@ -100,6 +100,13 @@ def test_bad_keras_settings_are_refused_before_training(sets, match):
         build(short(*sets))
 
 
+def test_fedper_keeps_the_keras_head_on_the_clients():
+    exp = build(short("server.algorithm='fedper'", "evaluate.centralized=false"))
+    state = exp.initial_state()
+    assert set(state.groups["personal_init"]) == {"sequential/dense_1/kernel", "sequential/dense_1/bias"}
+    assert set(state.model) == {"sequential/dense/kernel", "sequential/dense/bias"}
+
+
 def test_the_keras_client_says_what_it_cannot_do():
     exp = build(short())
     client = exp.client_fn()(0)

@@ -78,3 +78,23 @@ def test_a_failing_tracker_is_switched_off_and_the_run_goes_on(tmp_path, monkeyp
 def test_unknown_trackers_are_refused():
     with pytest.raises(ConfigError, match="output.trackers is \\['neptune'\\]; expected a list of tensorboard, mlflow, wandb"):
         load_config(None, ["output.trackers=['neptune']"])
+
+
+def test_site_names_mlflow_would_refuse_are_made_safe(tmp_path):
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    for name in ("St. Mary's", "Hospital (A)"):
+        (sites / f"{name}.csv").write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    config = load_config(None, ["rounds=2", f"output.dir='{tmp_path}'", "output.progress=false", "data.dataset='csv'",
+                                "data.partition='files'", f"data.client_files=['{sites}/*.csv']", "data.csv_target='y'",
+                                "output.trackers=['mlflow']"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the tracker must not be switched off
+        result = run(config)
+    client = MlflowClient(tracking_uri=(result.folder / "mlruns").resolve().as_uri())
+    (found,) = client.search_runs([client.get_experiment_by_name("cohort").experiment_id])
+    assert "client.St. Mary_s.accuracy" in found.data.metrics and "client.Hospital _A_.accuracy" in found.data.metrics
+    assert len(client.get_metric_history(found.info.run_id, "federated_accuracy")) == 2

@@ -84,7 +84,7 @@ class FedPerSettings:
     def split(self, model: NamedArrays) -> tuple[NamedArrays, NamedArrays]:
         """(shared, personal) arrays of ``model``; a ConfigError names the layers when the split is empty
         on either side or a named layer does not exist."""
-        layers = list(dict.fromkeys(k.rsplit(".", 1)[0] if "." in k else k for k in model))
+        layers = list(dict.fromkeys(_layer(k) for k in model))
         if self.personal:
             missing = [p for p in self.personal if not any(_in_layer(k, p) for k in model)]
             if missing:
@@ -92,7 +92,7 @@ class FedPerSettings:
             personal = {k for k in model if any(_in_layer(k, p) for p in self.personal)}
         else:
             chosen = set(layers[-self.personal_layers:])
-            personal = {k for k in model if (k.rsplit(".", 1)[0] if "." in k else k) in chosen}
+            personal = {k for k in model if _layer(k) in chosen}
         shared = {k: a for k, a in model.items() if k not in personal}
         if not shared:
             raise ConfigError(f"FedPer needs at least one shared layer; with fedper.personal = {list(self.personal)} "
@@ -101,9 +101,19 @@ class FedPerSettings:
         return shared, {k: model[k] for k in model if k in personal}
 
 
-def _in_layer(key: str, layer: str) -> bool:
-    layer = layer.strip(".")
-    return key == layer or key.startswith(layer + ".")
+def _layer(key: str) -> str:
+    """The layer an array belongs to: its name without the last segment (``4.weight`` -> ``4``,
+    Keras's ``sequential/dense_1/kernel`` -> ``sequential/dense_1``)."""
+    cut = max(key.rfind("."), key.rfind("/"))
+    return key[:cut] if cut > 0 else key
+
+
+def _in_layer(key: str, name: str) -> bool:
+    """``name`` is the array's layer, a path above it, or the layer's own last segment (``dense_1``)."""
+    name = name.strip("./")
+    layer = _layer(key)
+    return (key == name or layer == name or key.startswith((name + ".", name + "/"))
+            or layer.endswith(("/" + name, "." + name)))
 
 
 @dataclass(frozen=True)
@@ -187,8 +197,12 @@ class PersonalModel(ClientHalf):
         v = _kept(state, w, "personal model") or w
         config = message.config if not self.personal_epochs else {**message.config, "epochs": self.personal_epochs}
         p = trainer.train(v, config, Hooks(proximal_mu=self.lam, anchor=w))
-        kept = _updated(v, p.delta, "personal model")
         metrics = {**(t.metrics or {}), **{f"personal_{k}": m for k, m in (p.metrics or {}).items()}}
+        try:
+            kept = _updated(v, p.delta, "personal model")
+        except FloatingPointError:  # the personal steps diverged (lr·λ too large): keep the last personal model;
+            kept = v  # the global model's update is good and still goes up
+            metrics["personal_diverged"] = 1.0
         return Reply({MODEL: t.delta}, t.num_examples, metrics), {**(state or {}), PERSONAL: kept}
 
     def evaluate(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[EvaluateResult, ClientState]:

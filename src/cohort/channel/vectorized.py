@@ -16,7 +16,9 @@ Dropout draws differ from the sequential backend's (``vmap`` randomness is per c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -26,12 +28,13 @@ from torch.func import functional_call, vmap
 from cohort.algorithms.fedavg import LocalSteps
 from cohort.channel.inprocess import InProcessChannel, torch_threads
 from cohort.channel.runtime import Outcome
-from cohort.client.torch import TorchClientFactory
+from cohort.client.torch import LazyTorchClients, TorchClientFactory
 from cohort.core.errors import ConfigError
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import MODEL, ClientFailure, FailureStage, Instruction, Message, Reply
 
 MAX_CLIENTS = 1024  # clients stacked at once; a larger cohort goes in slices
+TRAINING_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "optimizer")  # must agree across a slice
 
 
 class VectorizedChannel(InProcessChannel):
@@ -52,13 +55,15 @@ class VectorizedChannel(InProcessChannel):
             return f"{message.task} tasks"
         if type(self.client_half) is not LocalSteps:
             return f"{type(self.client_half).__name__} (only plain local steps are vectorized)"
-        if not isinstance(f, TorchClientFactory):
-            return "clients other than the torch framework's"
+        if not isinstance(f, TorchClientFactory) or isinstance(f, LazyTorchClients):
+            return "clients other than the torch framework's stored ones (generated clients run one by one)"
         s = f.settings.override(message.config)
         if s.optimizer != "sgd" or s.dp_sgd or s.ldp:
             return "adam, DP-SGD or local DP"
         if any(True for _ in f.model.buffers()):
             return "models with buffers (batch norm)"
+        if not all(p.requires_grad for p in f.model.parameters()):
+            return "models with frozen parameters"
         if isinstance(message.config.get("compression"), dict) or message.config.get("secagg"):
             return "compression or secure aggregation"
         return None
@@ -71,13 +76,25 @@ class VectorizedChannel(InProcessChannel):
         self._sent(message, len(instructions))
         for start in range(0, len(instructions), self.max_clients):
             chunk = list(instructions[start:start + self.max_clients])
+            configs = [{**message.config, **ins.config} for ins in chunk]
+            train_keys = [{k: c.get(k) for k in TRAINING_KEYS} for c in configs]
+            if any(t != train_keys[0] for t in train_keys):  # clients asked to train differently: one by one
+                for k, ins in enumerate(chunk):
+                    with torch_threads(self.threads):
+                        outcome, before, after = self._run_here(message, ins)
+                    yield start + k, self._received(ins.client_id, outcome, before, after)
+                continue
             with torch_threads(self.threads):
+                started = time.perf_counter()
                 try:
-                    outcomes = self._train(message, chunk)
+                    outcomes = self._train(message, chunk, configs)
                 except Exception as e:  # a framework error fails this slice's clients as values, as in user code
                     outcomes = [ClientFailure(ins.client_id, FailureStage.FIT, f"{type(e).__name__}: {e}") for ins in chunk]
+                each = (time.perf_counter() - started) / len(chunk)  # the clients' share of the slice's time
             for k, (ins, outcome) in enumerate(zip(chunk, outcomes)):
                 state = self.states.get(ins.client_id)
+                if isinstance(outcome, Reply):
+                    outcome = replace(outcome, seconds=each)
                 yield start + k, self._received(ins.client_id, outcome, state, state)
 
     def _data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,20 +105,19 @@ class VectorizedChannel(InProcessChannel):
             self._features, self._targets = to_tensors(ds.x, ds.y, ds.x_scale)
         return self._features, self._targets
 
-    def _train(self, message: Message, chunk: list[Instruction]) -> list[Outcome]:
+    def _train(self, message: Message, chunk: list[Instruction], configs: list[dict]) -> list[Outcome]:
         f: TorchClientFactory = self.client_fn
-        settings = f.settings.override({**message.config, **chunk[0].config})
-        seed, round_ = int(message.config.get("seed", f.seed)), int(message.config.get("round", 0))
+        settings = f.settings.override(configs[0])  # the same for every client of the slice (checked by run)
         x_all, y_all = self._data()
         model, arrays = f.model, message.arrays[MODEL]
         k = len(chunk)
         # every client's batches, as TorchClient draws them: a seeded order per epoch, its own batch size
         plans, sizes = [], []
-        for ins in chunk:
+        for ins, config in zip(chunk, configs):  # each client's own round and seed (FedBuff dispatches per client)
             idx = np.asarray(f.train[ins.client_id])
             n = len(idx)
             b = n if settings.batch_size == 0 else min(settings.batch_size, n)
-            order = rng(seed, round_, Stage.SHUFFLE, ins.client_id)
+            order = rng(int(config.get("seed", f.seed)), int(config.get("round", 0)), Stage.SHUFFLE, ins.client_id)
             plans.append([idx[perm[s:s + b]] for perm in (order.permutation(n) for _ in range(settings.epochs))
                           for s in range(0, n, b)])
             sizes.append(n)
@@ -135,16 +151,18 @@ class VectorizedChannel(InProcessChannel):
         totals = np.zeros(k)
         model.train()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed ^ round_)
+            torch.manual_seed(int(configs[0].get("seed", f.seed)) ^ int(configs[0].get("round", 0)))  # dropout draws
             for t in range(steps):
                 x = x_all[index_t[t]]
                 y = y_all[index_t[t]]
                 losses = batched(params, x, y, mask_t[t])
-                grads = torch.autograd.grad((losses * active[t]).sum(), [params[n] for n in names])
+                grads = torch.autograd.grad((losses * active[t]).sum(), [params[n] for n in names], allow_unused=True)
                 counts = mask_t[t].sum(dim=1)
                 totals += (losses.detach() * counts).numpy()
                 with torch.no_grad():  # in place: the stacked parameters are large, every pass over them counts
                     for n, g in zip(names, grads):
+                        if g is None:  # a parameter the forward pass does not use: torch's SGD skips it too
+                            continue
                         p = params[n]
                         if settings.weight_decay:
                             g = g.add_(p, alpha=settings.weight_decay)

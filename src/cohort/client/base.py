@@ -130,7 +130,8 @@ class FrameworkClient:
 
     def require_test(self, what: str = "held-out data") -> None:
         if self.test is None or len(self.test[0]) == 0:  # type: ignore[index]
-            raise DataError(f"client {self.client_id} has no {what} to evaluate on; set data.holdout_fraction > 0")
+            raise DataError(f"client {self.client_id} has no {what} to evaluate on: data.holdout_fraction is 0, or the "
+                            "client holds too few examples to keep any back")
 
 
 def zeros_like(arrays: NamedArrays) -> NamedArrays:

@@ -91,8 +91,8 @@ class HFModel:
         extra = {"num_labels": self.num_labels} if self.task == "seq_cls" else {}
         if self.pretrained:
             local = os.path.isdir(self.pretrained)
-            try:
-                return auto.from_pretrained(self.pretrained, local_files_only=local, **extra)
+            try:  # float32 whatever the checkpoint's dtype: the adapters travel as float32 arrays
+                return auto.from_pretrained(self.pretrained, local_files_only=local, **extra).float()
             except (OSError, ValueError) as e:
                 where = (f"the folder {self.pretrained!r}" if local else
                          f"{self.pretrained!r} (not a folder here, so a hub name: it needs the network, or a copy "
@@ -211,10 +211,16 @@ class HFLoraClient(FrameworkClient):
         self.model.eval()
         ids = torch.from_numpy(np.asarray(self.test[0], np.int64))
         labels = torch.from_numpy(np.asarray(self.test[1], np.int64)) if self.test[1] is not None else None
-        loss, logits = self._batch_loss(ids, labels)
-        metrics = {"perplexity": math.exp(min(float(loss), 50.0))} if self.task == "causal_lm" else {
-            "accuracy": float((logits.argmax(-1) == labels).float().mean())}
-        return EvaluateResult(float(loss), len(ids), metrics)
+        total, correct, b = 0.0, 0, max(1, self.settings.batch_size or 32)
+        for start in range(0, len(ids), b):  # in batches: a whole set's logits (examples x tokens x vocabulary) may not fit
+            part = labels[start:start + b] if labels is not None else None
+            loss, logits = self._batch_loss(ids[start:start + b], part)
+            total += float(loss) * len(ids[start:start + b])
+            if part is not None:
+                correct += int((logits.argmax(-1) == part).sum())
+        loss = total / len(ids)
+        metrics = {"perplexity": math.exp(min(loss, 50.0))} if self.task == "causal_lm" else {"accuracy": correct / len(ids)}
+        return EvaluateResult(loss, len(ids), metrics)
 
 
 class HFClients:

@@ -111,11 +111,18 @@ def _target(values: list[str], spec: Spec, where: list[tuple[str, int]]) -> tupl
         if v in missing:
             raise DataError(f"{where[i][0]}, line {where[i][1]}: the target {spec.target!r} is missing ({v!r}); "
                             "every row needs a target (remove the row from the file)")
+    def number(v: str, w: tuple[str, int]) -> float:
+        x = _number(v, spec.target, w)
+        if math.isnan(x):
+            raise DataError(f"{w[0]}, line {w[1]}: the target {spec.target!r} is missing ({v!r}); every row needs a "
+                            "target (remove the row from the file)")
+        return x
+
     if spec.task == "regression":
-        return np.array([_number(v, spec.target, w) for v, w in zip(values, where)], np.float32), 0
+        return np.array([number(v, w) for v, w in zip(values, where)], np.float32), 0
     if spec.binarize:
         op, threshold = parse_binarize(spec.binarize)
-        nums = [_number(v, spec.target, w) for v, w in zip(values, where)]
+        nums = [number(v, w) for v, w in zip(values, where)]
         return np.array([int(COMPARISONS[op](x, threshold)) for x in nums], np.int64), 2
     if spec.classes:
         unknown = sorted({v for v in values if v not in spec.classes})
@@ -128,6 +135,9 @@ def _target(values: list[str], spec: Spec, where: list[tuple[str, int]]) -> tupl
         keys: list = [float(v) for v in values]
     except ValueError:
         keys = list(values)
+    else:
+        for v, w in zip(values, where):
+            number(v, w)  # "nan" is a missing target, not a class
     distinct = sorted(set(keys))
     if len(distinct) < 2:
         raise DataError(f"target {spec.target!r} has {len(distinct)} distinct value(s) {distinct}; classification "

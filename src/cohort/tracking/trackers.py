@@ -44,19 +44,23 @@ def scalars(record: Mapping[str, Any]) -> dict[str, float]:
             and abs(float(v)) < float("inf")}
 
 
-def client_scalars(record: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """Each evaluated client's held-out loss and metrics this round, by client name."""
+def client_scalars(record: Mapping[str, Any], names: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """Each evaluated client's held-out loss and metrics this round, by client name (``names[id]``, else the id)."""
     out: dict[str, dict[str, float]] = {}
     for row in record.get("clients") or ():
         if row.get("task") != "evaluate" or row.get("status") != "ok":
             continue
         values = {"loss": row.get("loss"), **(row.get("metrics") or {})}
-        out[str(row.get("name", row.get("client")))] = {k: float(v) for k, v in values.items()
+        cid = row.get("client")
+        name = names[cid] if names is not None and isinstance(cid, int) and 0 <= cid < len(names) else cid
+        out[str(name)] = {k: float(v) for k, v in values.items()
                                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return out
 
 
 class TensorBoard:
+    names: Sequence[str] | None = None  # the clients' names, set by Trackers
+
     def __init__(self, folder: Path, name: str, config: Mapping[str, Any], config_text: str) -> None:
         from tensorboard.compat.proto.summary_pb2 import SummaryMetadata
         from tensorboard.compat.proto.tensor_pb2 import TensorProto
@@ -82,7 +86,7 @@ class TensorBoard:
     def log(self, record: Mapping[str, Any]) -> None:
         values = [self._value(k, simple_value=v) for k, v in scalars(record).items()]
         values += [self._value(f"clients/{name}/{k}", simple_value=v)
-                   for name, m in client_scalars(record).items() for k, v in m.items()]
+                   for name, m in client_scalars(record, self.names).items() for k, v in m.items()]
         self._add(int(record["round"]), values)
         self.writer.flush()
 
@@ -91,6 +95,8 @@ class TensorBoard:
 
 
 class Mlflow:
+    names: Sequence[str] | None = None  # the clients' names, set by Trackers
+
     def __init__(self, folder: Path, name: str, config: Mapping[str, Any], config_text: str) -> None:
         # MLflow 3 keeps the local file store (what needs no server) behind this opt-in
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -110,12 +116,16 @@ class Mlflow:
     def log(self, record: Mapping[str, Any]) -> None:
         from mlflow.entities import Metric
 
+        import re
+
         step, now = int(record["round"]), int(time.time() * 1000)
-        values = {**scalars(record), **{f"client.{name}.{k}": v for name, m in client_scalars(record).items()
-                                        for k, v in m.items()}}
-        metrics = [Metric(k.replace("/", "."), v, now, step) for k, v in values.items()]
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+        safe = lambda name: re.sub(r"[^0-9A-Za-z_\-. ]", "_", name)  # MLflow's key characters (a site may be "St. Mary's")
+        rounds = [Metric(safe(k), v, now, step) for k, v in scalars(record).items()]
+        clients = [Metric(f"client.{safe(name)}.{safe(k)}", v, now, step) for name, m in client_scalars(record, self.names).items()
+                   for k, v in m.items()]
+        for batch in (rounds, clients):  # the round's figures first: a refused client key cannot take them along
+            for i in range(0, len(batch), 1000):
+                self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
 
     def close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, "FINISHED" if status in ("rounds", "target") else "KILLED"
@@ -123,6 +133,8 @@ class Mlflow:
 
 
 class Wandb:
+    names: Sequence[str] | None = None  # the clients' names, set by Trackers
+
     def __init__(self, folder: Path, name: str, config: Mapping[str, Any], config_text: str) -> None:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
@@ -132,7 +144,7 @@ class Wandb:
 
     def log(self, record: Mapping[str, Any]) -> None:
         values: dict[str, Any] = dict(scalars(record))
-        for name, m in client_scalars(record).items():
+        for name, m in client_scalars(record, self.names).items():
             values.update({f"clients/{name}/{k}": v for k, v in m.items()})
         self.run.log(values, step=int(record["round"]))
 
@@ -146,10 +158,13 @@ KINDS = {"tensorboard": TensorBoard, "mlflow": Mlflow, "wandb": Wandb}
 class Trackers:
     """The run's trackers, each fed every round; one that fails is dropped with a warning."""
 
-    def __init__(self, names: Sequence[str], folder: Path, name: str, config: Mapping[str, Any], config_text: str) -> None:
+    def __init__(self, names: Sequence[str], folder: Path, name: str, config: Mapping[str, Any], config_text: str,
+                 client_names: Sequence[str] | None = None) -> None:
         self.active: list[tuple[str, Any]] = []
         for kind in names:
             self._guard(kind, lambda k=kind: self.active.append((k, KINDS[k](folder, name, config, config_text))))
+        for _, tracker in self.active:
+            tracker.names = client_names
 
     def _guard(self, kind: str, action) -> bool:
         try:
