@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/aggregation_throughput.py
 	$(VENV)/bin/python bench/vectorized.py
 	$(VENV)/bin/python bench/million.py
+	$(VENV)/bin/python bench/overhead.py
 
 # Regenerates the gRPC code from the committed .proto (grpcio-tools is in the dev extra).
 proto: $(STAMP)
