@@ -75,7 +75,23 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
     config, source = _load(args)
     console = Console()
     console.print(f"cohort: {config.name} from {source}", highlight=False, markup=False, soft_wrap=True)
-    experiment = build(config)  # every check happens here, before training
+    channel = None
+    from cohort.client.site import is_site_federation, site_count
+
+    if channel_for is not None and is_site_federation(config):  # the sites hold the rows: agree the data first
+        from cohort.data.exchange import agree
+
+        channel = channel_for(config, site_count(config.data), console)
+        try:
+            console.print("agreeing the data with the sites (schema, statistics)", highlight=False, soft_wrap=True)
+            sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or 600.0)
+            channel.message_config["site_data"] = sites.message_config()
+            experiment = build(config, sites=sites)
+        except BaseException:
+            channel.close("the server stopped before the run began")
+            raise
+    else:
+        experiment = build(config)  # every check happens here, before training
     model = config.model.factory or config.model.name
     framework = f" ({config.model.framework})" if config.model.framework != "torch" else ""
     console.print(f"model {model}{framework}, {config.server.algorithm} ({config.server.policy}), up to "
@@ -83,7 +99,8 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
                   highlight=False, soft_wrap=True)
     for line in experiment.describe_clients().splitlines()[1:3]:  # sizes, and labels per client
         console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
-    channel = channel_for(experiment, console) if channel_for is not None else None
+    if channel_for is not None and channel is None:
+        channel = channel_for(config, experiment.num_clients, console)
     progress = None if args.quiet else ConsoleProgress(config.rounds, console=console,
                                                       bar=config.output.progress and not args.no_progress)
     def on_folder(path):
@@ -122,10 +139,9 @@ def _server(args: argparse.Namespace) -> int:
         if not ok or (isinstance(value, float) and not math.isfinite(value)):
             raise ConfigError(f"{flag} is {value!r}; expected {expected}")
 
-    def channel_for(experiment, console):
-        config = experiment.config
-        if args.min_clients > experiment.num_clients:
-            raise ConfigError(f"--min-clients is {args.min_clients} but the config has {experiment.num_clients} clients "
+    def channel_for(config, num_clients, console):
+        if args.min_clients > num_clients:
+            raise ConfigError(f"--min-clients is {args.min_clients} but the config has {num_clients} clients "
                               "(data.num_clients)")
         # each connected client holds one of the server's threads for its stream
         from cohort.channel.grpc.certs import read
@@ -139,14 +155,14 @@ def _server(args: argparse.Namespace) -> int:
         registry = Registry(args.registry) if args.registry else None
         channel = GrpcChannel(args.address, config.server.algorithm, algorithm_settings(config),
                               chunk_bytes=args.chunk_mb * 2**20, max_update_bytes=args.max_update_mb * 2**20,
-                              threads=experiment.num_clients + 16, tls=tls,
+                              threads=num_clients + 16, tls=tls,
                               client_ca=read(args.tls_client_ca, "--tls-client-ca"), registry=registry,
-                              heartbeat_s=args.heartbeat_s, num_clients=experiment.num_clients,
+                              heartbeat_s=args.heartbeat_s, num_clients=num_clients,
                               bulk_port=None if args.bulk_port < 0 else args.bulk_port)
         try:
-            want = args.min_clients or experiment.num_clients
+            want = args.min_clients or num_clients
             bulk_note = f"; arrays also on port {channel.bulk_port}" if channel.bulk_port else ""
-            console.print(f"listening on {channel.address}{bulk_note}; waiting for {want} of {experiment.num_clients} clients "
+            console.print(f"listening on {channel.address}{bulk_note}; waiting for {want} of {num_clients} clients "
                           f"(cohort client --server {channel.address} --id ID ...)", highlight=False, markup=False,
                           soft_wrap=True)
             console.file.flush()
@@ -166,7 +182,7 @@ def _client(args: argparse.Namespace) -> int:
     from cohort.channel.grpc.client import serve
     from cohort.channel.inprocess import torch_threads
 
-    if args.app and (args.config or args.set):
+    if args.app and (args.config or args.set or args.data):
         raise ConfigError("give either --app module:function (your client_fn) or --config CONFIG.toml with --set "
                           "(the run's own data and model; none: the embedded demo), not both")
     threads = 1
@@ -184,12 +200,24 @@ def _client(args: argparse.Namespace) -> int:
     else:
         from cohort.experiment import build
 
+        from cohort.client.site import SiteClient, is_site_federation
+
         args.resume = None
         config, _ = _load(args)
-        experiment = build(config)
-        if not 0 <= args.id < experiment.num_clients:
-            raise ConfigError(f"--id is {args.id}; this config has clients 0 to {experiment.num_clients - 1}")
-        client_fn, threads = experiment.client_fn(), config.simulation.threads
+        threads = config.simulation.threads
+        if args.id < 0:
+            raise ConfigError(f"--id is {args.id}; expected an integer >= 0")
+        if is_site_federation(config):  # a site: only its own rows, prepared as the federation agrees
+            client_fn = SiteClient(config, args.id, args.data)
+            args.name = args.name or client_fn.name
+        else:
+            if args.data:
+                raise ConfigError("--data is a site's own CSV file, for a config with data.dataset = 'csv' and a "
+                                  "natural partition (files, column, assigned)")
+            experiment = build(config)
+            if not 0 <= args.id < experiment.num_clients:
+                raise ConfigError(f"--id is {args.id}; this config has clients 0 to {experiment.num_clients - 1}")
+            client_fn = experiment.client_fn()
     from cohort.channel.grpc.auth import load_private
     from cohort.channel.grpc.certs import read
     from cohort.channel.grpc.client import Credentials
@@ -343,6 +371,7 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--config", help="or: the run's TOML config, whose data and model this client uses (none: the demo)")
     client.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of --config")
     client.add_argument("--data-dir", help="folder of downloadable datasets (with --config)")
+    client.add_argument("--data", help="this site's own CSV file (a config with data.dataset = 'csv' and a natural partition)")
     client.add_argument("--name", default="", help="a name for the server's logs")
     client.add_argument("--tls-ca", help="the CA certificate (PEM) that signed the server's: connect with TLS")
     client.add_argument("--tls-cert", help="this client's certificate (PEM), for a server that requires mutual TLS")

@@ -52,6 +52,7 @@ class Experiment:
     settings: LoopSettings
     cohort_size: int  # clients each round takes updates from
     client_names: list[str] | None = None  # the sites' own names (natural partitions)
+    remote: bool = False  # a deployment's sites hold the rows; ``train`` is one made-up row of their shape
 
     @property
     def num_clients(self) -> int:
@@ -101,6 +102,13 @@ class Experiment:
                     f"examples per client: min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}\n"
                     "labels per client: (not listed: the clients are not stored)")
         named = ""
+        if self.remote:  # a deployment's sites: their rows stay with them
+            sizes = self.partition.sizes()
+            held = self.holdout.sizes() if self.holdout is not None else 0
+            return (f"{len(sizes)} sites, {sizes.sum()} training rows\nexamples per client: min {sizes.min()}, median "
+                    f"{int(np.median(sizes))}, max {sizes.max()}\nlabels per client: held by the sites (the server "
+                    "reads no row)\nclients: "
+                    + ", ".join(f"{i} {name} ({n})" for i, (name, n) in enumerate(zip(self.client_names, sizes + held))))
         if self.client_names is not None:
             sizes = self.partition.sizes() + (self.holdout.sizes() if self.holdout is not None else 0)
             named = "\nclients: " + ", ".join(f"{i} {name} ({n})" for i, (name, n) in enumerate(zip(self.client_names, sizes)))
@@ -145,11 +153,20 @@ def _async_policy(config: RunConfig) -> FedBuff | None:
     return None
 
 
-def build(config: RunConfig) -> Experiment:
+def build(config: RunConfig, sites=None) -> Experiment:
     """Load and split the data, build model and algorithm; raise ConfigError or DataError on anything
-    that cannot work, before any training starts."""
+    that cannot work, before any training starts. ``sites``: what a deployment's sites agreed
+    (:func:`cohort.data.exchange.agree`), for a server that reads no row."""
     framework = frameworks.get(config.model.framework)
-    fed = federated_data(config.data, config.seed)
+    if sites is not None:
+        from cohort.data.exchange import remote_data
+
+        if config.attack.kind != "none":
+            raise ConfigError("attack.kind simulates attackers among the clients; deployed sites are real clients: "
+                              "set attack.kind = 'none'")
+        fed = remote_data(sites, config.data)
+    else:
+        fed = federated_data(config.data, config.seed)
     train, test, partition, holdout = fed.train, fed.test, fed.partition, fed.holdout
     outputs = train.num_classes if train.task == "classification" else 1
     factory = Factory(config.model.factory, tuple(train.feature_shape), outputs) if config.model.factory else None
@@ -201,7 +218,8 @@ def build(config: RunConfig) -> Experiment:
     algorithm = make_algorithm(config)
     check_protections(algorithm, settings, size)
     algorithm.check_cohort(size)
-    return Experiment(config, train, test, partition, holdout, framework, model_fn, algorithm, settings, size, fed.names)
+    return Experiment(config, train, test, partition, holdout, framework, model_fn, algorithm, settings, size, fed.names,
+                      remote=sites is not None)
 
 
 REGRESSORS = ("linear_regression", "sgd_regressor")

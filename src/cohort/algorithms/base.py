@@ -34,6 +34,12 @@ class ClientHalf:
             from cohort.secagg.tasks import handle
 
             return handle(self, message, trainer, state)
+        if message.task.startswith("data_"):  # a deployment's statistics exchange, before round 1 (cohort.data.exchange)
+            answer = getattr(trainer, "answer", None)
+            if answer is None:
+                raise ConfigError(f"task {message.task!r} asks for this site's data statistics; this client holds no "
+                                  "site data (start it as `cohort client --config CONFIG.toml --id ID --data FILE`)")
+            return answer(message), state
         if message.task not in self.tasks:
             raise ConfigError(f"task {message.task!r} is not one of this algorithm's: {', '.join(self.tasks)}")
         return getattr(self, message.task)(message, trainer, state)

@@ -64,8 +64,10 @@ def parse_binarize(rule: str) -> tuple[str, float]:
                       f"(operators {', '.join(COMPARISONS)})")
 
 
-def encode(tables: list[Table], spec: Spec) -> Encoded:
-    """Every table's rows, in order, as numbers, categories and targets; the tables must share columns."""
+def encode(tables: list[Table], spec: Spec, labels: list[str] | None = None) -> Encoded:
+    """Every table's rows, in order, as numbers, categories and targets; the tables must share columns.
+    ``labels``: the federation's class values in class order (a site that holds only its own rows, see
+    :func:`label_vocabulary`); None: the distinct values of these tables."""
     columns = tables[0].columns
     for t in tables[1:]:
         if sorted(t.columns) != sorted(columns):
@@ -89,7 +91,7 @@ def encode(tables: list[Table], spec: Spec) -> Encoded:
     for name in spec.categorical:
         missing = {*ALWAYS_MISSING, *spec.missing_values, *spec.missing_by_column.get(name, ())}
         categorical[name] = [None if v in missing else v for v in cells[name]]
-    y, num_classes = _target(cells[spec.target], spec, where)
+    y, num_classes = _target(cells[spec.target], spec, where, labels)
     return Encoded(numeric, numeric_names, categorical, y, num_classes, where)
 
 
@@ -105,7 +107,8 @@ def _number(cell: str, column: str, where: tuple[str, int]) -> float:
     return x  # NaN ("nan" in the file) counts as missing
 
 
-def _target(values: list[str], spec: Spec, where: list[tuple[str, int]]) -> tuple[np.ndarray, int]:
+def _target(values: list[str], spec: Spec, where: list[tuple[str, int]],
+            labels: list[str] | None = None) -> tuple[np.ndarray, int]:
     missing = {*ALWAYS_MISSING, *spec.missing_values, *spec.missing_by_column.get(spec.target, ())}
     for i, v in enumerate(values):
         if v in missing:
@@ -131,19 +134,45 @@ def _target(values: list[str], spec: Spec, where: list[tuple[str, int]]) -> tupl
                             f"it maps {sorted(spec.classes)}")
         k = max(spec.classes.values()) + 1
         return np.array([spec.classes[v] for v in values], np.int64), k
-    try:
-        keys: list = [float(v) for v in values]
-    except ValueError:
-        keys = list(values)
-    else:
+    if labels is None:
         for v, w in zip(values, where):
-            number(v, w)  # "nan" is a missing target, not a class
-    distinct = sorted(set(keys))
-    if len(distinct) < 2:
-        raise DataError(f"target {spec.target!r} has {len(distinct)} distinct value(s) {distinct}; classification "
-                        "needs at least 2")
-    code = {key: i for i, key in enumerate(distinct)}
-    return np.array([code[key] for key in keys], np.int64), len(distinct)
+            if _is_number(v):
+                number(v, w)  # "nan" is a missing target, not a class
+        labels = label_vocabulary(values)
+        if len(labels) < 2:
+            raise DataError(f"target {spec.target!r} has {len(labels)} distinct value(s) {labels}; classification "
+                            "needs at least 2")
+    numeric = all(_is_number(v) for v in labels)
+    code = {(float(v) if numeric else v): i for i, v in enumerate(labels)}
+    out = np.empty(len(values), np.int64)
+    for i, v in enumerate(values):
+        k = code.get(float(v) if numeric and _is_number(v) else v)
+        if k is None:
+            unknown = sorted({u for u in values if (float(u) if numeric and _is_number(u) else u) not in code})
+            raise DataError(f"target {spec.target!r} has values {unknown[:10]} that no site had when the federation "
+                            f"agreed its classes {labels[:20]}; map the target with data.target_classes")
+        out[i] = k
+    return out, len(labels)
+
+
+def label_vocabulary(values) -> list[str]:
+    """The classes of distinct target values, in class order: numeric values in numeric order (``1`` and
+    ``1.0`` are one class), else the texts in sorted order. Every site maps its targets with it."""
+    distinct = sorted(set(values))
+    if all(_is_number(v) for v in distinct):
+        by_value: dict[float, str] = {}
+        for v in distinct:
+            by_value.setdefault(float(v), v)
+        return [by_value[k] for k in sorted(by_value)]
+    return distinct
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------ federated statistics

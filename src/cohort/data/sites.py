@@ -48,10 +48,7 @@ def load_sites(cfg, seed: int, split=None) -> Sites:
             raise DataError(f"data.client_files: two files share a name ({names}); each client is named by its file's stem")
     else:
         tables = [read_table(cfg.csv_path, cfg.csv_columns, cfg.csv_delimiter)]
-    spec = F.Spec(cfg.csv_target, cfg.csv_task, tuple(cfg.categorical),
-                  (cfg.partition_column,) if cfg.partition == "column" else (), tuple(cfg.missing_values),
-                  dict(cfg.missing_by_column), cfg.target_binarize, dict(cfg.target_classes))
-    enc = F.encode(tables, spec)
+    enc = F.encode(tables, spec_of(cfg))
     n = len(enc.y)
     test_rows = None
     if cfg.partition == "files":
@@ -98,6 +95,13 @@ def load_sites(cfg, seed: int, split=None) -> Sites:
     return Sites(data, test, partition, holdout, names, prep)
 
 
+def spec_of(cfg) -> F.Spec:
+    """How ``cfg`` (a DataConfig) reads the columns."""
+    return F.Spec(cfg.csv_target, cfg.csv_task, tuple(cfg.categorical),
+                  (cfg.partition_column,) if cfg.partition == "column" else (), tuple(cfg.missing_values),
+                  dict(cfg.missing_by_column), cfg.target_binarize, dict(cfg.target_classes))
+
+
 def _width(enc: F.Encoded, prep: F.Preprocessing) -> int:
     return enc.numeric.shape[1] + sum(len(c) for c in prep.categories.values())
 
@@ -114,11 +118,11 @@ def _server_split(enc: F.Encoded, cfg, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.flatnonzero(~is_test), test
 
 
-def _holdout(rows_of: list[np.ndarray], y: np.ndarray, fraction: float, seed: int, task: str):
+def _holdout(rows_of: list[np.ndarray], y: np.ndarray, fraction: float, seed: int, task: str, ids=None):
     """Each client's (training, held-out) rows: a seeded share, stratified by class for classification;
-    a client of 2 rows or more keeps at least one of each."""
+    a client of 2 rows or more keeps at least one of each. ``ids``: the clients' ids (default 0, 1, ...)."""
     train, held = [], []
-    for c, rows in enumerate(rows_of):
+    for c, rows in zip(range(len(rows_of)) if ids is None else ids, rows_of):
         k = int(np.floor(fraction * len(rows) + 0.5))
         k = min(max(k, 1 if fraction > 0 and len(rows) >= 2 else 0), max(len(rows) - 1, 0))
         gen = rng(seed, 0, Stage.HOLDOUT, c)
@@ -149,14 +153,16 @@ def _preprocess(enc: F.Encoded, train_rows: list[np.ndarray], cfg) -> tuple[F.Pr
     glob = F.preprocessing(total, cfg.impute, cfg.impute_value, cfg.standardize, median, categories)
     if cfg.statistics == "federated":
         return glob, [glob] * len(train_rows)
-    local = []
-    for r, s in zip(train_rows, stats):
-        own_median = None
-        if cfg.impute == "median":
-            col = enc.numeric[r]
-            own_median = np.array([np.median(c[~np.isnan(c)]) if (~np.isnan(c)).any() else 0.0 for c in col.T])
-        local.append(F.preprocessing(s, cfg.impute, cfg.impute_value, cfg.standardize, own_median, categories))
-    return glob, local
+    return glob, [own_preprocessing(enc.numeric[r], s, cfg, categories) for r, s in zip(train_rows, stats)]
+
+
+def own_preprocessing(numeric: np.ndarray, stats: F.ClientStats, cfg, categories) -> F.Preprocessing:
+    """``data.statistics = "local"``: a client's fill values and z-scores from its own training rows
+    ``numeric`` (its exact median), with the federation's one-hot ``categories``."""
+    own_median = None
+    if cfg.impute == "median":
+        own_median = np.array([np.median(c[~np.isnan(c)]) if (~np.isnan(c)).any() else 0.0 for c in numeric.T])
+    return F.preprocessing(stats, cfg.impute, cfg.impute_value, cfg.standardize, own_median, categories)
 
 
 def _assigned(path: Path, n: int) -> tuple[np.ndarray, list[str]]:

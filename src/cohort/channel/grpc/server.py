@@ -94,6 +94,7 @@ class GrpcChannel:
         self.registry, self.log = registry, log if log is not None else RunLog()
         self.heartbeat_s, self.handshake_s = float(heartbeat_s), float(handshake_s)
         self.num_clients = num_clients
+        self.message_config: dict[str, Any] = {}  # added to every task's config (a site federation's agreement)
         self.bytes_sent = self.bytes_received = 0
         self.max_held = 0
         self._sessions: dict[int, Session] = {}
@@ -287,7 +288,7 @@ class GrpcChannel:
             if session is None or not session.alive:
                 arrived[pos] = ClientFailure(ins.client_id, FailureStage.TRANSPORT, "not connected")
                 continue
-            config = {**message.config, **ins.config}
+            config = {**self.message_config, **message.config, **ins.config}
             meta = json.dumps({"config": config})
             header = pb.Header(task_id=task_id, task=message.task, version=message.version, meta=meta, payload_bytes=total)
             if session.bulk_down is not None:  # straight from the arrays' memory, on its own socket

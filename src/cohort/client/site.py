@@ -1,0 +1,171 @@
+"""A site in a deployment: a client process that reads only its own rows (``cohort client --data FILE``).
+
+The site answers the statistics exchange (:mod:`cohort.data.exchange`) from its training rows, then
+trains and evaluates with the framework's own client over its rows prepared as the federation agreed
+(the ``site_data`` of every message's config). Its rows, held-out share and preprocessing are those
+the simulation gives the same client id, so a deployed federation of sites reproduces the simulation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cohort import frameworks
+from cohort.core.errors import ConfigError, DataError
+from cohort.core.types import Config, EvaluateResult, Message, Reply
+from cohort.data import ArrayDataset, Partition
+from cohort.data import exchange as X
+from cohort.data import features as F
+from cohort.data.sites import _assigned, _holdout, own_preprocessing, spec_of
+from cohort.data.table import Table, expand_files, read_table
+
+NATURAL_CSV = ("files", "column", "assigned")
+
+
+def is_site_federation(config) -> bool:
+    """A deployment of this config has sites that hold their own rows and a server that holds none."""
+    return config.data.dataset == "csv" and config.data.partition in NATURAL_CSV
+
+
+def site_count(cfg) -> int:
+    """How many sites a server of ``cfg`` (a DataConfig) expects: one per listed file (no patterns),
+    else ``data.num_clients``."""
+    import glob
+
+    if cfg.partition == "files" and not any(glob.has_magic(p) for p in cfg.client_files):
+        return len(cfg.client_files)
+    return cfg.num_clients
+
+
+def site_table(cfg, client_id: int, data_file: str | None = None) -> tuple[Table, str]:
+    """Client ``client_id``'s own rows and name: from ``data_file`` (its own file) when given, else from
+    the config's files as the simulation splits them."""
+    delimiter, columns = cfg.csv_delimiter, cfg.csv_columns
+    if cfg.partition == "files":
+        if data_file:
+            path = Path(data_file)
+        else:
+            files = expand_files(cfg.client_files)
+            if not 0 <= client_id < len(files):
+                raise ConfigError(f"--id is {client_id}; data.client_files names {len(files)} files (ids 0 to "
+                                  f"{len(files) - 1}); give this site's own file with --data")
+            path = files[client_id]
+        if not path.is_file():
+            raise DataError(f"{str(path)!r} is not a file: give this site's own CSV file with --data FILE")
+        return read_table(path, columns, delimiter), path.stem
+    table = read_table(data_file or cfg.csv_path, columns, delimiter)
+    if cfg.partition == "column":
+        values = [v.strip() for v in table.column(cfg.partition_column)]
+        names = sorted(set(values))
+        if data_file and len(names) == 1:  # the site's own file: its rows are all its own
+            return table, names[0]
+        if not 0 <= client_id < len(names):
+            raise ConfigError(f"--id is {client_id}; column {cfg.partition_column!r} of {table.source} has "
+                              f"{len(names)} sites (ids 0 to {len(names) - 1})")
+        keep = [i for i, v in enumerate(values) if v == names[client_id]]
+        name = names[client_id]
+    else:  # assigned
+        client_of, names = _assigned(Path(cfg.partition_file), len(table.rows))
+        if not 0 <= client_id < len(names):
+            raise ConfigError(f"--id is {client_id}; {cfg.partition_file} assigns {len(names)} clients")
+        keep = np.flatnonzero(client_of == client_id).tolist()
+        name = names[client_id]
+    return Table(table.source, table.columns, [table.rows[i] for i in keep], [table.lines[i] for i in keep]), name
+
+
+class SiteClient:
+    """The trainer of one site: it answers the exchange, and trains and evaluates through the
+    framework's client over its rows as the federation agreed to prepare them."""
+
+    def __init__(self, config, client_id: int, data_file: str | None = None) -> None:
+        if config.attack.kind != "none":
+            raise ConfigError("attack.kind simulates attackers; a deployed site does not: set attack.kind = 'none'")
+        self.config, self.client_id = config, client_id
+        self.table, self.name = site_table(config.data, client_id, data_file)
+        if not self.table.rows:
+            raise DataError(f"site {self.name!r} (client {client_id}) has no rows")
+        self.framework = frameworks.get(config.model.framework)
+        self._encoded: tuple | None = None  # (key, encoded, train rows, held rows)
+        self._trainer: tuple | None = None  # (key, trainer)
+
+    def __call__(self, client_id: int) -> "SiteClient":  # the client_fn of this process
+        if client_id != self.client_id:
+            raise ConfigError(f"this process holds site {self.name!r}, client {self.client_id}; asked for {client_id}")
+        return self
+
+    # --- the exchange ------------------------------------------------------------------------
+    def answer(self, message: Message) -> Reply:
+        cfg = self.config.data
+        if message.task == "data_schema":
+            schema = {"name": self.name, "columns": self.table.columns, "labels": X.distinct_targets(self.table, cfg)}
+            return Reply({X.GROUP: {"schema": X.to_json_bytes(schema)}}, len(self.table.rows))
+        columns, labels = message.config.get("site_columns"), message.config.get("site_labels")
+        enc, train, held = self._encode(columns, labels)
+        if message.task == "data_statistics":
+            cats = {k: [v[i] for i in train] for k, v in enc.categorical.items()}
+            return X.statistics_reply(F.client_statistics(enc.numeric[train], cats), len(train), len(held))
+        if message.task == "data_histogram":
+            return X.histogram_reply(enc.numeric[train], message.config)
+        raise ConfigError(f"task {message.task!r} is not part of the data exchange ({', '.join(X.TASKS)})")
+
+    def _encode(self, columns, labels):
+        key = json.dumps([columns, labels])
+        if self._encoded is None or self._encoded[0] != key:
+            if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+                raise DataError("the server sent no agreed column order (site_columns)")
+            cfg = self.config.data
+            enc = F.encode([X.reorder(self.table, columns)], spec_of(cfg), labels)
+            train, held = _holdout([np.arange(len(enc.y))], enc.y, cfg.holdout, self.config.seed, cfg.csv_task,
+                                   ids=[self.client_id])
+            if len(train[0]) == 0:
+                raise DataError(f"site {self.name!r} keeps no training rows (it has {len(enc.y)}); it needs 2 or more")
+            self._encoded = (key, enc, train[0], held[0])
+        return self._encoded[1:]
+
+    # --- training, through the framework's client --------------------------------------------
+    def _inner(self, config: Config):
+        d = config.get(X.KEY) if hasattr(config, "get") else None
+        if d is None:
+            raise DataError(f"site {self.name!r} has not received how to prepare its rows ({X.KEY!r}); the server "
+                            "sends it after the data exchange")
+        key = json.dumps(d, sort_keys=True)
+        if self._trainer is not None and self._trainer[0] == key:
+            return self._trainer[1]
+        columns, labels, num_classes, prep, local = X.read_agreement(d)
+        cfg = self.config.data
+        enc, train, held = self._encode(columns, labels)
+        if local:
+            cats = {k: [v[i] for i in train] for k, v in enc.categorical.items()}
+            prep = own_preprocessing(enc.numeric[train], F.client_statistics(enc.numeric[train], cats), cfg, prep.categories)
+        if len(prep.fill) != enc.numeric.shape[1]:
+            raise DataError(f"the federation prepares {len(prep.fill)} numeric columns; site {self.name!r} has "
+                            f"{enc.numeric.shape[1]}")
+        x = F.transform(enc.numeric, enc.categorical, np.arange(len(enc.y)), prep)
+        data = ArrayDataset(x, enc.y, cfg.csv_task, num_classes, name=self.name)
+        model = self.config.model
+        factory = frameworks.Factory(model.factory, tuple(data.feature_shape), num_classes or 1) if model.factory else None
+        model_fn = self.framework.build_model(model.name, factory, tuple(data.feature_shape), num_classes or 1, data)
+        trainer = self.framework.client_fn(model_fn, data, _only(self.client_id, train),
+                                           _only(self.client_id, held) if cfg.holdout > 0 else None,
+                                           self.config.client, self.config.seed)(self.client_id)
+        self._trainer = (key, trainer)
+        return trainer
+
+    def train(self, arrays, config: Config, hooks):
+        return self._inner(config).train(arrays, config, hooks)
+
+    def gradient(self, arrays, config: Config):
+        return self._inner(config).gradient(arrays, config)
+
+    def evaluate(self, arrays, config: Config) -> EvaluateResult:
+        return self._inner(config).evaluate(arrays, config)
+
+
+def _only(client_id: int, rows: np.ndarray) -> Partition:
+    """A partition in which client ``client_id`` owns ``rows`` and the clients before it nothing."""
+    offsets = np.zeros(client_id + 2, np.int64)
+    offsets[-1] = len(rows)
+    return Partition(np.asarray(rows, np.int64), offsets)

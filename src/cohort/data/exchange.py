@@ -1,0 +1,253 @@
+"""Sites that hold their own files, and a server that holds none: the statistics exchange of a deployment.
+
+In simulation :func:`cohort.data.sites.load_sites` reads every site's rows in one process and computes
+the same statistics. In a deployment (``cohort server`` with a CSV config and a natural partition) the
+server never reads a row. Before round 1 it asks every connected client, on the open task set:
+
+1. ``data_schema``: the site's name, its columns and (for a target without a mapping) its distinct
+   target values. The server agrees the column order and the classes.
+2. ``data_statistics``: per numeric column the count, mean, M2, min and max of the site's *training*
+   rows, and its categories' counts (:func:`cohort.data.features.client_statistics`). Never a row.
+3. ``data_histogram`` (``impute = "median"`` only): counts in 4,096 bins over the federation's range.
+
+The result, an :class:`Agreement`, goes out in every later message's config (``site_data``): the
+columns, classes, fill values, z-score means and standard deviations and one-hot categories. Every
+site applies it with :func:`cohort.data.features.transform`, exactly as the simulation does, so the
+two give the same bits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cohort.core.errors import DataError
+from cohort.core.types import ClientFailure, Instruction, Message, Reply
+from cohort.data import features as F
+from cohort.data.table import Table
+
+TASKS = ("data_schema", "data_statistics", "data_histogram")
+GROUP = "site"  # the reply group of the exchange
+KEY = "site_data"  # the message config key that carries the agreement
+MAX_JSON_BYTES = 4 * 2**20
+
+
+def to_json_bytes(value) -> np.ndarray:
+    return np.frombuffer(json.dumps(value, allow_nan=False).encode(), np.uint8).copy()
+
+
+def from_json_bytes(a, what: str):
+    if not (isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 1 and a.size <= MAX_JSON_BYTES):
+        raise ValueError(f"{what} is not a JSON document of at most {MAX_JSON_BYTES} bytes (uint8)")
+    try:
+        return json.loads(a.tobytes().decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{what} is not valid JSON: {e}") from None
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """What the sites agreed, server side: who they are and how every site prepares its rows."""
+
+    num_clients: int  # the federation's clients (ids 0 .. num_clients - 1)
+    names: dict[int, str]  # client id -> site name (the clients that took part)
+    train_sizes: dict[int, int]
+    held_sizes: dict[int, int]
+    columns: list[str]  # every column of the files, in the agreed order
+    labels: list[str] | None  # the classes' target values (None: the config maps the target, or regression)
+    num_classes: int
+    preprocessing: F.Preprocessing  # the federation's
+    local: bool  # data.statistics = "local": each site z-scores and fills with its own statistics
+
+    @property
+    def width(self) -> int:
+        return len(self.preprocessing.mean) + sum(len(c) for c in self.preprocessing.categories.values())
+
+    def message_config(self) -> dict:
+        p = self.preprocessing
+        return {"columns": self.columns, "labels": self.labels, "num_classes": self.num_classes,
+                "fill": p.fill.tolist(), "mean": p.mean.tolist(), "std": p.std.tolist(),
+                "categories": p.categories, "standardize": p.standardize, "local": self.local}
+
+
+def read_agreement(d) -> tuple[list[str], list[str] | None, int, F.Preprocessing, bool]:
+    """A site's side of :meth:`Agreement.message_config`, checked: (columns, labels, classes,
+    preprocessing, local)."""
+    try:
+        p = len(d["fill"])
+        arrays = [np.asarray(d[k], np.float64) for k in ("fill", "mean", "std")]
+        ok = (all(a.shape == (p,) and np.isfinite(a).all() for a in arrays) and (arrays[2] > 0).all()
+              and isinstance(d["columns"], list) and all(isinstance(c, str) for c in d["columns"])
+              and isinstance(d["categories"], dict)
+              and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in d["categories"].values())
+              and (d["labels"] is None or (isinstance(d["labels"], list) and all(isinstance(x, str) for x in d["labels"])))
+              and isinstance(d["num_classes"], int) and d["num_classes"] >= 0)
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DataError(f"the server's {KEY!r} (how to prepare this site's rows) is malformed; is it a cohort server "
+                        "of the same version?")
+    prep = F.Preprocessing(arrays[0], arrays[1], arrays[2], {k: list(v) for k, v in d["categories"].items()},
+                           bool(d["standardize"]))
+    return list(d["columns"]), d["labels"], int(d["num_classes"]), prep, bool(d.get("local", False))
+
+
+# --------------------------------------------------------------------------------------- server side
+
+def agree(channel, num_clients: int, cfg, timeout_s: float | None) -> Agreement:
+    """Run the exchange over ``channel`` with the clients connected to it; raise DataError, naming each
+    site and what was wrong, unless every one of them answered every step."""
+    ids = [c for c in channel.available() if c < num_clients]
+    if not ids:
+        raise DataError("no client is connected to agree the data with")
+    schemas = _ask(channel, "data_schema", {}, ids, timeout_s, _schema)
+    first = schemas[ids[0]]
+    for cid, s in schemas.items():
+        if sorted(s["columns"]) != sorted(first["columns"]):
+            raise DataError(f"site {s['name']!r} (client {cid}) has columns {s['columns']}; site {first['name']!r} "
+                            f"(client {ids[0]}) has {first['columns']}: every site's file needs the same columns")
+    names = {cid: s["name"] for cid, s in schemas.items()}
+    if len(set(names.values())) != len(names):
+        raise DataError(f"two sites share a name ({sorted(names.values())}); give each client its own --name")
+    columns = first["columns"]
+    mapped = cfg.csv_task == "regression" or cfg.target_binarize or cfg.target_classes
+    labels = None if mapped else F.label_vocabulary([v for s in schemas.values() for v in s["labels"]])
+    if labels is not None and len(labels) < 2:
+        raise DataError(f"the sites' target {cfg.csv_target!r} has {len(labels)} distinct value(s) {labels}; "
+                        "classification needs at least 2")
+    stats = _ask(channel, "data_statistics", {"site_columns": columns, "site_labels": labels}, ids, timeout_s, _statistics)
+    p = len(next(iter(stats.values()))[0].mean)
+    if any(len(s.mean) != p for s, _, _ in stats.values()):
+        raise DataError("the sites sent statistics of different numbers of columns")
+    total = F.combine([stats[c][0] for c in ids])
+    median = None
+    if cfg.impute == "median":
+        config = {"site_columns": columns, "site_labels": labels, "site_low": total.low.tolist(), "site_high": total.high.tolist()}
+        hists = _ask(channel, "data_histogram", config, ids, timeout_s, lambda r: _histogram(r, p))
+        median = F.median_from(sum(hists[c] for c in ids), total.low, total.high)
+    categories = {n: sorted(c) for n, c in total.categories.items()}  # as load_sites: the same columns, in the same order
+    prep = F.preprocessing(total, cfg.impute, cfg.impute_value, cfg.standardize, median, categories)
+    num_classes = (0 if cfg.csv_task == "regression" else 2 if cfg.target_binarize
+                   else max(cfg.target_classes.values()) + 1 if cfg.target_classes else len(labels))
+    return Agreement(num_clients, names, {c: stats[c][1] for c in ids}, {c: stats[c][2] for c in ids}, columns, labels,
+                     num_classes, prep, cfg.statistics == "local")
+
+
+def _ask(channel, task: str, config: dict, ids: list[int], timeout_s, read) -> dict:
+    instructions = [Instruction(c, {}) for c in ids]
+    out, problems = {}, []
+    for pos, outcome in channel.run(Message(task, {}, config, 0), instructions, timeout_s):
+        cid = instructions[pos].client_id
+        if isinstance(outcome, ClientFailure):
+            problems.append(f"client {cid}: {outcome.reason}")
+            continue
+        try:
+            if not (isinstance(outcome, Reply) and isinstance(outcome.arrays, dict) and isinstance(outcome.arrays.get(GROUP), dict)):
+                raise ValueError(f"no {GROUP!r} group in its answer")
+            out[cid] = read(outcome)
+        except (ValueError, TypeError, KeyError) as e:
+            problems.append(f"client {cid}: {e}")
+    if problems:
+        raise DataError(f"the sites could not agree their data ({task}): " + "; ".join(problems))
+    return out
+
+
+def _schema(r: Reply) -> dict:
+    s = from_json_bytes(r.arrays[GROUP].get("schema"), "the schema")
+    if not (isinstance(s, dict) and isinstance(s.get("name"), str) and 0 < len(s["name"]) <= 200
+            and isinstance(s.get("columns"), list) and s["columns"] and all(isinstance(c, str) for c in s["columns"])
+            and isinstance(s.get("labels"), list) and all(isinstance(v, str) for v in s["labels"])
+            and len(s["labels"]) <= 100_000):
+        raise ValueError("its schema is not {name, columns, labels} with a name of 1 to 200 characters")
+    return s
+
+
+def _statistics(r: Reply) -> tuple[F.ClientStats, int, int]:
+    g = r.arrays[GROUP]
+    a = {k: g.get(k) for k in ("count", "mean", "m2", "low", "high")}
+    if not all(isinstance(v, np.ndarray) and v.dtype == np.float64 and v.ndim == 1 for v in a.values()):
+        raise ValueError("count, mean, m2, low and high must be float64 vectors")
+    n = len(a["count"])
+    seen = a["count"] > 0
+    if (any(len(v) != n for v in a.values()) or not np.isfinite(a["count"]).all() or (a["count"] < 0).any()
+            or (a["count"] != np.round(a["count"])).any() or not np.isfinite(a["mean"]).all()
+            or not np.isfinite(a["m2"]).all() or (a["m2"] < 0).any()
+            or not (np.isfinite(a["low"][seen]).all() and np.isfinite(a["high"][seen]).all())
+            or (a["low"][seen] > a["high"][seen]).any()):
+        raise ValueError("its column statistics are not counts, finite means and M2 >= 0, and min <= max")
+    cats = from_json_bytes(g.get("categories"), "the category counts")
+    if not (isinstance(cats, dict) and all(isinstance(c, dict) and all(isinstance(k, str) and isinstance(v, int) and v >= 0
+                                                                       for k, v in c.items()) for c in cats.values())):
+        raise ValueError("its category counts are not {column: {value: count}}")
+    rows = r.metrics.get("rows_train"), r.metrics.get("rows_held")
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 and x == int(x) for x in rows) or rows[0] < 1:
+        raise ValueError("it reported no training rows (metrics rows_train, rows_held)")
+    low = np.where(seen, a["low"], np.inf)
+    high = np.where(seen, a["high"], -np.inf)
+    return F.ClientStats(a["count"], a["mean"], a["m2"], low, high, cats), int(rows[0]), int(rows[1])
+
+
+def _histogram(r: Reply, p: int) -> np.ndarray:
+    h = r.arrays[GROUP].get("hist")
+    if not (isinstance(h, np.ndarray) and h.dtype == np.int64 and h.shape == (p, F.BINS) and (h >= 0).all()):
+        raise ValueError(f"its histogram is not int64 counts of shape ({p}, {F.BINS})")
+    return h
+
+
+# ----------------------------------------------------------------------------------------- site side
+
+def reorder(table: Table, columns: list[str]) -> Table:
+    """``table`` with its columns in the agreed order (a site's file may list them differently)."""
+    if sorted(table.columns) != sorted(columns):
+        raise DataError(f"{table.source} has columns {table.columns}; the federation agreed {columns}")
+    idx = [table.columns.index(c) for c in columns]
+    return Table(table.source, list(columns), [[row[j] for j in idx] for row in table.rows], table.lines)
+
+
+def distinct_targets(table: Table, cfg) -> list[str]:
+    """The target values a site declares in the schema (none when the config maps the target)."""
+    if cfg.csv_task == "regression" or cfg.target_binarize or cfg.target_classes:
+        return []
+    from cohort.data.table import ALWAYS_MISSING
+
+    missing = {*ALWAYS_MISSING, *cfg.missing_values, *cfg.missing_by_column.get(cfg.csv_target, ())}
+    return sorted({v.strip() for v in table.column(cfg.csv_target)} - missing)
+
+
+def histogram_reply(numeric: np.ndarray, config) -> Reply:
+    try:
+        low, high = (np.asarray(config[k], np.float64) for k in ("site_low", "site_high"))
+    except (KeyError, TypeError, ValueError):
+        raise DataError("data_histogram came without the federation's range (site_low, site_high)") from None
+    if low.shape != (numeric.shape[1],) or high.shape != low.shape:
+        raise DataError(f"data_histogram's range has {low.size} columns; this site has {numeric.shape[1]}")
+    return Reply({GROUP: {"hist": F.histogram(numeric, low, high)}}, len(numeric))
+
+
+def statistics_reply(stats: F.ClientStats, train: int, held: int) -> Reply:
+    seen = stats.count > 0
+    arrays = {"count": stats.count, "mean": stats.mean, "m2": stats.m2,
+              "low": np.where(seen, stats.low, 0.0), "high": np.where(seen, stats.high, 0.0),
+              "categories": to_json_bytes(stats.categories)}
+    return Reply({GROUP: {k: np.asarray(v, np.float64) if k != "categories" else v for k, v in arrays.items()}}, train,
+                 {"rows_train": float(train), "rows_held": float(held)})
+
+
+def remote_data(agreement: Agreement, cfg):
+    """The server's view of a site federation (:class:`cohort.data.from_config.FederatedData`): the
+    shape of a prepared row and each site's size, and no row at all."""
+    from cohort.data import ArrayDataset, Partition
+    from cohort.data.from_config import FederatedData
+
+    n = agreement.num_clients
+    train = np.array([agreement.train_sizes.get(c, 0) for c in range(n)], np.int64)
+    held = np.array([agreement.held_sizes.get(c, 0) for c in range(n)], np.int64)
+    y = np.zeros(1, np.float32 if cfg.csv_task == "regression" else np.int64)  # one made-up row: what a model is checked with
+    shape = ArrayDataset(np.zeros((1, agreement.width), np.float32), y, cfg.csv_task, agreement.num_classes, name="sites")
+    partition = Partition(np.arange(train.sum()), np.concatenate([[0], np.cumsum(train)]))
+    holdout = Partition(np.arange(held.sum()), np.concatenate([[0], np.cumsum(held)])) if cfg.holdout > 0 else None
+    names = [agreement.names.get(c, f"client {c}") for c in range(n)]
+    return FederatedData(shape, None, partition, holdout, names)

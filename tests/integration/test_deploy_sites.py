@@ -1,0 +1,78 @@
+"""Sites as client processes that read only their own file, and a server that reads none: the data are
+agreed over gRPC before round 1, and the run gives the simulation's bits, names and per-site records."""
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from processes import Federation, cohort, model_of
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def hospitals(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location("make_data", EXAMPLES / "hospitals" / "make_data.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    return make.main(tmp_path_factory.mktemp("hospitals"), per_site=120, seed=5)[:3]
+
+
+def sets_for(files, *extra):
+    return ["data.dataset=csv", "data.partition=files", f"data.client_files={[str(f) for f in files]}",
+            "data.csv_target=diagnosis", "data.categorical=['sex','chest_pain','smoker']", "data.missing_values=['?']",
+            "data.missing_by_column={cholesterol=['0']}", "model.name=logistic_regression", "rounds=3", *extra]
+
+
+@pytest.mark.parametrize("extra", [["data.impute=median", "data.target_binarize='> 0'"],
+                                   ["data.impute=mean", "data.statistics=local", "server.algorithm=scaffold"]])
+def test_sites_with_their_own_files_give_the_simulations_bits(hospitals, tmp_path, extra):
+    sim = subprocess.run(cohort("run", "--out", str(tmp_path), "--quiet", "--no-progress",
+                                *[a for s in sets_for(hospitals, *extra, "name=sim") for a in ("--set", s)]),
+                         capture_output=True, text=True, timeout=120)
+    assert sim.returncode == 0, sim.stderr
+    # the server's config names files it does not have: it reads no row
+    nowhere = [Path("/nonexistent") / f.name for f in hospitals]
+    with Federation(tmp_path, sets_for(nowhere, *extra, "name=dep")) as fed:
+        clients = [fed._start(cohort("client", "--server", fed.address, "--id", str(c), "--retry-s", "20", "--data", str(f),
+                                     *[a for s in sets_for(nowhere, *extra) for a in ("--set", s)]))
+                   for c, f in enumerate(hospitals)]
+        out = fed.wait()
+        for c in clients:
+            c_out, c_err = c.communicate(timeout=60)
+            assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
+    assert "agreeing the data with the sites" in out and "held by the sites" in out
+    deployed, folder = model_of(tmp_path, "dep")
+    simulated, sim_folder = model_of(tmp_path, "sim")
+    for k in simulated:
+        assert deployed[k].tobytes() == simulated[k].tobytes(), k
+    metrics = [[json.loads(line) for line in (f / "metrics.jsonl").read_text().splitlines()] for f in (folder, sim_folder)]
+    assert [m["federated_accuracy"] for m in metrics[0]] == [m["federated_accuracy"] for m in metrics[1]]
+    named = [[line for line in (f / "clients.txt").read_text().splitlines() if line.startswith("clients: ")]
+             for f in (folder, sim_folder)]
+    assert named[0] == named[1] and len(named[0]) == 1 and all(f.stem in named[0][0] for f in hospitals)
+    rows = [json.loads(line) for line in (folder / "clients.jsonl").read_text().splitlines()]
+    assert {r["name"] for r in rows} == {f.stem for f in hospitals}
+    assert {(r["round"], r["task"]) for r in rows} >= {(r, t) for r in (1, 2, 3) for t in ("fit", "evaluate")}
+
+
+def test_a_site_whose_columns_differ_stops_the_server_before_round_one(hospitals, tmp_path):
+    odd = tmp_path / "odd.csv"
+    lines = hospitals[1].read_text().splitlines()
+    odd.write_text("\n".join([lines[0].replace("age", "years")] + lines[1:]) + "\n")
+    sets = sets_for(hospitals[:2], "data.impute=mean", "data.target_binarize='> 0'", "name=bad")
+    with Federation(tmp_path, sets) as fed:
+        clients = [fed._start(cohort("client", "--server", fed.address, "--id", str(c), "--retry-s", "5", "--data", str(f),
+                                     *[a for s in sets for a in ("--set", s)]))
+                   for c, f in enumerate([hospitals[0], odd])]
+        fed.server.wait(timeout=90)
+        err = fed.server.stderr.read()
+        assert fed.server.returncode == 2, err
+        assert "site 'odd' (client 1) has columns" in err and "every site's file needs the same columns" in err, err
+        for c in clients:
+            out, _ = c.communicate(timeout=60)
+            assert "the server stopped before the run began" in out
+    assert not list(tmp_path.glob("bad-*/metrics.jsonl"))
