@@ -84,7 +84,9 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
         channel = channel_for(config, site_count(config.data), console)
         try:
             console.print("agreeing the data with the sites (schema, statistics)", highlight=False, soft_wrap=True)
-            sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or 600.0)
+            secure = config.secagg.settings() if config.secagg.mode != "none" else None  # then only sums reach the server
+            sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or 600.0,
+                          secure=secure, seed=config.seed)
             channel.message_config["site_data"] = sites.message_config()
             experiment = build(config, sites=sites)
         except BaseException:

@@ -183,3 +183,68 @@ def test_site_tables_from_a_shared_file_or_its_own(tmp_path):
     assert site_count(files) == 2
     with pytest.raises(DataError, match="--data"):
         site_table(files, 0, "/no/where.csv")
+
+
+class Recording(Sites):
+    """The server's side of the channel, recording every answer it receives."""
+
+    def __init__(self, sites):
+        super().__init__(sites)
+        self.received = []
+
+    def run(self, message, instructions, timeout_s=None):
+        for pos, outcome in super().run(message, instructions, timeout_s):
+            self.received.append((message.task, outcome))
+            yield pos, outcome
+
+
+@pytest.mark.parametrize("mode", ["secagg", "secagg+"])
+def test_under_secure_aggregation_the_server_learns_only_sums(hospitals, mode):
+    from cohort.secagg.settings import SecureAggregation
+
+    config = config_of(hospitals, "data.impute=median", "data.target_binarize='> 0'")
+    sites = {c: SiteClient(config, c, str(f)) for c, f in enumerate(hospitals)}
+    plain = X.agree(Sites(sites), 4, config.data, 30)
+    channel = Recording({c: SiteClient(config, c, str(f)) for c, f in enumerate(hospitals)})
+    settings = SecureAggregation(threshold=0.75, degree=2 if mode == "secagg+" else 0)
+    secure = X.agree(channel, 4, config.data, 30, secure=settings, seed=3)
+    p, q = secure.preprocessing, plain.preprocessing
+    assert np.allclose(p.mean, q.mean, rtol=1e-9, atol=1e-9) and np.allclose(p.std, q.std, rtol=1e-8)
+    assert p.categories == q.categories and secure.names == plain.names and secure.train_sizes == plain.train_sizes
+    # the medians: the same 4,096-bin sketch over mean ± 4 sd instead of the range; each lands within one of
+    # its own bins of the middle values
+    simulated = load_sites(config.data, config.seed)
+    enc = F.encode([site.table for site in sites.values()], F.Spec("diagnosis", categorical=("sex", "chest_pain", "smoker"),
+                                                                   missing_values=("?",), missing_by_column={"cholesterol": ("0",)},
+                                                                   binarize="> 0"))
+    rows = np.concatenate([simulated.partition[c] for c in range(4)])
+    for j, col in enumerate(enc.numeric[rows].T):
+        col = np.sort(col[~np.isnan(col)])
+        below, above = col[(len(col) - 1) // 2], col[len(col) // 2]
+        for fill, width in ((q.fill[j], (col[-1] - col[0]) / F.BINS), (p.fill[j], 8 * p.std[j] / F.BINS)):
+            assert below - width - 1e-9 <= fill <= above + width + 1e-9, (j, fill, below, above)
+    # what reached the server: schemas and category names in the clear, every statistic masked
+    tasks = {t for t, _ in channel.received}
+    assert {"data_statistics", "data_spread", "data_histogram"} <= tasks
+    for task, outcome in channel.received:
+        if task in ("data_statistics", "data_spread", "data_histogram"):
+            assert set(outcome.arrays) == {"secagg"} and set(outcome.arrays["secagg"]) == {"y"}
+    counts = [site.answer(Message("data_statistics", {}, {"site_columns": plain.columns, "site_labels": None,
+                                                            "site_clients": 4, "site_categories": {}})).arrays["site"]["sum"]
+              for site in sites.values()]
+    from cohort.secagg.protocol import to_limbs
+
+    masked = b"".join(o.arrays["secagg"]["y"].tobytes() for t, o in channel.received if t == "data_statistics")
+    assert not any(to_limbs(c)[:16].tobytes() in masked for c in counts)
+
+
+def test_secure_statistics_refuse_a_sum_the_ring_cannot_hold(hospitals, tmp_path):
+    from cohort.secagg.settings import SecureAggregation
+
+    huge = tmp_path / "huge.csv"
+    lines = hospitals[1].read_text().splitlines()
+    huge.write_text("\n".join(lines[:2] + [lines[2].replace(lines[2].split(",")[0], "1e16", 1)] + lines[3:]) + "\n")
+    config = config_of([hospitals[0], huge], "data.impute=mean", "data.target_binarize='> 0'")
+    sites = {0: SiteClient(config, 0, str(hospitals[0])), 1: SiteClient(config, 1, str(huge))}
+    with pytest.raises(DataError, match="column 'age'.*too large for secure aggregation's exact sums.*rescale"):
+        X.agree(Sites(sites), 2, config.data, 30, secure=SecureAggregation(threshold=1.0))

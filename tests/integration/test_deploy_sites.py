@@ -59,6 +59,31 @@ def test_sites_with_their_own_files_give_the_simulations_bits(hospitals, tmp_pat
     assert {(r["round"], r["task"]) for r in rows} >= {(r, t) for r in (1, 2, 3) for t in ("fit", "evaluate")}
 
 
+def test_under_secure_aggregation_the_sites_statistics_reach_the_server_only_as_sums(hospitals, tmp_path):
+    import numpy as np
+
+    extra = ["data.impute=median", "data.target_binarize='> 0'", "secagg.mode=secagg", "secagg.threshold=1.0"]
+    sim = subprocess.run(cohort("run", "--out", str(tmp_path), "--quiet", "--no-progress",
+                                *[a for s in sets_for(hospitals, *extra, "name=sim") for a in ("--set", s)]),
+                         capture_output=True, text=True, timeout=120)
+    assert sim.returncode == 0, sim.stderr
+    with Federation(tmp_path, sets_for(hospitals, *extra, "name=dep")) as fed:
+        clients = [fed._start(cohort("client", "--server", fed.address, "--id", str(c), "--retry-s", "20", "--data", str(f),
+                                     *[a for s in sets_for(hospitals, *extra) for a in ("--set", s)]))
+                   for c, f in enumerate(hospitals)]
+        fed.wait()
+        for c in clients:
+            c_out, c_err = c.communicate(timeout=60)
+            assert c.returncode == 0, c_err
+    deployed, folder = model_of(tmp_path, "dep")
+    simulated, _ = model_of(tmp_path, "sim")
+    # the statistics agree to rounding (sums in fixed point, not Chan's pairwise form): the same model to 1e-5
+    for k in simulated:
+        assert np.allclose(deployed[k], simulated[k], atol=1e-5), k
+    rows = [json.loads(line) for line in (folder / "clients.jsonl").read_text().splitlines()]
+    assert sorted((r["round"], r["client"]) for r in rows if r["task"] == "fit") == [(r, c) for r in (1, 2, 3) for c in range(3)]
+
+
 def test_a_site_whose_columns_differ_stops_the_server_before_round_one(hospitals, tmp_path):
     odd = tmp_path / "odd.csv"
     lines = hospitals[1].read_text().splitlines()

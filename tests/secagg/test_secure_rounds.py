@@ -63,6 +63,12 @@ def test_no_per_client_update_or_secret_reaches_the_run_folder(tmp_path):
     assert latest.clients == {}  # and the clients' protocol secrets were forgotten at the end of the round
     records = [json.loads(line) for line in (result.folder / "metrics.jsonl").read_text().splitlines()]
     assert not any("secagg" in json.dumps(r) for r in records)
+    # clients.jsonl still has each client's part of each round: examples, metrics, seconds, bytes sent; no array
+    rows = [json.loads(line) for line in (result.folder / "clients.jsonl").read_text().splitlines()]
+    fit = [r for r in rows if r["task"] == "fit"]
+    assert sorted((r["round"], r["client"]) for r in fit) == [(r, c) for r in (1, 2, 3) for c in range(10)]
+    assert all(r["status"] == "ok" and r["examples"] >= 1 and r["seconds"] > 0 and "train_loss" in r["metrics"]
+               and r["bytes"] == 4 * 62 for r in fit)  # the masked vector: 62 uint32 values
 
 
 def test_dropouts_fail_themselves_and_too_many_skip_the_round(tmp_path):

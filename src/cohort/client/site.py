@@ -104,6 +104,10 @@ class SiteClient:
             return Reply({X.GROUP: {"schema": X.to_json_bytes(schema)}}, len(self.table.rows))
         columns, labels = message.config.get("site_columns"), message.config.get("site_labels")
         enc, train, held = self._encode(columns, labels)
+        if message.task == "data_categories" or "site_clients" in message.config:  # under secure aggregation
+            from cohort.data.exchange_secure import site_answer
+
+            return site_answer(message.task, enc, train, held, message.config)
         if message.task == "data_statistics":
             cats = {k: [v[i] for i in train] for k, v in enc.categorical.items()}
             return X.statistics_reply(F.client_statistics(enc.numeric[train], cats), len(train), len(held))

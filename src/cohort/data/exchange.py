@@ -29,7 +29,7 @@ from cohort.core.types import ClientFailure, Instruction, Message, Reply
 from cohort.data import features as F
 from cohort.data.table import Table
 
-TASKS = ("data_schema", "data_statistics", "data_histogram")
+TASKS = ("data_schema", "data_statistics", "data_histogram", "data_categories", "data_spread")
 GROUP = "site"  # the reply group of the exchange
 KEY = "site_data"  # the message config key that carries the agreement
 MAX_JSON_BYTES = 4 * 2**20
@@ -97,13 +97,15 @@ def read_agreement(d) -> tuple[list[str], list[str] | None, int, F.Preprocessing
 
 # --------------------------------------------------------------------------------------- server side
 
-def agree(channel, num_clients: int, cfg, timeout_s: float | None) -> Agreement:
+def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, seed: int = 0) -> Agreement:
     """Run the exchange over ``channel`` with the clients connected to it; raise DataError, naming each
-    site and what was wrong, unless every one of them answered every step."""
+    site and what was wrong, unless every one of them answered every step. ``secure``: the run's
+    :class:`cohort.secagg.SecureAggregation`; the statistics then travel only as sums
+    (:mod:`cohort.data.exchange_secure`)."""
     ids = [c for c in channel.available() if c < num_clients]
     if not ids:
         raise DataError("no client is connected to agree the data with")
-    schemas = _ask(channel, "data_schema", {}, ids, timeout_s, _schema)
+    schemas = ask(channel, "data_schema", {}, ids, timeout_s, _schema)
     first = schemas[ids[0]]
     for cid, s in schemas.items():
         if sorted(s["columns"]) != sorted(first["columns"]):
@@ -118,25 +120,32 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None) -> Agreement:
     if labels is not None and len(labels) < 2:
         raise DataError(f"the sites' target {cfg.csv_target!r} has {len(labels)} distinct value(s) {labels}; "
                         "classification needs at least 2")
-    stats = _ask(channel, "data_statistics", {"site_columns": columns, "site_labels": labels}, ids, timeout_s, _statistics)
-    p = len(next(iter(stats.values()))[0].mean)
-    if any(len(s.mean) != p for s, _, _ in stats.values()):
-        raise DataError("the sites sent statistics of different numbers of columns")
-    total = F.combine([stats[c][0] for c in ids])
-    median = None
-    if cfg.impute == "median":
-        config = {"site_columns": columns, "site_labels": labels, "site_low": total.low.tolist(), "site_high": total.high.tolist()}
-        hists = _ask(channel, "data_histogram", config, ids, timeout_s, lambda r: _histogram(r, p))
-        median = F.median_from(sum(hists[c] for c in ids), total.low, total.high)
+    agreed = {"site_columns": columns, "site_labels": labels}
+    if secure is not None:
+        from cohort.data.exchange_secure import secure_statistics
+
+        total, median, sizes = secure_statistics(channel, ids, cfg, agreed, timeout_s, secure, seed)
+        train_sizes, held_sizes = ({c: sizes[c][k] for c in ids} for k in (0, 1))
+    else:
+        stats = ask(channel, "data_statistics", agreed, ids, timeout_s, _statistics)
+        p = len(next(iter(stats.values()))[0].mean)
+        if any(len(s.mean) != p for s, _, _ in stats.values()):
+            raise DataError("the sites sent statistics of different numbers of columns")
+        total = F.combine([stats[c][0] for c in ids])
+        median = None
+        if cfg.impute == "median":
+            config = {**agreed, "site_low": total.low.tolist(), "site_high": total.high.tolist()}
+            hists = ask(channel, "data_histogram", config, ids, timeout_s, lambda r: _histogram(r, p))
+            median = F.median_from(sum(hists[c] for c in ids), total.low, total.high)
+        train_sizes, held_sizes = {c: stats[c][1] for c in ids}, {c: stats[c][2] for c in ids}
     categories = {n: sorted(c) for n, c in total.categories.items()}  # as load_sites: the same columns, in the same order
     prep = F.preprocessing(total, cfg.impute, cfg.impute_value, cfg.standardize, median, categories)
     num_classes = (0 if cfg.csv_task == "regression" else 2 if cfg.target_binarize
                    else max(cfg.target_classes.values()) + 1 if cfg.target_classes else len(labels))
-    return Agreement(num_clients, names, {c: stats[c][1] for c in ids}, {c: stats[c][2] for c in ids}, columns, labels,
-                     num_classes, prep, cfg.statistics == "local")
+    return Agreement(num_clients, names, train_sizes, held_sizes, columns, labels, num_classes, prep, cfg.statistics == "local")
 
 
-def _ask(channel, task: str, config: dict, ids: list[int], timeout_s, read) -> dict:
+def ask(channel, task: str, config: dict, ids: list[int], timeout_s, read) -> dict:
     instructions = [Instruction(c, {}) for c in ids]
     out, problems = {}, []
     for pos, outcome in channel.run(Message(task, {}, config, 0), instructions, timeout_s):

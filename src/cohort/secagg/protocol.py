@@ -294,3 +294,25 @@ def dequantize_sum(total: np.ndarray, clients: int, clip_range: float, bits: int
     """The float sum of ``clients`` quantized vectors from their sum in the ring."""
     top = float(2**bits - 1)
     return total.astype(np.float64) / top * (2 * clip_range) - clients * clip_range
+
+
+# --- exact integer sums: int64 values as four 16-bit limbs, each in a uint32 slot --------------
+LIMBS, LIMB_BITS = 4, 16
+MAX_EXACT_CLIENTS = 2**16  # limb sums of this many clients stay below 2^32: none wraps
+
+
+def to_limbs(values: np.ndarray) -> np.ndarray:
+    """int64 ``values`` (two's complement) as uint32 limbs, least significant first: the sum of up to
+    2^16 clients' limbs recombines (:func:`from_limbs`) to the exact sum mod 2^64."""
+    v = np.asarray(values, np.int64).view(np.uint64)
+    return np.stack([((v >> np.uint64(LIMB_BITS * k)) & np.uint64(0xFFFF)).astype(np.uint32) for k in range(LIMBS)],
+                    axis=1).reshape(-1)
+
+
+def from_limbs(total: np.ndarray) -> np.ndarray:
+    """The int64 sums from the limbs' sum in the ring."""
+    limbs = np.asarray(total, np.uint32).reshape(-1, LIMBS).astype(np.uint64)
+    out = np.zeros(len(limbs), np.uint64)
+    for k in range(LIMBS):  # uint64 arithmetic wraps: mod 2^64, as the int64 sum
+        out += limbs[:, k] << np.uint64(LIMB_BITS * k)
+    return out.view(np.int64)

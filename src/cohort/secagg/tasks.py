@@ -25,7 +25,7 @@ from cohort.core.arrays import clip_to, flatten
 from cohort.core.errors import ConfigError
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import MODEL, Message, Reply
-from cohort.secagg.protocol import SecAggClient, quantize, u8
+from cohort.secagg.protocol import SecAggClient, quantize, to_limbs, u8
 
 GROUP = "secagg"
 TASKS = ("secagg_advertise", "secagg_share", "secagg_unmask")
@@ -72,6 +72,16 @@ def handle(half, message: Message, trainer, state) -> tuple[Reply, Any]:
         y = client.masked_input(x, inbox)
         state_after = {**(own_after or {}), GROUP: client.to_state()}
         return Reply({GROUP: {"y": y}}, reply.num_examples, reply.metrics), state_after
+    if message.task.startswith("data_"):  # a site's statistics, summed exactly (cohort.data.exchange)
+        answer = getattr(trainer, "answer", None)
+        if answer is None:
+            raise ConfigError(f"task {message.task!r} asks for this site's data statistics; this client holds no site data")
+        inbox = {int(v): base64.b64decode(ct) for v, ct in cfg.get("secagg_inbox", {}).items()}
+        plain = Message(message.task, message.arrays, {k: v for k, v in cfg.items() if not k.startswith("secagg")},
+                        message.version)
+        reply = answer(plain)
+        y = client.masked_input(to_limbs(reply.arrays["site"]["sum"]), inbox)
+        return Reply({GROUP: {"y": y}}, reply.num_examples), {**own, GROUP: client.to_state()}
     if message.task == "secagg_unmask":
         revealed = client.unmask(set(cfg["secagg_survivors"]), set(cfg["secagg_dropped"]))
         out = {f"{kind}{v}": u8(share) for v, (kind, share) in revealed.items()}
