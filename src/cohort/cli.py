@@ -185,8 +185,8 @@ def _client(args: argparse.Namespace) -> int:
     from cohort.channel.inprocess import torch_threads
 
     if args.app and (args.config or args.set or args.data):
-        raise ConfigError("give either --app module:function (your client_fn) or --config CONFIG.toml with --set "
-                          "(the run's own data and model; none: the embedded demo), not both")
+        raise ConfigError("give either --app module:function (your client_fn) or --config CONFIG.toml with --set and "
+                          "--data (the run's own data and model; none: the embedded demo), not both")
     threads = 1
     if args.app:
         module, sep, attr = args.app.partition(":")
