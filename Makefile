@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,torch,deploy,privacy,opacus,keras,hf,tracking,mlflow,wandb]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,torch,deploy,privacy,opacus,keras,hf,tracking,mlflow,wandb,ray]'
 	touch $(STAMP)
 
 run: $(STAMP)

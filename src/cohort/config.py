@@ -30,7 +30,7 @@ from cohort.options import (  # the optional sections, and the check every secti
 DATASETS = ("mnist", "breast_cancer", "diabetes", "csv", "shakespeare", "synthetic")
 PARTITIONS = ("iid", "shards", "dirichlet", "quantity", "column", "files", "assigned", "speaker", "generated")
 NATURAL = ("column", "files", "assigned", "speaker", "generated")  # partitions the data brings: one client per site, speaker, ...
-BACKENDS = ("inprocess", "processes", "vectorized")
+BACKENDS = ("inprocess", "processes", "vectorized", "ray")
 POLICIES = ("sync", "fedbuff", "fedasync")
 
 
@@ -249,8 +249,9 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    backend: str = "inprocess"  # inprocess | processes | vectorized (many small-model clients at once, torch.func)
-    workers: int = 0  # processes: worker count; 0: one per core
+    backend: str = "inprocess"  # inprocess | processes | vectorized (many small-model clients at once, torch.func) | ray (cohort[ray])
+    workers: int = 0  # processes: worker count; 0: one per core (ray: actors; 0: one per CPU of the cluster)
+    ray_address: str = ""  # ray: "" starts Ray here; "auto" joins this machine's cluster; "ray://HEAD:10001" a remote one
     threads: int = 1  # torch threads per client; equal counts give bit-identical runs across backends
     speed_spread: float = 1.0  # virtual clock: client speeds spread log-uniformly over [1, spread]
     client_state_mb: int = 1024  # per-client state (SCAFFOLD's cᵢ) kept in memory; more spills to disk
@@ -258,6 +259,12 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         _check(self.backend in BACKENDS, "simulation.backend", self.backend, f"one of {', '.join(BACKENDS)}")
         _check(0 <= self.workers <= 1024, "simulation.workers", self.workers, "an integer from 0 (one per core) to 1024")
+        _check(not self.ray_address or self.backend == "ray", "simulation.ray_address", self.ray_address,
+               "set only with simulation.backend = 'ray'")
+        if self.backend == "ray":
+            from cohort.channel.cluster import check_address
+
+            check_address(self.ray_address)
         _check(0 <= self.threads <= 1024, "simulation.threads", self.threads, "an integer from 0 (torch's default) to 1024")
         _check(1 <= self.speed_spread < math.inf, "simulation.speed_spread", self.speed_spread, "a finite number >= 1")
         _check(0 <= self.client_state_mb <= 2**30, "simulation.client_state_mb", self.client_state_mb, "an integer >= 0")

@@ -83,6 +83,11 @@ class Experiment:
             from cohort.channel.vectorized import VectorizedChannel
 
             return VectorizedChannel(self.client_fn(), self.algorithm.client, threads=sim.threads, states=states)
+        if sim.backend == "ray":
+            from cohort.channel.cluster import RayChannel
+
+            return RayChannel(self.client_fn(), self.algorithm.client, workers=sim.workers, threads=sim.threads,
+                              address=sim.ray_address, states=states)
         if sim.backend == "processes":
             return ProcessPoolChannel(self.client_fn(), self.algorithm.client, workers=sim.workers,
                                       threads=sim.threads, states=states)
