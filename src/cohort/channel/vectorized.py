@@ -28,7 +28,7 @@ from torch.func import functional_call, vmap
 from cohort.algorithms.fedavg import LocalSteps
 from cohort.channel.inprocess import InProcessChannel, torch_threads
 from cohort.channel.runtime import Outcome
-from cohort.client.torch import LazyTorchClients, TorchClientFactory
+from cohort.client.torch import LazyTorchClients, TorchClientFactory, seed_torch
 from cohort.core.errors import ConfigError
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import MODEL, ClientFailure, FailureStage, Instruction, Message, Reply
@@ -151,7 +151,7 @@ class VectorizedChannel(InProcessChannel):
         totals = np.zeros(k)
         model.train()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(configs[0].get("seed", f.seed)) ^ int(configs[0].get("round", 0)))  # dropout draws
+            seed_torch(int(configs[0].get("seed", f.seed)) ^ int(configs[0].get("round", 0)))  # dropout draws
             for t in range(steps):
                 x = x_all[index_t[t]]
                 y = y_all[index_t[t]]

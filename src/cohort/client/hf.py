@@ -32,6 +32,7 @@ except ImportError as e:
 
 from cohort.client.base import FrameworkClient, Hooks, Trained
 from cohort.client.settings import TrainSettings
+from cohort.client.torch import seed_torch
 from cohort.core.arrays import NamedArrays
 from cohort.core.errors import ConfigError, DataError
 from cohort.core.seeding import Stage, rng, torch_seed
@@ -187,7 +188,7 @@ class HFLoraClient(FrameworkClient):
         total, steps = 0.0, 0
         self.model.train()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(torch_seed(seed, round_, Stage.TORCH, self.client_id))  # LoRA dropout
+            seed_torch(torch_seed(seed, round_, Stage.TORCH, self.client_id))  # LoRA dropout
             for _ in range(s.epochs):
                 perm = torch.from_numpy(order.permutation(n))
                 for start in range(0, n, b):
