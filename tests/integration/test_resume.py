@@ -30,7 +30,7 @@ SETUPS = {
     "central_dp": ["privacy.mode=central", "privacy.noise_multiplier=0.8", "privacy.clip=0.3", "privacy.adaptive_clip=true"],
 }
 BACKENDS = {"inprocess": [], "processes": ["simulation.backend=processes", "simulation.workers=2"]}
-TIMINGS = {"seconds"}
+TIMINGS = {"seconds", "fit_seconds", "aggregate_seconds", "evaluate_seconds"}
 
 
 def cohort_cmd(*args):

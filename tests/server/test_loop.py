@@ -155,3 +155,24 @@ def test_traffic_is_counted_per_round():
     assert record["bytes_sent"] == 4 * nbytes(start_arrays())
     assert record["bytes_received"] == 3 * nbytes(start_arrays())
     assert record["seconds"] > 0
+
+
+def test_round_time_is_split_into_clients_aggregation_and_evaluation():
+    import dataclasses
+    import time
+
+    base = fedavg()
+
+    class SlowFold(type(base)):  # the server's own work made visible: each accepted update takes 20 ms to fold
+        def add(self, accs, cid, reply):
+            time.sleep(0.02)
+            return super().add(accs, cid, reply)
+
+    slow = SlowFold(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    state, _ = go(num_clients=4, algorithm=slow, rounds=2, evaluate=lambda a: (time.sleep(0.05), {"accuracy": 0.5})[1])
+    assert len(state.history) == 2
+    for record in state.history:
+        assert record["aggregate_seconds"] >= 4 * 0.02 and record["evaluate_seconds"] >= 0.05
+        assert 0 <= record["fit_seconds"] < record["aggregate_seconds"]  # the scripted clients are quick
+        parts = record["fit_seconds"] + record["aggregate_seconds"] + record["evaluate_seconds"]
+        assert abs(parts - record["seconds"]) < 0.01

@@ -164,7 +164,9 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         started = time.perf_counter()
         sent0, received0 = channel.bytes_sent, channel.bytes_received
         ctx.rows.clear()
+        ctx.aggregate_s = 0.0
         out = policy.step(state, ctx)
+        stepped = time.perf_counter()
         state, record, failures = out.state, out.record, list(out.failures)
         r = state.round
         rows = [*ctx.rows, *(client_row("evaluate" if f.stage == FailureStage.EVALUATE else "fit", f.client_id, f)
@@ -179,9 +181,13 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
                 record.update(metrics, evaluations_failed=len(eval_failures))
                 failures += eval_failures
                 rows += [client_row("evaluate", f.client_id, f) for f in eval_failures]
+        ended = time.perf_counter()
+        record["fit_seconds"] = max(0.0, stepped - started - ctx.aggregate_s)  # the clients' part, and the transfers
+        record["aggregate_seconds"] = ctx.aggregate_s
+        record["evaluate_seconds"] = ended - stepped
         record["bytes_sent"] = channel.bytes_sent - sent0
         record["bytes_received"] = channel.bytes_received - received0
-        record["seconds"] = time.perf_counter() - started
+        record["seconds"] = ended - started
         record["simulated_time"] = state.clock
         if failures:
             record["failures"] = failure_lines(failures)

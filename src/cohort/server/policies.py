@@ -13,6 +13,8 @@ exactly where the checkpoint left off.
 
 from __future__ import annotations
 
+import time
+
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -71,6 +73,7 @@ class StepContext:
     in_flight: dict[int, Any] = field(default_factory=dict)
     snapshots: dict[int, Any] = field(default_factory=dict)  # live: the groups each version in flight was sent
     rows: list[dict[str, Any]] = field(default_factory=list)  # this step's accepted updates, one row each (clients.jsonl)
+    aggregate_s: float = 0.0  # this step's seconds in the server's own work: validating, folding, the server step
 
 
 @dataclass(frozen=True)
@@ -92,11 +95,14 @@ def fold_replies(ctx: StepContext, accs, replies, failures: list[ClientFailure],
         if isinstance(outcome, ClientFailure):
             failures.append(outcome)
             continue
+        started = time.perf_counter()
         try:
             accs = ctx.algorithm.add(accs, cid, outcome)
         except UpdateRejected as e:
             failures.append(ClientFailure(cid, FailureStage.VALIDATE, str(e)))
             continue
+        finally:
+            ctx.aggregate_s += time.perf_counter() - started
         count += 1
         fit_metrics.add(outcome.metrics, outcome.num_examples)
         ctx.rows.append(client_row("fit", cid, outcome))
@@ -110,10 +116,13 @@ def fold_replies(ctx: StepContext, accs, replies, failures: list[ClientFailure],
 def finish_step(ctx: StepContext, state: ServerState, accs, count: int) -> tuple[ServerState, bool, str | None]:
     """Apply the server step if enough updates stood; the state then has a new model version."""
     if count >= ctx.min_successful_clients:
+        started = time.perf_counter()
         try:
             groups, steps = ctx.algorithm.finish(accs, state.groups, state.steps)
         except UpdateRejected as e:
             return replace(state, failed_rounds=state.failed_rounds + 1), False, str(e)
+        finally:
+            ctx.aggregate_s += time.perf_counter() - started
         return replace(state, groups=groups, steps=steps, version=state.version + 1, failed_rounds=0), True, None
     return replace(state, failed_rounds=state.failed_rounds + 1), False, None
 
