@@ -5,21 +5,28 @@ STAMP := $(VENV)/.installed
 # The shared datasets (MNIST) live beside the project; override with COHORT_DATA_DIR=...
 export COHORT_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test bench clean proto
+.PHONY: install run test browser bench clean proto
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,torch,deploy,privacy,opacus,keras,hf,tracking,mlflow,wandb,ray]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,torch,deploy,privacy,opacus,keras,hf,tracking,mlflow,wandb,ray,view]'
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/cohort run
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/pytest -q
+
+# The live view's browser test drives headless Chromium from Debian's packages (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing Chromium (Debian package) for the live view's browser test"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/mnist_fedavg.py
@@ -37,6 +44,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/vectorized.py
 	$(VENV)/bin/python bench/million.py
 	$(VENV)/bin/python bench/overhead.py
+	$(VENV)/bin/python bench/mcmahan.py
+	$(VENV)/bin/python bench/vs_flower.py
 
 # Regenerates the gRPC code from the committed .proto (grpcio-tools is in the dev extra).
 proto: $(STAMP)

@@ -105,19 +105,60 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
         channel = channel_for(config, experiment.num_clients, console)
     progress = None if args.quiet else ConsoleProgress(config.rounds, console=console,
                                                       bar=config.output.progress and not args.no_progress)
+    view = None
+    if args.view:  # checked now, served once the run folder exists
+        from cohort.tracking.view.app import check_token, parse_address
+
+        check_token(parse_address(args.view_address)[0], args.view_token)
+
     def on_folder(path):
+        nonlocal view
         args.run_folder = path
         if hasattr(channel, "attach_folder"):  # the server's run log
             channel.attach_folder(path)
+        if args.view:
+            from cohort.tracking.view import ViewServer
 
-    result = run(config, progress=progress, experiment=experiment, resume=args.resume, on_folder=on_folder,
-                 channel=channel)
-    best, last = result.summary["best"], result.summary["last"]
-    if best:
-        console.print(f"best {best['metric']} {best['value']:.4f} at round {best['round']}, last {last['value']:.4f} "
-                      f"at round {last['round']}; stopped by {result.stopped_by} after {result.state.round} rounds",
-                      highlight=False, soft_wrap=True)
-    console.print(f"run folder: {result.folder}", highlight=False, markup=False, soft_wrap=True)
+            view = ViewServer(path, args.view_address, args.view_token).start()
+            console.print(f"live view: {view.url}", highlight=False, markup=False, soft_wrap=True)
+            console.file.flush()
+
+    try:
+        result = run(config, progress=progress, experiment=experiment, resume=args.resume, on_folder=on_folder,
+                     channel=channel)
+        best, last = result.summary["best"], result.summary["last"]
+        if best:
+            console.print(f"best {best['metric']} {best['value']:.4f} at round {best['round']}, last {last['value']:.4f} "
+                          f"at round {last['round']}; stopped by {result.stopped_by} after {result.state.round} rounds",
+                          highlight=False, soft_wrap=True)
+        console.print(f"run folder: {result.folder}", highlight=False, markup=False, soft_wrap=True)
+        if view is not None and sys.stdin.isatty():  # someone is watching: the finished run stays on view
+            import time
+
+            console.print(f"the live view stays at {view.url} until Ctrl-C", highlight=False, markup=False, soft_wrap=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        if view is not None:
+            view.stop(grace_s=1.5)  # open pages get the final state first
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    """``cohort view RUN_DIR``: the live view of a run folder, until Ctrl-C."""
+    from pathlib import Path
+
+    from cohort.tracking.view import ViewServer
+
+    if not Path(args.run, "config.toml").is_file():
+        raise ConfigError(f"{args.run!r} is not a run folder (no config.toml in it); give a folder written by "
+                          "`cohort run` or `cohort server`")
+    view = ViewServer(args.run, args.address, args.token)
+    print(f"live view of {args.run}: {view.url} (Ctrl-C stops it)", flush=True)
+    view.serve()
     return 0
 
 
@@ -338,6 +379,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
         p.add_argument("--quiet", action="store_true", help="print no per-round lines")
         p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+        p.add_argument("--view", action="store_true", help="serve a live web view of the run while it goes on")
+        p.add_argument("--view-address", default="127.0.0.1:8765", metavar="HOST:PORT",
+                       help="where --view listens (default 127.0.0.1:8765; port 0: any free one); another host than "
+                            "loopback needs a token")
+        p.add_argument("--view-token", help="the token a non-local --view-address asks for (default: a random one, printed)")
 
     run = sub.add_parser("run", help="run an experiment from a TOML config (none: the built-in demo)")
     run.add_argument("config", nargs="?", help="TOML experiment config; see examples/")
@@ -413,6 +459,13 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--per-site", action="store_true",
                       help="one run: a line per client of its held-out metric over the rounds (from clients.jsonl)")
     plot.set_defaults(func=_plot)
+
+    view = sub.add_parser("view", help="serve the live web view of a run folder (finished, or running in another process)")
+    view.add_argument("run", help="a run folder written by `cohort run` or `cohort server`")
+    view.add_argument("--address", default="127.0.0.1:8765", metavar="HOST:PORT",
+                      help="where to listen (default 127.0.0.1:8765; port 0: any free one); another host than loopback needs a token")
+    view.add_argument("--token", help="the token a non-local address asks for (default: a random one, printed)")
+    view.set_defaults(func=_view)
 
     report = sub.add_parser("report", help="print the per-client table of a run's final model (from clients.jsonl)")
     report.add_argument("run", help="a run folder written by `cohort run` or `cohort server`")

@@ -1,0 +1,225 @@
+"""What the live view shows, read from a run folder as the run writes it.
+
+The run folder is the one source: ``config.toml``, ``metrics.jsonl`` (a record per round),
+``clients.jsonl`` (a row per client per round and task), ``summary.json`` (once the run stopped) and
+``.lock`` (held while a process writes the folder). So the view of a run in this process, of one
+running in another process and of a finished one are the same code. Files are read incrementally
+(from the last offset; a line still being written is left for the next read), so a long run costs
+the view only its new lines.
+
+Nothing here holds a client's update or a row of data: the records carry metrics, counts, seconds and
+bytes only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class _Tail:
+    """The complete JSON lines appended to a file since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def read(self) -> list[dict]:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size < self.offset:  # truncated (a resumed run drops the rounds after its checkpoint): read again
+            self.offset = 0
+            raise _Restart()
+        if size == self.offset:
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            chunk = f.read(size - self.offset)
+        end = chunk.rfind(b"\n") + 1  # a partial last line waits for the next read
+        self.offset += end
+        out = []
+        for line in chunk[:end].splitlines():
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+        return out
+
+
+class _Restart(Exception):
+    pass
+
+
+@dataclass
+class _Client:
+    id: int
+    name: str = ""
+    examples: int = 0
+    rounds: set = field(default_factory=set)
+    last_round: int = 0
+    last_metrics: dict = field(default_factory=dict)
+    failures: int = 0
+    last_failure: str = ""
+    bytes: int = 0
+
+    def row(self) -> dict:
+        return {"id": self.id, "name": self.name or str(self.id), "examples": self.examples, "rounds": len(self.rounds),
+                "last_round": self.last_round, "metrics": self.last_metrics, "failures": self.failures,
+                "last_failure": self.last_failure, "bytes": self.bytes}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class RunReader:
+    """The state of the run in ``folder``, kept up to date by :meth:`refresh`."""
+
+    ROUND_KEYS = ("round", "status", "clients_sampled", "clients_succeeded", "clients_failed", "seconds", "fit_seconds",
+                  "aggregate_seconds", "evaluate_seconds", "bytes_sent", "bytes_received", "dp_epsilon",
+                  "staleness_mean", "staleness_max", "failures")
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.records: list[dict] = []
+        self.clients: dict[int, _Client] = {}
+        self._metrics = _Tail(self.folder / "metrics.jsonl")
+        self._rows = _Tail(self.folder / "clients.jsonl")
+        self.config: dict = {}
+        self.signature: tuple = ()
+
+    def changed(self) -> bool:
+        """Whether any file of the folder changed since the last refresh (cheap: sizes and times)."""
+        return self._signature() != self.signature
+
+    def _signature(self) -> tuple:
+        out = []
+        for name in ("metrics.jsonl", "clients.jsonl", "summary.json", "config.toml"):
+            try:
+                st = (self.folder / name).stat()
+                out.append((st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def refresh(self) -> None:
+        self.signature = self._signature()
+        if not self.config:
+            try:
+                self.config = tomllib.loads((self.folder / "config.toml").read_text())
+            except (FileNotFoundError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+                self.config = {}
+        try:
+            new_records, new_rows = self._metrics.read(), self._rows.read()
+        except _Restart:
+            self._reset()
+            return self.refresh()
+        for r in new_records:
+            if _finite(r.get("round")):
+                self.records = [x for x in self.records if x.get("round") != r["round"]] + [r]
+        for row in new_rows:
+            self._add_row(row)
+
+    def _add_row(self, row: dict) -> None:
+        cid = row.get("client")
+        if not isinstance(cid, int):
+            return
+        c = self.clients.setdefault(cid, _Client(cid))
+        if isinstance(row.get("name"), str):
+            c.name = row["name"]
+        r = row.get("round") if isinstance(row.get("round"), int) else 0
+        c.last_round = max(c.last_round, r)
+        if _finite(row.get("bytes")):
+            c.bytes += int(row["bytes"])
+        if row.get("status") == "failed":
+            c.failures += 1
+            c.last_failure = f"round {r}, {row.get('stage', '')}: {str(row.get('failure', ''))[:300]}"
+            return
+        if row.get("task") == "fit":
+            c.rounds.add(r)
+            if _finite(row.get("examples")):
+                c.examples = int(row["examples"])
+        metrics = row.get("metrics") if isinstance(row.get("metrics"), dict) else {}
+        shown = {("train_" + k if row.get("task") == "fit" and not k.startswith("train_") else k): v
+                 for k, v in metrics.items() if _finite(v)}
+        if _finite(row.get("loss")):
+            shown["loss"] = row["loss"]
+        c.last_metrics = {**c.last_metrics, **shown}
+
+    def status(self) -> dict:
+        summary = None
+        try:
+            summary = json.loads((self.folder / "summary.json").read_text())
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            pass
+        if isinstance(summary, dict):
+            return {"state": "finished" if summary.get("stopped_by") in ("rounds", "target") else "stopped",
+                    "stopped_by": summary.get("stopped_by"), "best": summary.get("best"), "last": summary.get("last")}
+        return {"state": "running" if self._writing() else "stopped", "stopped_by": None if self._writing() else
+                "the run's process ended without a summary (killed?); `cohort run --resume` continues it"}
+
+    def _writing(self) -> bool:
+        """Whether a process holds the folder's lock (RunFolder holds it while the run writes)."""
+        try:
+            with open(self.folder / ".lock", "rb") as f:  # read-only: the view never writes into the folder
+                try:
+                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(f, fcntl.LOCK_UN)
+                return False
+        except OSError:
+            return False
+
+    def snapshot(self) -> dict:
+        """Everything the page shows, as JSON-ready values (a non-finite number becomes None)."""
+        return _clean(self._snapshot())
+
+    def _snapshot(self) -> dict:
+        cfg = self.config
+        rounds = cfg.get("rounds")
+        evaluate = cfg.get("evaluate", {}) if isinstance(cfg.get("evaluate"), dict) else {}
+        privacy = cfg.get("privacy", {}) if isinstance(cfg.get("privacy"), dict) else {}
+        metric_names = sorted({k for r in self.records for k, v in r.items()
+                               if _finite(v) and k not in self.ROUND_KEYS and k != "version" and k != "simulated_time"})
+        series = {k: [r.get(k) if _finite(r.get(k)) else None for r in self.records] for k in metric_names}
+        timing = {k: [r.get(k) if _finite(r.get(k)) else None for r in self.records]
+                  for k in ("seconds", "fit_seconds", "aggregate_seconds", "evaluate_seconds")}
+        last = self.records[-1] if self.records else {}
+        out = {
+            "name": cfg.get("name", self.folder.name), "folder": self.folder.name, "status": self.status(),
+            "round": last.get("round", 0), "rounds": rounds, "config": cfg,
+            "target": {"metric": evaluate.get("target_metric"), "value": evaluate.get("target")},
+            "x": [r.get("round") for r in self.records], "metrics": series, "timing": timing,
+            "status_by_round": [r.get("status") for r in self.records],
+            "clients": [c.row() for c in sorted(self.clients.values(), key=lambda c: c.id)],
+            "last_failures": [str(f)[:300] for f in (last.get("failures") or [])][:10],
+        }
+        if any("dp_epsilon" in r for r in self.records):
+            out["privacy"] = {"epsilon": [r.get("dp_epsilon") for r in self.records], "budget": privacy.get("epsilon_max"),
+                              "delta": privacy.get("delta")}
+        if any("staleness_mean" in r for r in self.records):
+            out["staleness"] = {"mean": [r.get("staleness_mean") for r in self.records],
+                                "max": [r.get("staleness_max") for r in self.records]}
+        return out
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
