@@ -241,3 +241,29 @@ def test_fedbuff_runs_over_grpc_in_arrival_order(tmp_path):
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["clients_succeeded"] for r in records] == [2, 2, 2, 2] and all("staleness_max" in r for r in records)
     assert records[-1]["accuracy"] > 0.5
+
+
+def test_the_server_serves_a_live_view_of_its_connected_clients(tmp_path):
+    import json
+    import re
+    import urllib.request
+
+    sets = ["data.num_clients=3", "rounds=6", "name=viewed", "evaluate.federated_fraction=0"]
+    with Federation(tmp_path, sets, server_args=("--view", "--view-address", "127.0.0.1:0")) as fed:
+        clients = [fed.client(c, "--app", "deploy_app:slow") for c in range(3)]
+        url, deadline = None, time.monotonic() + 60
+        while url is None:
+            line = fed.server.stdout.readline()
+            assert line and time.monotonic() < deadline, fed.server.stderr.read()
+            m = re.search(r"live view: (http://\S+)", line)
+            url = m.group(1) if m else None
+        state = {}
+        while time.monotonic() < deadline:  # the run log says who is connected while the rounds go on
+            state = json.loads(urllib.request.urlopen(url + "api/state", timeout=10).read())
+            if state["status"]["state"] == "running" and len([c for c in state["clients"] if c["connected"]]) == 3:
+                break
+            time.sleep(0.2)
+        assert sorted(c["id"] for c in state["clients"] if c["connected"]) == [0, 1, 2]
+        fed.wait()
+        for c in clients:
+            c.communicate(timeout=60)

@@ -49,8 +49,9 @@ def test_the_snapshot_is_the_run_folder(folder):
     assert {c["id"]: c["rounds"] for c in s["clients"] if c["rounds"]} == counts
     assert all("accuracy" in c["metrics"] for c in s["clients"])  # each site's held-out score (federated evaluation)
     # what it shows, field by field: metrics, counts, seconds, bytes, failures; never an array of the model
-    assert all(set(c) == {"id", "name", "examples", "rounds", "last_round", "metrics", "failures", "last_failure", "bytes"}
-               for c in s["clients"])
+    assert all(set(c) == {"id", "name", "examples", "rounds", "last_round", "metrics", "failures", "last_failure", "bytes",
+                          "connected", "since"} for c in s["clients"])
+    assert all(c["connected"] is None for c in s["clients"])  # a simulation has no connections
     from cohort.core.arrays import load_safetensors
 
     weights = [repr(float(v)) for a in load_safetensors(folder / "model.safetensors").values() for v in a.ravel()[:20]]
@@ -139,3 +140,25 @@ def test_cohort_view_refuses_what_is_not_a_run_folder_and_bad_addresses(tmp_path
     out = subprocess.run([sys.executable, "-m", "cohort.cli", "run", "--set", "rounds=1", "--view", "--view-address",
                           "0.0.0.0:0", "--view-token", "short", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--view-token must be at least 16" in out.stderr and not list(tmp_path.glob("*/config.toml"))
+
+
+def test_a_deployments_connections_come_from_the_servers_run_log(tmp_path):
+    from cohort.channel.grpc.registry import RunLog
+
+    (tmp_path / "config.toml").write_text('name = "d"\nrounds = 5\n')
+    log = RunLog()
+    log.event("joined", 0, "oslo")
+    log.event("joined", 1, "lund")
+    log.attach(tmp_path / "server.sqlite")
+    reader = RunReader(tmp_path)
+    reader.refresh()
+    rows = {c["id"]: c for c in reader.snapshot()["clients"]}
+    assert rows[0]["connected"] is True and rows[0]["name"] == "oslo" and rows[1]["connected"] is True
+    log.event("left", 1, "lost connection")
+    log.event("refused", 2, "wrong key")
+    assert reader.changed()
+    reader.refresh()
+    rows = {c["id"]: c for c in reader.snapshot()["clients"]}
+    assert rows[1]["connected"] is False and rows[1]["since"] > 0
+    assert rows[2]["connected"] is False and rows[2]["failures"] == 1 and "wrong key" in rows[2]["last_failure"]
+    log.close()

@@ -69,11 +69,13 @@ class _Client:
     failures: int = 0
     last_failure: str = ""
     bytes: int = 0
+    connected: bool | None = None  # deployments: from the server's run log; None in a simulation
+    since: float | None = None  # when it joined or left (Unix time)
 
     def row(self) -> dict:
         return {"id": self.id, "name": self.name or str(self.id), "examples": self.examples, "rounds": len(self.rounds),
                 "last_round": self.last_round, "metrics": self.last_metrics, "failures": self.failures,
-                "last_failure": self.last_failure, "bytes": self.bytes}
+                "last_failure": self.last_failure, "bytes": self.bytes, "connected": self.connected, "since": self.since}
 
 
 def _finite(v: Any) -> bool:
@@ -96,6 +98,7 @@ class RunReader:
         self.clients: dict[int, _Client] = {}
         self._metrics = _Tail(self.folder / "metrics.jsonl")
         self._rows = _Tail(self.folder / "clients.jsonl")
+        self._event_id = 0  # the server's run log (deployments), read from after this row
         self.config: dict = {}
         self.signature: tuple = ()
 
@@ -105,7 +108,7 @@ class RunReader:
 
     def _signature(self) -> tuple:
         out = []
-        for name in ("metrics.jsonl", "clients.jsonl", "summary.json", "config.toml"):
+        for name in ("metrics.jsonl", "clients.jsonl", "summary.json", "config.toml", "server.sqlite", "server.sqlite-wal"):
             try:
                 st = (self.folder / name).stat()
                 out.append((st.st_size, st.st_mtime_ns))
@@ -130,6 +133,38 @@ class RunReader:
                 self.records = [x for x in self.records if x.get("round") != r["round"]] + [r]
         for row in new_rows:
             self._add_row(row)
+        self._read_run_log()
+
+    def _read_run_log(self) -> None:
+        """Who joined and left a deployment (the server's ``server.sqlite``), opened read-only."""
+        path = self.folder / "server.sqlite"
+        if not path.exists():
+            return
+        import sqlite3
+
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=0.5)
+            try:
+                rows = db.execute("SELECT id, time, client_id, event, detail FROM events WHERE id > ? ORDER BY id",
+                                  (self._event_id,)).fetchall()
+            finally:
+                db.close()
+        except sqlite3.Error:  # being written, or not a run log: next time
+            return
+        for event_id, when, cid, event, detail in rows:
+            self._event_id = event_id
+            if not isinstance(cid, int):
+                continue
+            c = self.clients.setdefault(cid, _Client(cid))
+            if event == "joined":
+                c.connected, c.since = True, when
+                if detail and not c.name:
+                    c.name = str(detail)[:200]
+            elif event in ("left", "refused"):
+                c.connected, c.since = False, when
+                if event == "refused":
+                    c.failures += 1
+                    c.last_failure = f"refused: {str(detail)[:300]}"
 
     def _add_row(self, row: dict) -> None:
         cid = row.get("client")

@@ -64,6 +64,12 @@ function bestLast(x, values, higher) {
   return best === null ? "" : `best ${fmt(best)} at round ${at} · last ${fmt(last)} at round ${lastAt}`;
 }
 
+function ago(t) {
+  if (!t) return "";
+  const s = Math.max(0, Date.now() / 1000 - t);
+  return s < 90 ? Math.round(s) + " s ago" : s < 5400 ? Math.round(s / 60) + " min ago" : Math.round(s / 3600) + " h ago";
+}
+
 function card(k, v, s) {
   const c = el("div", { class: "card" });
   c.append(el("div", { class: "k" }, k), el("div", { class: "v" }, v));
@@ -123,8 +129,10 @@ function render(s) {
   for (const c of s.clients.slice(0, 2000)) {
     const tr = el("tr", { "data-client": c.id, "data-rounds": c.rounds });
     const metrics = Object.entries(c.metrics).slice(0, 3).map(([k, v]) => `${k} ${fmt(v)}`).join(", ");
+    const seen = c.connected === true ? "connected" : c.connected === false ? "left " + ago(c.since)
+               : c.last_round ? "round " + c.last_round : "–";
     tr.append(el("td", {}, c.id), el("td", {}, c.name), el("td", {}, fmt(c.examples)), el("td", {}, c.rounds),
-              el("td", {}, c.last_round ? "round " + c.last_round : "–"), el("td", {}, metrics || "–"),
+              el("td", c.connected === true ? { class: "on" } : {}, seen), el("td", {}, metrics || "–"),
               el("td", c.failures ? { class: "fail", title: c.last_failure } : {},
                  c.failures ? `${c.failures}: ${c.last_failure}` : "0"),
               el("td", {}, bytes(c.bytes)));
