@@ -75,18 +75,25 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
     config, source = _load(args)
     console = Console()
     console.print(f"cohort: {config.name} from {source}", highlight=False, markup=False, soft_wrap=True)
-    channel = None
+    channel = sites = None
     from cohort.client.site import is_site_federation, site_count
 
     if channel_for is not None and is_site_federation(config):  # the sites hold the rows: agree the data first
-        from cohort.data.exchange import agree
+        from pathlib import Path
+
+        from cohort.data.exchange import Agreement, agree
 
         channel = channel_for(config, site_count(config.data), console)
         try:
-            console.print("agreeing the data with the sites (schema, statistics)", highlight=False, soft_wrap=True)
-            secure = config.secagg.settings() if config.secagg.mode != "none" else None  # then only sums reach the server
-            sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or 600.0,
-                          secure=secure, seed=config.seed)
+            kept = Path(args.resume, "sites.json") if args.resume else None
+            if kept is not None and kept.is_file():  # a resumed run keeps the preprocessing it was trained with
+                sites = Agreement.from_json(kept.read_text(), str(kept))
+                console.print(f"the sites' agreement from {kept}", highlight=False, markup=False, soft_wrap=True)
+            else:
+                console.print("agreeing the data with the sites (schema, statistics)", highlight=False, soft_wrap=True)
+                secure = config.secagg.settings() if config.secagg.mode != "none" else None  # then only sums reach the server
+                sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or 600.0,
+                              secure=secure, seed=config.seed)
             channel.message_config["site_data"] = sites.message_config()
             experiment = build(config, sites=sites)
         except BaseException:
@@ -114,6 +121,10 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
     def on_folder(path):
         nonlocal view
         args.run_folder = path
+        if sites is not None:  # what the sites agreed, for a resume and for the record
+            from pathlib import Path
+
+            Path(path, "sites.json").write_text(sites.to_json())
         if hasattr(channel, "attach_folder"):  # the server's run log
             channel.attach_folder(path)
         if args.view:

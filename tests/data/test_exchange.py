@@ -2,6 +2,7 @@
 agree with a server that reads none, and the agreement is exactly the simulation's preprocessing."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -130,12 +131,22 @@ def _with(reply, **arrays):
 @pytest.mark.parametrize("lie, says", [
     ({"data_schema": lambda r: _with(r, schema=np.frombuffer(b"{not json", np.uint8))}, "not valid JSON"),
     ({"data_schema": lambda r: _with(r, schema=X.to_json_bytes({"name": "", "columns": [], "labels": []}))}, "name of 1 to 200"),
-    ({"data_statistics": lambda r: _with(r, mean=np.full(r.arrays[X.GROUP]["mean"].shape, np.nan))}, "finite means"),
-    ({"data_statistics": lambda r: _with(r, count=-r.arrays[X.GROUP]["count"])}, "not counts"),
+    ({"data_schema": lambda r: _with(r, schema=np.frombuffer(b"[" * 200_000, np.uint8))}, "nested too deeply"),
+    ({"data_statistics": lambda r: _with(r, mean=np.full(r.arrays[X.GROUP]["mean"].shape, np.nan))}, "finite vectors"),
+    ({"data_statistics": lambda r: _with(r, count=-r.arrays[X.GROUP]["count"])}, "do not fit any rows"),
+    # a huge count with a huge mean would drag the federation's mean anywhere
+    ({"data_statistics": lambda r: _with(r, count=np.full_like(r.arrays[X.GROUP]["count"], 1e300),
+                                         mean=np.full_like(r.arrays[X.GROUP]["mean"], 1e300))}, "do not fit any rows"),
+    ({"data_statistics": lambda r: _with(r, mean=r.arrays[X.GROUP]["high"] + 1000)}, "do not fit any rows"),
+    ({"data_statistics": lambda r: _with(r, m2=r.arrays[X.GROUP]["m2"] * 1e6)}, "do not fit any rows"),
     ({"data_statistics": lambda r: _with(r, m2=r.arrays[X.GROUP]["m2"].astype(np.float32))}, "float64 vectors"),
     ({"data_statistics": lambda r: _with(r, categories=X.to_json_bytes({"sex": {"f": -3}}))}, "category counts"),
+    # a column nobody declared would break every other site's one-hot encoding
+    ({"data_statistics": lambda r: _with(r, categories=X.to_json_bytes({"evil": {"x": 1}}))}, "declared categorical"),
+    ({"data_statistics": lambda r: Reply(r.arrays, r.num_examples, {**r.metrics, "rows_train": 1e13})}, "row counts"),
     ({"data_statistics": lambda r: Reply({"model": {}}, 1)}, "no 'site' group"),
     ({"data_histogram": lambda r: _with(r, hist=r.arrays[X.GROUP]["hist"][:, :10])}, "histogram"),
+    ({"data_histogram": lambda r: _with(r, hist=r.arrays[X.GROUP]["hist"] * 2**40)}, "add up to its column counts"),
 ])
 def test_a_malformed_answer_stops_the_agreement_naming_the_site(hospitals, lie, says):
     config = config_of(hospitals[:2], "data.impute=median")
@@ -248,3 +259,34 @@ def test_secure_statistics_refuse_a_sum_the_ring_cannot_hold(hospitals, tmp_path
     sites = {0: SiteClient(config, 0, str(hospitals[0])), 1: SiteClient(config, 1, str(huge))}
     with pytest.raises(DataError, match="column 'age'.*too large for secure aggregation's exact sums.*rescale"):
         X.agree(Sites(sites), 2, config.data, 30, secure=SecureAggregation(threshold=1.0))
+
+
+def test_a_site_under_secure_aggregation_gives_no_statistic_in_the_clear(hospitals):
+    config = config_of(hospitals[:2], "data.impute=mean", "secagg.mode=secagg")
+    site = SiteClient(config, 0, str(hospitals[0]))
+    schema = site.answer(Message("data_schema", {}, {}))  # names and columns: in the clear
+    columns = json.loads(schema.arrays["site"]["schema"].tobytes())["columns"]
+    for task in ("data_statistics", "data_histogram", "data_spread"):
+        with pytest.raises(ConfigError, match="only masked"):
+            site.answer(Message(task, {}, {"site_columns": columns, "site_labels": None, "site_clients": 2,
+                                           "site_categories": {}}))
+
+
+def test_impute_none_refuses_missing_cells_at_a_site_as_in_simulation(hospitals):
+    config = config_of(hospitals[:2], "data.target_binarize='> 0'")  # impute = "none" (the default)
+    with pytest.raises(DataError, match="has missing values"):
+        load_sites(config.data, config.seed)
+    sites = {c: SiteClient(config, c, str(f)) for c, f in enumerate(hospitals[:2])}
+    with pytest.raises(DataError, match="has missing values.*set data.impute"):
+        X.agree(Sites(sites), 2, config.data, 30)
+
+
+def test_the_agreement_is_kept_for_a_resume_and_a_damaged_one_is_refused(hospitals):
+    config = config_of(hospitals, "data.impute=median", "data.target_binarize='> 0'")
+    sites = {c: SiteClient(config, c, str(f)) for c, f in enumerate(hospitals)}
+    agreement = X.agree(Sites(sites), 4, config.data, 30)
+    again = X.Agreement.from_json(agreement.to_json())
+    assert again.message_config() == agreement.message_config() and again.names == agreement.names
+    assert again.train_sizes == agreement.train_sizes and again.num_clients == 4
+    with pytest.raises(DataError, match="damaged"):
+        X.Agreement.from_json(agreement.to_json().replace('"fill"', '"fil"'))

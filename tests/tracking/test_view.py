@@ -76,10 +76,23 @@ def test_lines_are_read_as_they_are_written_and_a_truncated_file_is_read_again(t
     assert s["x"] == [1] and s["metrics"]["accuracy"] == [0.7] and s["metrics"].get("loss", [None]) == [None]
     assert s["status"]["state"] == "stopped" and "killed" in s["status"]["stopped_by"]  # no summary, no lock held
     json.dumps(s, allow_nan=False)  # a non-finite value became null
+    # a resume replaces the file (a new one, as long as the old or longer): read again from its start
+    replacement = tmp_path / "metrics.new"
+    replacement.write_text("".join(f'{{"round": {r}, "accuracy": 0.{r}, "seconds": 1.0}}\n' for r in (1, 2, 3)))
+    import os
+
+    os.replace(replacement, metrics)
+    reader.refresh()
+    assert reader.snapshot()["metrics"]["accuracy"] == [0.1, 0.2, 0.3]
+    # a live process's PID in .lock (RunFolder writes it): running; the view never takes the lock itself
+    (tmp_path / ".lock").write_text(str(os.getpid()))
+    assert reader.snapshot()["status"]["state"] == "running"
+    (tmp_path / ".lock").write_text("999999999")
+    assert reader.snapshot()["status"]["state"] == "stopped"
 
 
 def test_the_app_serves_the_page_state_and_static_files_and_nothing_that_writes(folder):
-    client = TestClient(make_app(folder))
+    client = TestClient(make_app(folder), base_url="http://127.0.0.1:8765")
     page = client.get("/")
     assert page.status_code == 200 and "cohort" in page.text and "view.js" in page.text
     assert client.get("/static/uPlot.iife.min.js").status_code == 200
@@ -89,6 +102,9 @@ def test_the_app_serves_the_page_state_and_static_files_and_nothing_that_writes(
         assert getattr(client, method)("/api/state").status_code == 405
     assert client.get("/static/../snapshot.py").status_code == 404
     assert client.get("/api/config.toml").status_code == 404
+    # a page elsewhere reaching the local view through a DNS name pointed at 127.0.0.1 (DNS rebinding)
+    assert client.get("/api/state", headers={"Host": "attacker.example:8765"}).status_code == 400
+    assert client.get("/api/state", headers={"Host": "localhost:8765"}).status_code == 200
 
 
 def test_a_non_local_view_needs_its_token(folder):
@@ -97,7 +113,8 @@ def test_a_non_local_view_needs_its_token(folder):
     assert check_token("127.0.0.1", None) is None and check_token("localhost", None) is None
     client = TestClient(make_app(folder, token))
     assert client.get("/api/state").status_code == 401
-    assert client.get("/").status_code == 401 and client.get("/static/view.js").status_code == 401
+    assert client.get("/").status_code == 401
+    assert client.get("/static/view.js").status_code == 200  # the page's own script: public, so the page can load it
     assert client.get("/api/state?token=" + "x" * 32).status_code == 401
     assert client.get("/api/state", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert client.get(f"/api/state?token={token}").status_code == 200

@@ -197,7 +197,12 @@ class RayChannel(SimulationChannel):
             ray.kill(self._actors[k])
         except Exception:
             pass
-        self._actors[k] = ray.remote(num_cpus=1)(_Worker).remote(self._code, self.threads)
+        actor = ray.remote(num_cpus=1)(_Worker).remote(self._code, self.threads)
+        try:  # started (code unpickled, torch imported) before it takes a client, whose deadline it must not eat
+            ray.get(actor.ready.remote(), timeout=START_TIMEOUT_S)
+        except Exception as e:
+            raise TransportError(f"a replacement Ray actor did not start: {type(e).__name__}: {e}") from e
+        self._actors[k] = actor
 
     def close(self) -> None:
         """Stop the actors, and Ray itself if this channel started it; free the store."""

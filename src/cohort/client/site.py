@@ -97,8 +97,14 @@ class SiteClient:
         return self
 
     # --- the exchange ------------------------------------------------------------------------
-    def answer(self, message: Message) -> Reply:
+    def answer(self, message: Message, secure: bool = False) -> Reply:
+        """This site's part of the exchange. ``secure``: the request came through a secure aggregation
+        round (its answer is masked); with ``secagg.mode`` on, the site gives its statistics no other way."""
         cfg = self.config.data
+        if (self.config.secagg.mode != "none" and not secure
+                and message.task not in ("data_schema", "data_categories")):
+            raise ConfigError(f"this site's config has secagg.mode = {self.config.secagg.mode!r}: its statistics "
+                              f"leave it only masked, in a secure aggregation round; {message.task!r} came in the clear")
         if message.task == "data_schema":
             schema = {"name": self.name, "columns": self.table.columns, "labels": X.distinct_targets(self.table, cfg)}
             return Reply({X.GROUP: {"schema": X.to_json_bytes(schema)}}, len(self.table.rows))
@@ -107,7 +113,9 @@ class SiteClient:
         if message.task == "data_categories" or "site_clients" in message.config:  # under secure aggregation
             from cohort.data.exchange_secure import site_answer
 
+            self._check_missing(enc)
             return site_answer(message.task, enc, train, held, message.config)
+        self._check_missing(enc)
         if message.task == "data_statistics":
             cats = {k: [v[i] for i in train] for k, v in enc.categorical.items()}
             return X.statistics_reply(F.client_statistics(enc.numeric[train], cats), len(train), len(held))
@@ -129,6 +137,14 @@ class SiteClient:
             self._encoded = (key, enc, train[0], held[0])
         return self._encoded[1:]
 
+    def _check_missing(self, enc) -> None:
+        """``impute = "none"`` refuses missing cells, as the simulation does."""
+        if self.config.data.impute == "none" and np.isnan(enc.numeric).any():
+            j = int(np.flatnonzero(np.isnan(enc.numeric).any(axis=0))[0])
+            i = int(np.flatnonzero(np.isnan(enc.numeric[:, j]))[0])
+            raise DataError(f"column {enc.numeric_names[j]!r} has missing values (first at {enc.where[i][0]}, line "
+                            f"{enc.where[i][1]}); set data.impute = 'mean', 'median' or 'constant' (with data.impute_value)")
+
     # --- training, through the framework's client --------------------------------------------
     def _inner(self, config: Config):
         d = config.get(X.KEY) if hasattr(config, "get") else None
@@ -141,6 +157,7 @@ class SiteClient:
         columns, labels, num_classes, prep, local = X.read_agreement(d)
         cfg = self.config.data
         enc, train, held = self._encode(columns, labels)
+        self._check_missing(enc)
         if local:
             cats = {k: [v[i] for i in train] for k, v in enc.categorical.items()}
             prep = own_preprocessing(enc.numeric[train], F.client_statistics(enc.numeric[train], cats), cfg, prep.categories)

@@ -33,6 +33,9 @@ TASKS = ("data_schema", "data_statistics", "data_histogram", "data_categories", 
 GROUP = "site"  # the reply group of the exchange
 KEY = "site_data"  # the message config key that carries the agreement
 MAX_JSON_BYTES = 4 * 2**20
+MAX_ROWS = 10**9  # rows one site may report
+MAX_CATEGORIES = 10_000  # values per categorical column, and classes of a target
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def to_json_bytes(value) -> np.ndarray:
@@ -46,6 +49,8 @@ def from_json_bytes(a, what: str):
         return json.loads(a.tobytes().decode())
     except (UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is JSON nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,24 @@ class Agreement:
     @property
     def width(self) -> int:
         return len(self.preprocessing.mean) + sum(len(c) for c in self.preprocessing.categories.values())
+
+    def to_json(self) -> str:
+        """The agreement as the run folder keeps it (``sites.json``): a resumed server reuses it."""
+        return json.dumps({"num_clients": self.num_clients, "names": {str(k): v for k, v in self.names.items()},
+                           "train_sizes": {str(k): v for k, v in self.train_sizes.items()},
+                           "held_sizes": {str(k): v for k, v in self.held_sizes.items()},
+                           "site_data": self.message_config()}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "sites.json") -> "Agreement":
+        try:
+            d = json.loads(text)
+            columns, labels, num_classes, prep, local = read_agreement(d["site_data"])
+            ints = {k: {int(c): v for c, v in d[k].items()} for k in ("names", "train_sizes", "held_sizes")}
+            return cls(int(d["num_clients"]), ints["names"], ints["train_sizes"], ints["held_sizes"], columns, labels,
+                       num_classes, prep, local)
+        except (ValueError, KeyError, TypeError, AttributeError, DataError) as e:
+            raise DataError(f"{where} (the sites' agreement this run was started with) is damaged: {e}") from None
 
     def message_config(self) -> dict:
         p = self.preprocessing
@@ -105,7 +128,7 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
     ids = [c for c in channel.available() if c < num_clients]
     if not ids:
         raise DataError("no client is connected to agree the data with")
-    schemas = ask(channel, "data_schema", {}, ids, timeout_s, _schema)
+    schemas = ask(channel, "data_schema", {}, ids, timeout_s, lambda r, cid: _schema(r))
     first = schemas[ids[0]]
     for cid, s in schemas.items():
         if sorted(s["columns"]) != sorted(first["columns"]):
@@ -117,6 +140,9 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
     columns = first["columns"]
     mapped = cfg.csv_task == "regression" or cfg.target_binarize or cfg.target_classes
     labels = None if mapped else F.label_vocabulary([v for s in schemas.values() for v in s["labels"]])
+    if labels is not None and len(labels) > MAX_CATEGORIES:
+        raise DataError(f"the sites' target {cfg.csv_target!r} has {len(labels):,} distinct values; at most "
+                        f"{MAX_CATEGORIES:,} classes (map the target with data.target_classes or data.target_binarize)")
     if labels is not None and len(labels) < 2:
         raise DataError(f"the sites' target {cfg.csv_target!r} has {len(labels)} distinct value(s) {labels}; "
                         "classification needs at least 2")
@@ -127,7 +153,7 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
         total, median, sizes = secure_statistics(channel, ids, cfg, agreed, timeout_s, secure, seed)
         train_sizes, held_sizes = ({c: sizes[c][k] for c in ids} for k in (0, 1))
     else:
-        stats = ask(channel, "data_statistics", agreed, ids, timeout_s, _statistics)
+        stats = ask(channel, "data_statistics", agreed, ids, timeout_s, lambda r, cid: _statistics(r, cfg))
         p = len(next(iter(stats.values()))[0].mean)
         if any(len(s.mean) != p for s, _, _ in stats.values()):
             raise DataError("the sites sent statistics of different numbers of columns")
@@ -135,10 +161,14 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
         median = None
         if cfg.impute == "median":
             config = {**agreed, "site_low": total.low.tolist(), "site_high": total.high.tolist()}
-            hists = ask(channel, "data_histogram", config, ids, timeout_s, lambda r: _histogram(r, p))
+            hists = ask(channel, "data_histogram", config, ids, timeout_s, lambda r, cid: _histogram(r, stats[cid][0].count))
             median = F.median_from(sum(hists[c] for c in ids), total.low, total.high)
         train_sizes, held_sizes = {c: stats[c][1] for c in ids}, {c: stats[c][2] for c in ids}
     categories = {n: sorted(c) for n, c in total.categories.items()}  # as load_sites: the same columns, in the same order
+    wide = [n for n, c in categories.items() if len(c) > MAX_CATEGORIES]
+    if wide:
+        raise DataError(f"categorical column {wide[0]!r} has {len(categories[wide[0]]):,} values across the sites; at "
+                        f"most {MAX_CATEGORIES:,} (is it really categorical?)")
     prep = F.preprocessing(total, cfg.impute, cfg.impute_value, cfg.standardize, median, categories)
     num_classes = (0 if cfg.csv_task == "regression" else 2 if cfg.target_binarize
                    else max(cfg.target_classes.values()) + 1 if cfg.target_classes else len(labels))
@@ -146,6 +176,8 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
 
 
 def ask(channel, task: str, config: dict, ids: list[int], timeout_s, read) -> dict:
+    """Run ``task`` with clients ``ids``; ``read(reply, client id)`` checks each answer (ValueError: refused).
+    Raises DataError naming every client that failed or answered wrongly."""
     instructions = [Instruction(c, {}) for c in ids]
     out, problems = {}, []
     for pos, outcome in channel.run(Message(task, {}, config, 0), instructions, timeout_s):
@@ -156,9 +188,9 @@ def ask(channel, task: str, config: dict, ids: list[int], timeout_s, read) -> di
         try:
             if not (isinstance(outcome, Reply) and isinstance(outcome.arrays, dict) and isinstance(outcome.arrays.get(GROUP), dict)):
                 raise ValueError(f"no {GROUP!r} group in its answer")
-            out[cid] = read(outcome)
-        except (ValueError, TypeError, KeyError) as e:
-            problems.append(f"client {cid}: {e}")
+            out[cid] = read(outcome, cid)
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            problems.append(f"client {cid}: {e if not isinstance(e, RecursionError) else 'its JSON is nested too deeply'}")
     if problems:
         raise DataError(f"the sites could not agree their data ({task}): " + "; ".join(problems))
     return out
@@ -168,41 +200,73 @@ def _schema(r: Reply) -> dict:
     s = from_json_bytes(r.arrays[GROUP].get("schema"), "the schema")
     if not (isinstance(s, dict) and isinstance(s.get("name"), str) and 0 < len(s["name"]) <= 200
             and isinstance(s.get("columns"), list) and s["columns"] and all(isinstance(c, str) for c in s["columns"])
-            and isinstance(s.get("labels"), list) and all(isinstance(v, str) for v in s["labels"])
-            and len(s["labels"]) <= 100_000):
+            and len(s["columns"]) <= 100_000 and all(len(c) <= 200 for c in s["columns"])
+            and isinstance(s.get("labels"), list) and all(isinstance(v, str) and len(v) <= 200 for v in s["labels"])
+            and len(s["labels"]) <= MAX_CATEGORIES):
         raise ValueError("its schema is not {name, columns, labels} with a name of 1 to 200 characters")
     return s
 
 
-def _statistics(r: Reply) -> tuple[F.ClientStats, int, int]:
+def row_counts(metrics) -> tuple[int, int]:
+    """A site's (training rows, held-out rows), checked: whole numbers, at least one training row, at
+    most MAX_ROWS each."""
+    rows = metrics.get("rows_train"), metrics.get("rows_held")
+    if (not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and 0 <= x <= MAX_ROWS
+                and x == int(x) for x in rows) or rows[0] < 1):
+        raise ValueError(f"its row counts (rows_train, rows_held) are not whole numbers from 1 (training) to {MAX_ROWS:,}")
+    return int(rows[0]), int(rows[1])
+
+
+def check_categories(cats, cfg, what: str = "category counts", counts: bool = True) -> dict:
+    """A site's categories: only the declared categorical columns, at most MAX_CATEGORIES values each."""
+    ok = isinstance(cats, dict) and all(isinstance(c, (dict if counts else list)) for c in cats.values())
+    if ok:
+        for name, values in cats.items():
+            items = values.items() if counts else [(v, 0) for v in values]
+            if (name not in cfg.categorical or len(values) > MAX_CATEGORIES
+                    or not all(isinstance(k, str) and len(k) <= 200 and isinstance(v, int) and not isinstance(v, bool)
+                               and 0 <= v <= MAX_ROWS for k, v in items)):
+                ok = False
+    if not ok:
+        raise ValueError(f"its {what} are not {{column: values}} over the declared categorical columns "
+                         f"({list(cfg.categorical)}), at most {MAX_CATEGORIES:,} values of at most 200 characters each")
+    return cats
+
+
+def _statistics(r: Reply, cfg) -> tuple[F.ClientStats, int, int]:
     g = r.arrays[GROUP]
     a = {k: g.get(k) for k in ("count", "mean", "m2", "low", "high")}
     if not all(isinstance(v, np.ndarray) and v.dtype == np.float64 and v.ndim == 1 for v in a.values()):
         raise ValueError("count, mean, m2, low and high must be float64 vectors")
+    train, held = row_counts(r.metrics)
     n = len(a["count"])
-    seen = a["count"] > 0
-    if (any(len(v) != n for v in a.values()) or not np.isfinite(a["count"]).all() or (a["count"] < 0).any()
-            or (a["count"] != np.round(a["count"])).any() or not np.isfinite(a["mean"]).all()
-            or not np.isfinite(a["m2"]).all() or (a["m2"] < 0).any()
-            or not (np.isfinite(a["low"][seen]).all() and np.isfinite(a["high"][seen]).all())
-            or (a["low"][seen] > a["high"][seen]).any()):
-        raise ValueError("its column statistics are not counts, finite means and M2 >= 0, and min <= max")
-    cats = from_json_bytes(g.get("categories"), "the category counts")
-    if not (isinstance(cats, dict) and all(isinstance(c, dict) and all(isinstance(k, str) and isinstance(v, int) and v >= 0
-                                                                       for k, v in c.items()) for c in cats.values())):
-        raise ValueError("its category counts are not {column: {value: count}}")
-    rows = r.metrics.get("rows_train"), r.metrics.get("rows_held")
-    if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 and x == int(x) for x in rows) or rows[0] < 1:
-        raise ValueError("it reported no training rows (metrics rows_train, rows_held)")
-    low = np.where(seen, a["low"], np.inf)
-    high = np.where(seen, a["high"], -np.inf)
-    return F.ClientStats(a["count"], a["mean"], a["m2"], low, high, cats), int(rows[0]), int(rows[1])
+    if any(len(v) != n for v in a.values()) or not all(np.isfinite(v).all() for v in a.values()):
+        raise ValueError("its column statistics are not finite vectors of one length")
+    count, mean, m2, low, high = (a[k] for k in ("count", "mean", "m2", "low", "high"))
+    seen = count > 0
+    slack = 1e-9 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
+    # what a site's own rows can give: counts up to its training rows, the mean between the min and
+    # the max, M2 at most count·(max − min)², nothing where it saw nothing, values a float32 input holds
+    if ((count < 0).any() or (count > train).any() or (count != np.round(count)).any()
+            or (np.abs(np.stack([mean, low, high])) > FLOAT32_MAX).any() or (low[seen] > high[seen]).any()
+            or (mean[seen] < low[seen] - slack[seen]).any() or (mean[seen] > high[seen] + slack[seen]).any()
+            or (m2 < 0).any() or (m2 > count * (high - low) ** 2 * (1 + 1e-9) + slack).any()
+            or (mean[~seen] != 0).any() or (m2[~seen] != 0).any()):
+        raise ValueError("its column statistics do not fit any rows: counts from 0 to its training rows, each mean "
+                         "between its min and max, 0 <= M2 <= count·(max − min)², zeros where a column has no value")
+    cats = check_categories(from_json_bytes(g.get("categories"), "the category counts"), cfg)
+    if any(sum(c.values()) > train for c in cats.values()):
+        raise ValueError("its category counts exceed its training rows")
+    return (F.ClientStats(count, mean, m2, np.where(seen, low, np.inf), np.where(seen, high, -np.inf), cats),
+            train, held)
 
 
-def _histogram(r: Reply, p: int) -> np.ndarray:
+def _histogram(r: Reply, count: np.ndarray) -> np.ndarray:
     h = r.arrays[GROUP].get("hist")
-    if not (isinstance(h, np.ndarray) and h.dtype == np.int64 and h.shape == (p, F.BINS) and (h >= 0).all()):
-        raise ValueError(f"its histogram is not int64 counts of shape ({p}, {F.BINS})")
+    p = len(count)
+    if not (isinstance(h, np.ndarray) and h.dtype == np.int64 and h.shape == (p, F.BINS) and (h >= 0).all()
+            and (h.sum(axis=1) == count).all()):
+        raise ValueError(f"its histogram is not int64 counts of shape ({p}, {F.BINS}) that add up to its column counts")
     return h
 
 
@@ -248,7 +312,7 @@ def statistics_reply(stats: F.ClientStats, train: int, held: int) -> Reply:
 def remote_data(agreement: Agreement, cfg):
     """The server's view of a site federation (:class:`cohort.data.from_config.FederatedData`): the
     shape of a prepared row and each site's size, and no row at all."""
-    from cohort.data import ArrayDataset, Partition
+    from cohort.data import ArrayDataset
     from cohort.data.from_config import FederatedData
 
     n = agreement.num_clients
@@ -256,7 +320,21 @@ def remote_data(agreement: Agreement, cfg):
     held = np.array([agreement.held_sizes.get(c, 0) for c in range(n)], np.int64)
     y = np.zeros(1, np.float32 if cfg.csv_task == "regression" else np.int64)  # one made-up row: what a model is checked with
     shape = ArrayDataset(np.zeros((1, agreement.width), np.float32), y, cfg.csv_task, agreement.num_classes, name="sites")
-    partition = Partition(np.arange(train.sum()), np.concatenate([[0], np.cumsum(train)]))
-    holdout = Partition(np.arange(held.sum()), np.concatenate([[0], np.cumsum(held)])) if cfg.holdout > 0 else None
     names = [agreement.names.get(c, f"client {c}") for c in range(n)]
-    return FederatedData(shape, None, partition, holdout, names)
+    return FederatedData(shape, None, SiteSizes(train), SiteSizes(held) if cfg.holdout > 0 else None, names)
+
+
+class SiteSizes:
+    """A partition the server only knows the sizes of: the rows stay with the sites."""
+
+    def __init__(self, sizes: np.ndarray) -> None:
+        self._sizes = np.asarray(sizes, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def sizes(self) -> np.ndarray:
+        return self._sizes.copy()
+
+    def __getitem__(self, client: int):
+        raise DataError(f"client {client}'s rows are held by its site; this server has only their count")

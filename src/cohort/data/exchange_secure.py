@@ -21,7 +21,6 @@ statistics to rounding, about 1e-9 relative; the column minima and maxima are ne
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,7 +28,7 @@ import numpy as np
 from cohort.core.errors import DataError
 from cohort.core.types import Reply
 from cohort.data import features as F
-from cohort.data.exchange import GROUP, ask, from_json_bytes, to_json_bytes
+from cohort.data.exchange import GROUP, MAX_CATEGORIES, ask, check_categories, from_json_bytes, row_counts, to_json_bytes
 
 FRACTION_BITS = 20
 SPREAD = 4.0  # the median's histogram covers mean ± SPREAD standard deviations
@@ -45,10 +44,13 @@ def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, set
 
     if len(ids) > MAX_EXACT_CLIENTS:
         raise DataError(f"{len(ids)} sites: secure statistics sum at most {MAX_EXACT_CLIENTS} sites exactly")
-    seen = ask(channel, "data_categories", agreed, ids, timeout_s, _categories)
+    seen = ask(channel, "data_categories", agreed, ids, timeout_s, lambda r, cid: _categories(r, cfg))
     vocab: dict[str, list[str]] = {}
     for name in cfg.categorical:
         values = sorted({v for c in ids for v in seen[c][0].get(name, [])})
+        if len(values) > MAX_CATEGORIES:
+            raise DataError(f"categorical column {name!r} has {len(values):,} values across the sites; at most "
+                            f"{MAX_CATEGORIES:,} (is it really categorical?)")
         if values:
             vocab[name] = values
     base = {**agreed, "site_clients": len(ids), "site_categories": vocab}
@@ -71,8 +73,9 @@ def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, set
     width = sum(len(v) for v in vocab.values())
     first = summed("data_statistics", base, 2 * p + width)
     count = first[:p].astype(np.float64)
-    if (count < 0).any():
-        raise DataError("the sites' summed counts are negative: a site sent garbage")
+    rows = sum(seen[c][1][0] for c in ids)
+    if (count < 0).any() or (count > rows).any() or (first[2 * p:] < 0).any() or (first[2 * p:] > rows).any():
+        raise DataError("the sites' summed counts are negative or exceed their rows: a site sent garbage")
     total_sum = first[p:2 * p].astype(np.float64) / 2**FRACTION_BITS
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total_sum / np.maximum(count, 1), 0.0)
@@ -89,20 +92,20 @@ def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, set
     median = None
     if cfg.impute == "median":
         hist = summed("data_histogram", {**base, "site_low": low.tolist(), "site_high": high.tolist()}, p * F.BINS)
-        median = F.median_from(hist.reshape(p, F.BINS), low, high)
+        hist = hist.reshape(p, F.BINS)
+        if (hist < 0).any() or (hist.sum(axis=1) != count).any():
+            raise DataError("the sites' summed histograms do not add up to their column counts: a site sent garbage")
+        median = F.median_from(hist, low, high)
         median = np.where(std > 0, median, mean)
     return total, median, {c: seen[c][1] for c in ids}
 
 
-def _categories(r: Reply):
+def _categories(r: Reply, cfg):
     d = from_json_bytes(r.arrays[GROUP].get("schema"), "the category values")
-    ok = (isinstance(d, dict) and isinstance(d.get("categories"), dict)
-          and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in d["categories"].values())
-          and isinstance(d.get("numeric"), int) and d["numeric"] >= 0)
-    rows = r.metrics.get("rows_train"), r.metrics.get("rows_held")
-    if not ok or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 and x == int(x) for x in rows) or rows[0] < 1:
-        raise ValueError("its category values are not {categories: {column: [values]}, numeric} with its row counts")
-    return d["categories"], (int(rows[0]), int(rows[1])), d["numeric"]
+    if not (isinstance(d, dict) and isinstance(d.get("numeric"), int) and 0 <= d["numeric"] <= 100_000):
+        raise ValueError("its category values are not {categories: {column: [values]}, numeric}")
+    cats = check_categories(d.get("categories"), cfg, "category values", counts=False)
+    return cats, row_counts(r.metrics), d["numeric"]
 
 
 # ----------------------------------------------------------------------------------------- site side

@@ -79,7 +79,7 @@ def handle(half, message: Message, trainer, state) -> tuple[Reply, Any]:
         inbox = {int(v): base64.b64decode(ct) for v, ct in cfg.get("secagg_inbox", {}).items()}
         plain = Message(message.task, message.arrays, {k: v for k, v in cfg.items() if not k.startswith("secagg")},
                         message.version)
-        reply = answer(plain)
+        reply = answer(plain, secure=True)
         y = client.masked_input(to_limbs(reply.arrays["site"]["sum"]), inbox)
         return Reply({GROUP: {"y": y}}, reply.num_examples), {**own, GROUP: client.to_state()}
     if message.task == "secagg_unmask":

@@ -46,6 +46,13 @@ class RunFolder:
             self._lock_file = None
             raise ConfigError(f"the run folder {str(path)!r} is in use by another cohort process; wait for it "
                               "to finish (or stop it) before resuming") from e
+        try:  # who holds it: the live view tells a running run from a killed one without touching the lock
+            self._lock_file.seek(0)
+            self._lock_file.truncate()
+            self._lock_file.write(str(os.getpid()))
+            self._lock_file.flush()
+        except OSError:
+            pass
 
     def _open(self, path: Path) -> None:
         self._lock(path)

@@ -41,7 +41,7 @@ class ViewServer:
         self.port = self._socket.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}/" + (f"?token={self.token}" if self.token else "")
-        config = uvicorn.Config(make_app(folder, self.token), log_level="warning", access_log=False, lifespan="off",
+        config = uvicorn.Config(make_app(folder, self.token, host), log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=1)  # open event streams do not hold the exit up
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

@@ -63,7 +63,8 @@ class _TokenGate:
         self.app, self.token = app, token
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.token is None:
+        # the page's own scripts and styles are public (the same in every cohort); the run's state is not
+        if scope["type"] != "http" or self.token is None or scope.get("path", "").startswith("/static/"):
             return await self.app(scope, receive, send)
         given = None
         for key, value in scope.get("headers", []):
@@ -80,8 +81,10 @@ class _TokenGate:
         return await self.app(scope, receive, send)
 
 
-def make_app(folder: str | Path, token: str | None = None) -> Starlette:
-    """The view of the run folder ``folder`` (which may not exist yet: the page then says it waits)."""
+def make_app(folder: str | Path, token: str | None = None, host: str = "127.0.0.1") -> Starlette:
+    """The view of the run folder ``folder`` served on ``host``. Without a token (loopback), only requests
+    addressed to a loopback name are answered, so that a web page elsewhere cannot reach the view
+    through a DNS name it points at 127.0.0.1 (DNS rebinding)."""
     reader = RunReader(folder)
     lock = asyncio.Lock()
 
@@ -119,4 +122,10 @@ def make_app(folder: str | Path, token: str | None = None) -> Starlette:
 
     routes = [Route("/", index), Route("/api/state", state), Route("/api/events", events),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    return Starlette(routes=routes, middleware=[Middleware(_TokenGate, token=token)])
+    middleware = [Middleware(_TokenGate, token=token)]
+    if token is None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        allowed = sorted({"127.0.0.1", "localhost", "[::1]", "::1", host if is_loopback(host) else "127.0.0.1"})
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed))
+    return Starlette(routes=routes, middleware=middleware)

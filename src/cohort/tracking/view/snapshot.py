@@ -13,8 +13,8 @@ bytes only.
 
 from __future__ import annotations
 
-import fcntl
 import json
+import os
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -26,15 +26,20 @@ class _Tail:
     """The complete JSON lines appended to a file since the last read."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, 0
+        self.path, self.offset, self.inode = path, 0, None
 
     def read(self) -> list[dict]:
         try:
-            size = self.path.stat().st_size
+            st = self.path.stat()
         except FileNotFoundError:
             return []
-        if size < self.offset:  # truncated (a resumed run drops the rounds after its checkpoint): read again
-            self.offset = 0
+        size = st.st_size
+        if self.inode is None:
+            self.inode = st.st_ino
+        # replaced (a resumed run rewrites the file without the rounds after its checkpoint) or cut
+        # shorter: everything is read again
+        if st.st_ino != self.inode or size < self.offset:
+            self.offset, self.inode = 0, st.st_ino
             raise _Restart()
         if size == self.offset:
             return []
@@ -108,10 +113,11 @@ class RunReader:
 
     def _signature(self) -> tuple:
         out = []
-        for name in ("metrics.jsonl", "clients.jsonl", "summary.json", "config.toml", "server.sqlite", "server.sqlite-wal"):
+        for name in ("metrics.jsonl", "clients.jsonl", "summary.json", "config.toml", "server.sqlite", "server.sqlite-wal",
+                     ".lock"):
             try:
                 st = (self.folder / name).stat()
-                out.append((st.st_size, st.st_mtime_ns))
+                out.append((st.st_size, st.st_mtime_ns, st.st_ino))
             except FileNotFoundError:
                 out.append(None)
         return tuple(out)
@@ -205,17 +211,22 @@ class RunReader:
                 "the run's process ended without a summary (killed?); `cohort run --resume` continues it"}
 
     def _writing(self) -> bool:
-        """Whether a process holds the folder's lock (RunFolder holds it while the run writes)."""
+        """Whether the process that holds the folder's lock is alive. RunFolder writes its PID into
+        ``.lock``; the view reads it and never takes the lock itself, so that it cannot make a
+        ``--resume`` find the folder in use."""
         try:
-            with open(self.folder / ".lock", "rb") as f:  # read-only: the view never writes into the folder
-                try:
-                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return True
-                fcntl.flock(f, fcntl.LOCK_UN)
-                return False
-        except OSError:
+            pid = int((self.folder / ".lock").read_text().strip() or 0)
+        except (OSError, ValueError):
             return False
+        if pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        return True
 
     def snapshot(self) -> dict:
         """Everything the page shows, as JSON-ready values (a non-finite number becomes None)."""
