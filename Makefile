@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/overhead.py
 	$(VENV)/bin/python bench/mcmahan.py
 	$(VENV)/bin/python bench/vs_flower.py
+	$(VENV)/bin/python bench/view_overhead.py
 
 # Regenerates the gRPC code from the committed .proto (grpcio-tools is in the dev extra).
 proto: $(STAMP)
