@@ -1,7 +1,6 @@
 """The statistics exchange of a site federation, in one process: sites that read only their own file
 agree with a server that reads none, and the agreement is exactly the simulation's preprocessing."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,16 +17,13 @@ from cohort.data import exchange as X
 from cohort.data import features as F
 from cohort.data.from_config import federated_data
 from cohort.data.sites import load_sites
+from hospitals import make_hospitals
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
 def hospitals(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("make_data", EXAMPLES / "hospitals" / "make_data.py")
-    make = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make)
-    return make.main(tmp_path_factory.mktemp("hospitals"), per_site=80, seed=3)[:4]
+    return make_hospitals(tmp_path_factory.mktemp("hospitals"), per_site=80, seed=3, count=4)
 
 
 def config_of(files, *extra):

@@ -1,24 +1,20 @@
 """Sites as client processes that read only their own file, and a server that reads none: the data are
 agreed over gRPC before round 1, and the run gives the simulation's bits, names and per-site records."""
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from hospitals import make_hospitals
 from processes import Federation, cohort, model_of
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
 def hospitals(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("make_data", EXAMPLES / "hospitals" / "make_data.py")
-    make = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make)
-    return make.main(tmp_path_factory.mktemp("hospitals"), per_site=120, seed=5)[:3]
+    return make_hospitals(tmp_path_factory.mktemp("hospitals"), per_site=120, seed=5, count=3)
 
 
 def sets_for(files, *extra):

@@ -16,7 +16,7 @@ from cohort.channel.runtime import Outcome, run_client
 from cohort.client.store import ClientStateStore
 from cohort.core.arrays import nbytes
 from cohort.core.errors import ConfigError
-from cohort.core.types import Groups, Instruction, Message, Reply
+from cohort.core.types import ClientFailure, FailureStage, Groups, Instruction, Message, Reply
 
 
 class Channel(Protocol):
@@ -122,3 +122,14 @@ class SimulationChannel:
         before = self.states.get(ins.client_id)
         outcome, after = run_client(self.client_fn, self.client_half, ins.client_id, client_message(message, ins), before)
         return outcome, before, after
+
+
+def timed_out(pending, instructions: Sequence[Instruction], next_submit: int, arrived: dict, timeout_s) -> None:
+    """The deadline passed: every task still out (``pending``: handle -> (position, instruction, state,
+    ...)) and every one not yet sent fails with stage "timeout", into ``arrived``; ``pending`` is emptied."""
+    reason = f"no reply within the {timeout_s}s round deadline"
+    for pos, ins, state, *_ in pending.values():
+        arrived[pos] = (ClientFailure(ins.client_id, FailureStage.TIMEOUT, reason), state, state)
+    for pos in range(next_submit, len(instructions)):
+        arrived[pos] = (ClientFailure(instructions[pos].client_id, FailureStage.TIMEOUT, reason), None, None)
+    pending.clear()

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from cohort.algorithms.base import ClientHalf, ClientState
-from cohort.channel.base import SimulationChannel, client_message
+from cohort.channel.base import SimulationChannel, client_message, timed_out
 from cohort.channel.inprocess import check_threads
 from cohort.channel.runtime import Outcome, run_client
 from cohort.client.base import ClientFn
@@ -160,13 +160,7 @@ class RayChannel(SimulationChannel):
                     remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                     done, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
                     if not done:  # the deadline: what is not back fails, and the actors are replaced
-                        reason = f"no reply within the {timeout_s}s round deadline"
-                        for pos, ins, state, _k in pending.values():
-                            arrived[pos] = (ClientFailure(ins.client_id, FailureStage.TIMEOUT, reason), state, state)
-                        for pos in range(next_submit, len(instructions)):
-                            ins = instructions[pos]
-                            arrived[pos] = (ClientFailure(ins.client_id, FailureStage.TIMEOUT, reason), None, None)
-                        pending.clear()
+                        timed_out(pending, instructions, next_submit, arrived, timeout_s)
                         next_submit = len(instructions)
                         self._kill_actors()
                     for ref in done:

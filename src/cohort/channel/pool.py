@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 
 from cohort.algorithms.base import ClientHalf, ClientState
-from cohort.channel.base import SimulationChannel, client_message
+from cohort.channel.base import SimulationChannel, client_message, timed_out
 from cohort.channel.inprocess import check_threads
 from cohort.channel.shared import SharedGroups, SharedRef, attach
 from cohort.client.base import ClientFn
@@ -138,13 +138,7 @@ class ProcessPoolChannel(SimulationChannel):
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 done, _ = wait(pending, timeout=remaining, return_when=FIRST_COMPLETED)
                 if not done:  # deadline passed: everything not back yet fails, and the pool is replaced
-                    reason = f"no reply within the {timeout_s}s round deadline"
-                    for pos, ins, state, _pool in pending.values():
-                        arrived[pos] = (ClientFailure(ins.client_id, FailureStage.TIMEOUT, reason), state, state)
-                    for pos in range(next_submit, len(instructions)):
-                        ins = instructions[pos]
-                        arrived[pos] = (ClientFailure(ins.client_id, FailureStage.TIMEOUT, reason), None, None)
-                    pending.clear()
+                    timed_out(pending, instructions, next_submit, arrived, timeout_s)
                     next_submit = len(instructions)
                     self._discard(self._pool)
                 for future in done:
