@@ -13,11 +13,12 @@ import hmac
 import ipaddress
 import json
 import secrets
+import time
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -87,18 +88,25 @@ def make_app(folder: str | Path, token: str | None = None, host: str = "127.0.0.
     through a DNS name it points at 127.0.0.1 (DNS rebinding)."""
     reader = RunReader(folder)
     lock = asyncio.Lock()
+    cache: dict = {}  # the snapshot and its JSON, rebuilt only when the folder changed
 
-    async def current() -> dict:
+    async def current() -> tuple[dict, str]:
         async with lock:
-            if reader.changed():
+            # also every few seconds: a killed run's process ends without touching a file
+            if reader.changed() or not cache or time.monotonic() - cache["at"] > 5.0:
                 await asyncio.to_thread(reader.refresh)
-            return reader.snapshot()
+                snap = reader.snapshot()
+                body = json.dumps(snap, allow_nan=False, default=str)
+                if body != cache.get("body"):
+                    cache.update(snap=snap, body=body)
+                cache["at"] = time.monotonic()
+            return cache["snap"], cache["body"]
 
     async def index(request):
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     async def state(request):
-        return JSONResponse(await current(), headers={"Cache-Control": "no-store"})
+        return Response((await current())[1], media_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def events(request):
         async def stream():
@@ -106,9 +114,8 @@ def make_app(folder: str | Path, token: str | None = None, host: str = "127.0.0.
             while True:
                 if await request.is_disconnected():
                     return
-                snap = await current()
-                body = json.dumps(snap, allow_nan=False, default=str)
-                if body != sent:
+                _, body = await current()
+                if body is not sent:
                     sent, quiet = body, 0.0
                     yield f"event: state\ndata: {body}\n\n"
                 elif quiet >= KEEPALIVE_S:

@@ -28,8 +28,19 @@ function bytes(n) {
   return (n / 10 ** (3 * i)).toFixed(i ? 1 : 0) + " " + units[i];
 }
 
+function marks(values, higher) {
+  // [best, last] as series that are empty but at one round each: drawn as large points on the curve
+  let best = -1, last = -1;
+  values.forEach((v, i) => {
+    if (v === null || v === undefined) return;
+    if (best < 0 || (higher ? v > values[best] : v < values[best])) best = i;
+    last = i;
+  });
+  return [values.map((v, i) => (i === best ? v : null)), values.map((v, i) => (i === last ? v : null))];
+}
+
 function chart(id, x, series) {
-  // series: [[label, values]]; rebuilt when the set of series changes, else updated in place
+  // series: [[label, values, mark?]]; rebuilt when the set of series changes, else updated in place
   const box = document.getElementById(id);
   const names = series.map(s => s[0]).join("|");
   const data = [x, ...series.map(s => s[1])];
@@ -44,9 +55,11 @@ function chart(id, x, series) {
       scales: { x: { time: false } },
       axes: [{ stroke: "#8a96a8", grid: { stroke: "#273142" }, label: "round" },
              { stroke: "#8a96a8", grid: { stroke: "#273142" }, size: 60 }],
-      series: [{ label: "round" }, ...series.map((s, i) => ({
+      series: [{ label: "round" }, ...series.map((s, i) => s[2] ? {  // a best or last mark
+        label: s[0], stroke: s[2], width: 0, points: { show: true, size: 11, width: 2, stroke: s[2], fill: "#0f1419" },
+      } : {
         label: s[0], stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true,
-        points: { show: x.length <= 60, size: 5 } }))],
+        points: { show: x.length <= 60, size: 5 } })],
     };
     charts[id] = { names, plot: new uPlot(opts, data, box) };
   } else {
@@ -92,8 +105,15 @@ function render(s) {
   const m = s.metrics, x = s.x;
   const quality = Object.keys(m).filter(k => /(accuracy|r2)$/.test(k));
   const losses = Object.keys(m).filter(k => /loss$/.test(k));
-  chart("chart-quality", x, quality.map(k => [k, m[k]]));
-  chart("chart-loss", x, losses.map(k => [k, m[k]]));
+  const headlineKey = quality.includes(s.status.best?.metric) ? s.status.best.metric : quality[0];
+  const qualityMarks = headlineKey ? marks(m[headlineKey], true) : [];
+  chart("chart-quality", x, [...quality.map(k => [k, m[k]]),
+                             ...(headlineKey ? [["best " + headlineKey, qualityMarks[0], "#f5b942"],
+                                                ["last " + headlineKey, qualityMarks[1], "#d7dde6"]] : [])]);
+  const lossKey = losses.includes("federated_loss") ? "federated_loss" : losses.includes("loss") ? "loss" : losses[0];
+  const lossMarks = lossKey ? marks(m[lossKey], false) : [];
+  chart("chart-loss", x, [...losses.map(k => [k, m[k]]),
+                          ...(lossKey ? [["best " + lossKey, lossMarks[0], "#f5b942"], ["last " + lossKey, lossMarks[1], "#d7dde6"]] : [])]);
   document.getElementById("note-quality").textContent = quality.map(k => `${k}: ${bestLast(x, m[k], true)}`).join(" · ");
   document.getElementById("note-loss").textContent = losses.slice(0, 2).map(k => `${k}: ${bestLast(x, m[k], false)}`).join(" · ");
   const tm = s.timing;
