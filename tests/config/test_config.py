@@ -194,7 +194,7 @@ def test_server_fraction_inside_0_1_is_accepted(value):
     ("data.dataset=imagenet", "data.dataset"),
     ("data.partition=random", "data.partition"),
     ("server.algorithm=fedadam", "server.algorithm"),
-    ("simulation.backend=ray", "simulation.backend"),
+    ("simulation.backend=dask", "simulation.backend"),
     ("client.optimizer=rmsprop", "client.optimizer"),
 ])
 def test_out_of_range_value_names_the_key_and_what_is_expected(item, key):

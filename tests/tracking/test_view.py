@@ -179,3 +179,16 @@ def test_a_deployments_connections_come_from_the_servers_run_log(tmp_path):
     assert rows[1]["connected"] is False and rows[1]["since"] > 0
     assert rows[2]["connected"] is False and rows[2]["failures"] == 1 and "wrong key" in rows[2]["last_failure"]
     log.close()
+
+
+def test_privacy_and_staleness_panels_come_with_the_records_that_have_them(tmp_path):
+    (tmp_path / "config.toml").write_text('name = "p"\nrounds = 3\n[privacy]\nmode = "central"\nepsilon_max = 8.0\ndelta = 1e-5\n')
+    lines = [{"round": r, "accuracy": 0.5 + r / 10, "dp_epsilon": 1.5 * r, "staleness_mean": 0.5 * r, "staleness_max": r,
+              "seconds": 1.0} for r in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    reader = RunReader(tmp_path)
+    reader.refresh()
+    s = reader.snapshot()
+    assert s["privacy"] == {"epsilon": [1.5, 3.0, 4.5], "budget": 8.0, "delta": 1e-5}
+    assert s["staleness"] == {"mean": [0.5, 1.0, 1.5], "max": [1, 2, 3]}
+    assert "dp_epsilon" not in s["metrics"] and "staleness_max" not in s["metrics"]  # their own panels, not the curves

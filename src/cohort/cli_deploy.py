@@ -1,0 +1,273 @@
+"""The deployment commands of ``cohort``: ``server`` (a run whose clients are processes that dial in),
+``client``, ``certs`` and ``keys``; and, for a server whose sites hold their own rows, the data agreement
+before round 1. ``cohort.cli`` holds the rest and the shared run path."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cohort.core.errors import ConfigError
+
+
+def sites_first(args: argparse.Namespace, config, console, channel_for):
+    """For a server whose sites hold the rows (a CSV config with a natural partition): the channel, the
+    sites' agreement and the experiment built from it, the agreement made once the clients are connected
+    (or read back from the run folder on --resume). (None, None, None) for any other config."""
+    from pathlib import Path
+
+    from cohort.client.site import is_site_federation, site_count
+    from cohort.data.exchange import Agreement, agree
+    from cohort.experiment import build
+
+    if not is_site_federation(config):
+        return None, None, None
+    channel = channel_for(config, site_count(config.data), console)
+    try:
+        kept = Path(args.resume, "sites.json") if args.resume else None
+        if kept is not None and kept.is_file():  # a resumed run keeps the preprocessing it was trained with
+            sites = Agreement.from_json(kept.read_text(), str(kept))
+            console.print(f"the sites' agreement from {kept}", highlight=False, markup=False, soft_wrap=True)
+        else:
+            console.print("agreeing the data with the sites (schema, statistics)", highlight=False, soft_wrap=True)
+            secure = config.secagg.settings() if config.secagg.mode != "none" else None  # then only sums reach the server
+            sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or 600.0,
+                          secure=secure, seed=config.seed)
+        channel.message_config["site_data"] = sites.message_config()
+        return channel, sites, build(config, sites=sites)
+    except BaseException:
+        channel.close("the server stopped before the run began")
+        raise
+
+
+def server(args: argparse.Namespace) -> int:
+    """``cohort server``: the same run as ``cohort run``, with clients that are processes dialing in."""
+    from cohort.channel.grpc.server import GrpcChannel
+    from cohort.recipe import algorithm_settings
+
+    import math
+
+    from cohort.core.limits import MAX_TIMEOUT_S
+
+    checks = (("--wait-s", args.wait_s, 0 < args.wait_s <= MAX_TIMEOUT_S, "seconds in (0, one week]"),
+              ("--chunk-mb", args.chunk_mb, 1 <= args.chunk_mb <= 64, "1 to 64"),
+              ("--max-update-mb", args.max_update_mb, 1 <= args.max_update_mb <= 2**20, "1 to 1048576"),
+              ("--min-clients", args.min_clients, args.min_clients >= 0, "0 (all of data.num_clients) or more"),
+              ("--heartbeat-s", args.heartbeat_s, 0.05 <= args.heartbeat_s <= 3600, "seconds from 0.05 to 3600"),
+              ("--bulk-port", args.bulk_port, -1 <= args.bulk_port <= 65535,
+               "a port for the bulk connections (0: any free one; -1: none, everything on the gRPC stream)"))
+    for flag, value, ok, expected in checks:
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(f"{flag} is {value!r}; expected {expected}")
+
+    def channel_for(config, num_clients, console):
+        if args.min_clients > num_clients:
+            raise ConfigError(f"--min-clients is {args.min_clients} but the config has {num_clients} clients "
+                              "(data.num_clients)")
+        # each connected client holds one of the server's threads for its stream
+        from cohort.channel.grpc.certs import read
+        from cohort.channel.grpc.registry import Registry
+
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together: the server's certificate (chain) and its private key")
+        tls = (read(args.tls_cert, "--tls-cert"), read(args.tls_key, "--tls-key")) if args.tls_cert else None
+        if args.tls_client_ca and not tls:
+            raise ConfigError("--tls-client-ca (mutual TLS) needs the server's own --tls-cert and --tls-key")
+        registry = Registry(args.registry) if args.registry else None
+        channel = GrpcChannel(args.address, config.server.algorithm, algorithm_settings(config),
+                              chunk_bytes=args.chunk_mb * 2**20, max_update_bytes=args.max_update_mb * 2**20,
+                              threads=num_clients + 16, tls=tls,
+                              client_ca=read(args.tls_client_ca, "--tls-client-ca"), registry=registry,
+                              heartbeat_s=args.heartbeat_s, num_clients=num_clients,
+                              bulk_port=None if args.bulk_port < 0 else args.bulk_port)
+        try:
+            want = args.min_clients or num_clients
+            bulk_note = f"; arrays also on port {channel.bulk_port}" if channel.bulk_port else ""
+            console.print(f"listening on {channel.address}{bulk_note}; waiting for {want} of {num_clients} clients "
+                          f"(cohort client --server {channel.address} --id ID ...)", highlight=False, markup=False,
+                          soft_wrap=True)
+            console.file.flush()
+            channel.wait_for_clients(want, args.wait_s)
+        except BaseException:
+            channel.close("the server stopped before the run began")
+            raise
+        return channel
+
+    from cohort.cli import _run
+
+    return _run(args, channel_for)
+
+
+def client(args: argparse.Namespace) -> int:
+    """``cohort client``: one client process, built from --app or from the run's config."""
+    import importlib
+
+    from cohort.channel.grpc.client import serve
+    from cohort.channel.inprocess import torch_threads
+
+    if args.app and (args.config or args.set or args.data):
+        raise ConfigError("give either --app module:function (your client_fn) or --config CONFIG.toml with --set and "
+                          "--data (the run's own data and model; none: the embedded demo), not both")
+    threads = 1
+    if args.app:
+        module, sep, attr = args.app.partition(":")
+        if not sep or not module or not attr:
+            raise ConfigError(f"--app is {args.app!r}; expected module:function, e.g. my_clients:client_fn")
+        sys.path.insert(0, ".")
+        try:
+            client_fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"--app {args.app!r}: {e}") from e
+        if not callable(client_fn):
+            raise ConfigError(f"--app {args.app!r} is a {type(client_fn).__name__}; expected a function client_id -> client")
+    else:
+        from cohort.experiment import build
+
+        from cohort.client.site import SiteClient, is_site_federation
+
+        from cohort.cli import _load
+
+        args.resume = None
+        config, _ = _load(args)
+        threads = config.simulation.threads
+        if args.id < 0:
+            raise ConfigError(f"--id is {args.id}; expected an integer >= 0")
+        if is_site_federation(config):  # a site: only its own rows, prepared as the federation agrees
+            client_fn = SiteClient(config, args.id, args.data)
+            args.name = args.name or client_fn.name
+        else:
+            if args.data:
+                raise ConfigError("--data is a site's own CSV file, for a config with data.dataset = 'csv' and a "
+                                  "natural partition (files, column, assigned)")
+            experiment = build(config)
+            if not 0 <= args.id < experiment.num_clients:
+                raise ConfigError(f"--id is {args.id}; this config has clients 0 to {experiment.num_clients - 1}")
+            client_fn = experiment.client_fn()
+    from cohort.channel.grpc.auth import load_private
+    from cohort.channel.grpc.certs import read
+    from cohort.channel.grpc.client import Credentials
+
+    credentials = Credentials(tls_ca=read(args.tls_ca, "--tls-ca"), tls_cert=read(args.tls_cert, "--tls-cert"),
+                              tls_key=read(args.tls_key, "--tls-key"), key=load_private(args.key) if args.key else None)
+    with torch_threads(threads):  # as in simulation, so the two give the same bits
+        reason = serve(args.server, client_fn, args.id, name=args.name or f"client-{args.id}", retry_for_s=args.retry_s,
+                       credentials=credentials)
+    print(f"client {args.id}: done ({reason})", flush=True)
+    return 0
+
+
+def certs(args: argparse.Namespace) -> int:
+    from cohort.channel.grpc.certs import make_certs
+
+    paths = make_certs(args.out, args.host)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}\n"
+          f"server: cohort server ... --tls-cert {paths['cert']} --tls-key {paths['key']}"
+          f" [--tls-client-ca {paths['ca']}: mutual TLS]\n"
+          f"client: cohort client ... --tls-ca {paths['ca']}"
+          f" [--tls-cert {paths['client_cert']} --tls-key {paths['client_key']}: mutual TLS]")
+    return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    """``cohort keys new|allow|revoke|list``: client key pairs, and the server's registry of them."""
+    from datetime import datetime
+
+    from cohort.channel.grpc.auth import fingerprint, make_keys
+    from cohort.channel.grpc.certs import read
+    from cohort.channel.grpc.registry import Registry
+
+    if args.action == "new":
+        for cid in args.id:
+            paths = make_keys(args.out, cid)
+            print(f"client {cid}: private key {paths['key']} (keep it on the client: cohort client --id {cid} --key "
+                  f"{paths['key']} ...); public key {paths['pub']} (give it to the server's operator: cohort keys allow "
+                  f"--registry REGISTRY.sqlite --id {cid} --public {paths['pub']})")
+        return 0
+    registry = Registry(args.registry, create=args.action == "allow")
+    try:
+        if args.action == "allow":
+            cid = args.id
+            public = read(args.public, "--public")
+            registry.allow(cid, public, args.name)
+            print(f"client {cid} allowed in {args.registry} (key {fingerprint(public)})")
+        elif args.action == "revoke":
+            for cid in args.id:
+                registry.revoke(cid, args.reason)
+                print(f"client {cid} revoked in {args.registry}: it is refused from its next message on")
+        else:
+            def when(t):
+                return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+            print(f"{'id':>6}  {'name':<20} {'key':<16}  {'added':<19}  {'last seen':<19}  status")
+            for e in registry.entries():
+                status = "allowed" if e.revoked is None else f"revoked {when(e.revoked)}: {e.revoked_reason}"
+                print(f"{e.client_id:>6}  {e.name[:20]:<20} {fingerprint(e.public_key)}  {when(e.added):<19}  "
+                      f"{when(e.last_seen):<19}  {status}")
+    finally:
+        registry.close()
+    return 0
+
+
+def add_parsers(sub, run_options) -> None:
+    """The deployment commands' parsers, on ``cohort``'s subcommands."""
+    server_ = sub.add_parser("server", help="run a config as a real federation: clients are `cohort client` processes")
+    server_.add_argument("config", nargs="?", help="TOML experiment config (the same one `cohort run` takes)")
+    server_.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to listen on (port 0: any free port)")
+    server_.add_argument("--min-clients", type=int, default=0, help="clients to wait for before round 1 (default: data.num_clients)")
+    server_.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for them (seconds)")
+    server_.add_argument("--chunk-mb", type=int, default=4, help="largest message on the wire, in MiB (arrays are streamed in chunks)")
+    server_.add_argument("--max-update-mb", type=int, default=2048, help="largest result accepted from a client, in MiB")
+    server_.add_argument("--tls-cert", help="the server's certificate chain (PEM); with --tls-key, serves TLS")
+    server_.add_argument("--tls-key", help="the server's private key (PEM)")
+    server_.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM): mutual TLS")
+    server_.add_argument("--registry", help="SQLite file of the clients allowed to join and their public keys "
+                                           "(`cohort keys allow`); every client must then sign with its key. "
+                                           "Required on any address other than loopback")
+    server_.add_argument("--heartbeat-s", type=float, default=5.0,
+                        help="clients ping this often; one silent for three periods is marked offline (seconds)")
+    server_.add_argument("--bulk-port", type=int, default=0,
+                        help="port of the same host for the bulk connections that carry arrays beside the gRPC "
+                             "stream, about 8x faster (0: any free port; -1: none). Give a fixed one to open it in a "
+                             "firewall; a client that cannot reach it sends everything on the stream")
+    run_options(server_, "continue a server that was stopped or killed; its clients reconnect on their own")
+    server_.set_defaults(func=server)
+
+    client_ = sub.add_parser("client", help="run one client of a federation served by `cohort server`")
+    client_.add_argument("--server", required=True, help="HOST:PORT of the server")
+    client_.add_argument("--id", type=int, required=True, help="this client's id (which data it holds)")
+    client_.add_argument("--app", help="module:function returning the client of an id (as a simulation's client_fn)")
+    client_.add_argument("--config", help="or: the run's TOML config, whose data and model this client uses (none: the demo)")
+    client_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of --config")
+    client_.add_argument("--data-dir", help="folder of downloadable datasets (with --config)")
+    client_.add_argument("--data", help="this site's own CSV file (a config with data.dataset = 'csv' and a natural partition)")
+    client_.add_argument("--name", default="", help="a name for the server's logs")
+    client_.add_argument("--tls-ca", help="the CA certificate (PEM) that signed the server's: connect with TLS")
+    client_.add_argument("--tls-cert", help="this client's certificate (PEM), for a server that requires mutual TLS")
+    client_.add_argument("--tls-key", help="the private key (PEM) of --tls-cert")
+    client_.add_argument("--key", help="this client's private key from `cohort keys new`, for a server with a registry")
+    client_.add_argument("--retry-s", type=float, default=60.0, help="give up after the server is unreachable this long")
+    client_.set_defaults(func=client)
+
+    certs_ = sub.add_parser("certs", help="make a self-signed CA, a server and a client certificate, for testing TLS")
+    certs_.add_argument("--out", required=True, help="folder to write ca.pem, ca.key, server.pem/.key and client.pem/.key in")
+    certs_.add_argument("--host", action="append", default=[], help="a name or IP address clients reach the server by (repeatable)")
+    certs_.set_defaults(func=certs)
+
+    keys_ = sub.add_parser("keys", help="client key pairs, and the server's registry of allowed clients")
+    actions = keys_.add_subparsers(dest="action", required=True)
+    new = actions.add_parser("new", help="make a client's key pair: client-ID.key (private) and client-ID.pub")
+    new.add_argument("--out", required=True, help="folder to write the key files in")
+    new.add_argument("--id", type=int, action="append", required=True, help="the client's id (repeatable)")
+    allow = actions.add_parser("allow", help="allow a client's public key in a registry (made if missing)")
+    allow.add_argument("--registry", required=True, help="the server's registry (SQLite)")
+    allow.add_argument("--id", type=int, required=True, help="the client's id")
+    allow.add_argument("--public", required=True, help="the client's public key (client-ID.pub)")
+    allow.add_argument("--name", default="", help="a name for listings, e.g. the site")
+    revoke = actions.add_parser("revoke", help="revoke clients: refused from their next message on")
+    revoke.add_argument("--registry", required=True, help="the server's registry (SQLite)")
+    revoke.add_argument("--id", type=int, action="append", required=True, help="a client's id (repeatable)")
+    revoke.add_argument("--reason", default="", help="why, for the refused client and the listing")
+    listing = actions.add_parser("list", help="list a registry's clients, their keys, last contact and revocations")
+    listing.add_argument("--registry", required=True, help="the server's registry (SQLite)")
+    for p in (new, allow, revoke, listing):
+        p.set_defaults(func=keys)
