@@ -25,9 +25,8 @@ from cohort.data import ArrayDataset, Partition
 from cohort.data.from_config import federated_data
 from cohort.frameworks import Factory
 from cohort.server import checkpoint
-from cohort.recipe import check_client_privacy, flip_attackers_labels, make_algorithm
-from cohort.server.loop import LoopSettings, Target, check_protections, privacy_refusal, run_rounds
-from cohort.server.policies import FedBuff
+from cohort.recipe import check_client_privacy, flip_attackers_labels, loop_settings, make_algorithm
+from cohort.server.loop import LoopSettings, check_protections, privacy_refusal, run_rounds
 from cohort.server.state import ServerState, initial_state
 from cohort.tracking import ConsoleProgress
 from cohort.tracking.run_folder import RunFolder
@@ -125,37 +124,6 @@ class Experiment:
 
     def initial_state(self) -> ServerState:
         return initial_state(self.algorithm, self.framework.initial_arrays(self.model_fn, self.config.seed), self.config.seed)
-
-
-def loop_settings(config: RunConfig) -> LoopSettings:
-    s, ev = config.server, config.evaluate
-    return LoopSettings(
-        rounds=config.rounds, fraction=s.fraction, min_clients=s.min_clients,
-        min_successful_clients=s.min_successful_clients, max_failed_rounds=s.max_failed_rounds,
-        round_timeout_s=s.round_timeout_s or None, evaluate_every=ev.every,
-        federated_fraction=config.federated_fraction,
-        target=None if ev.target is None else Target(ev.target_metric, ev.target, ev.target_mode),
-        policy=_async_policy(config),
-        speed_spread=config.simulation.speed_spread, over_selection=s.over_selection,
-        network=_network(config),
-    )
-
-
-def _network(config: RunConfig) -> tuple[float, float, float] | None:
-    n = config.network
-    return (n.latency_s, n.bandwidth_mbps, n.spread) if n.latency_s > 0 or n.bandwidth_mbps > 0 else None
-
-
-def _async_policy(config: RunConfig) -> FedBuff | None:
-    if config.server.policy == "fedbuff":
-        fb = config.fedbuff
-        return FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent, fb.staleness, fb.hinge_b)
-    if config.server.policy == "fedasync":
-        from cohort.server.fedasync import FedAsync
-
-        fa = config.fedasync
-        return FedAsync(fa.alpha, fa.concurrency, fa.staleness, fa.staleness_a, fa.hinge_b)
-    return None
 
 
 def build(config: RunConfig, sites=None) -> Experiment:

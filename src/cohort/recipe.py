@@ -1,4 +1,5 @@
-"""What a config adds to an algorithm and to the data before a run: the algorithm with its settings,
+"""What a config adds to an algorithm, to the round loop and to the data before a run: the algorithm
+with its settings, the loop's settings and round policy (``loop_settings``),
 robust aggregation (``server.aggregator``, ``server.norm_bound``), central DP (``[privacy]``), secure
 aggregation (``[secagg]``), the checks of client-side privacy (``[client] ldp``, ``dp_sgd``), and the
 label flipping of simulated attackers (``[attack]``)."""
@@ -14,6 +15,8 @@ from cohort.algorithms import ALGORITHMS, Algorithm
 from cohort.config import RunConfig
 from cohort.core.errors import ConfigError
 from cohort.data import ArrayDataset, Partition
+from cohort.server.loop import LoopSettings, Target
+from cohort.server.policies import FedBuff
 
 
 def algorithm_settings(config: RunConfig) -> dict[str, Any]:
@@ -80,3 +83,34 @@ def flip_attackers_labels(train: ArrayDataset, partition: Partition, config: Run
     attackers = choose_attackers(len(partition), config.attack.fraction, config.seed)
     idx = np.concatenate([partition[c] for c in sorted(attackers)]) if attackers else np.zeros(0, np.int64)
     return dataclasses.replace(train, y=flip_labels(train.y, idx, train.num_classes))
+
+
+def loop_settings(config: RunConfig) -> LoopSettings:
+    s, ev = config.server, config.evaluate
+    return LoopSettings(
+        rounds=config.rounds, fraction=s.fraction, min_clients=s.min_clients,
+        min_successful_clients=s.min_successful_clients, max_failed_rounds=s.max_failed_rounds,
+        round_timeout_s=s.round_timeout_s or None, evaluate_every=ev.every,
+        federated_fraction=config.federated_fraction,
+        target=None if ev.target is None else Target(ev.target_metric, ev.target, ev.target_mode),
+        policy=_async_policy(config),
+        speed_spread=config.simulation.speed_spread, over_selection=s.over_selection,
+        network=_network(config),
+    )
+
+
+def _network(config: RunConfig) -> tuple[float, float, float] | None:
+    n = config.network
+    return (n.latency_s, n.bandwidth_mbps, n.spread) if n.latency_s > 0 or n.bandwidth_mbps > 0 else None
+
+
+def _async_policy(config: RunConfig) -> FedBuff | None:
+    if config.server.policy == "fedbuff":
+        fb = config.fedbuff
+        return FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent, fb.staleness, fb.hinge_b)
+    if config.server.policy == "fedasync":
+        from cohort.server.fedasync import FedAsync
+
+        fa = config.fedasync
+        return FedAsync(fa.alpha, fa.concurrency, fa.staleness, fa.staleness_a, fa.hinge_b)
+    return None
