@@ -22,8 +22,15 @@ TESTS = Path(__file__).resolve().parents[1]
 def local_ray():
     # the actors import the scripted clients (tests/fakes.py) by reference, as a pool's workers do
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    for attempt in range(3):  # Ray's own start-up (raylet registering with its GCS) now and then times out
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": path}})
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield
     ray.shutdown()
 

@@ -100,11 +100,15 @@ class RayChannel(SimulationChannel):
                 kwargs["address"] = self.address
             else:
                 kwargs["num_cpus"] = self.requested or os.cpu_count() or 1
-            try:
-                ray.init(**kwargs)
-            except Exception as e:  # ConnectionError, RuntimeError: no cluster at that address
-                raise TransportError(f"Ray did not start{' at ' + repr(self.address) if self.address else ''}: "
-                                     f"{type(e).__name__}: {e}") from e
+            for attempt in range(2):  # a local Ray's start-up (its raylet registering) now and then times out
+                try:
+                    ray.init(**kwargs)
+                    break
+                except Exception as e:  # ConnectionError, RuntimeError: no cluster at that address
+                    ray.shutdown()
+                    if attempt == 1 or self.address:
+                        raise TransportError(f"Ray did not start{' at ' + repr(self.address) if self.address else ''}: "
+                                             f"{type(e).__name__}: {e}") from e
             self._started_ray = True
         self._ray = ray
         if self._code is None:
