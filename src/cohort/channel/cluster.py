@@ -118,8 +118,7 @@ class RayChannel(SimulationChannel):
                 raise TransportError(f"the client code did not go to Ray: {type(e).__name__}: {e}. With "
                                      "simulation.backend = 'ray' the client_fn must pickle") from e
         count = self.requested or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        actor = ray.remote(num_cpus=1)(_Worker)
-        self._actors = [actor.remote(self._code, self.threads) for _ in range(count)]
+        self._actors = [self._new_actor() for _ in range(count)]
         try:
             ray.get([a.ready.remote() for a in self._actors], timeout=START_TIMEOUT_S)
         except Exception as e:
@@ -189,13 +188,17 @@ class RayChannel(SimulationChannel):
                 self._kill_actors()
             del arrays
 
+    def _new_actor(self):
+        """One actor (one CPU) holding the client code; it starts in the background."""
+        return self._ray.remote(num_cpus=1)(_Worker).remote(self._code, self.threads)
+
     def _replace(self, k: int) -> None:
         ray = self._ray
         try:
             ray.kill(self._actors[k])
         except Exception:
             pass
-        actor = ray.remote(num_cpus=1)(_Worker).remote(self._code, self.threads)
+        actor = self._new_actor()
         try:  # started (code unpickled, torch imported) before it takes a client, whose deadline it must not eat
             ray.get(actor.ready.remote(), timeout=START_TIMEOUT_S)
         except Exception as e:

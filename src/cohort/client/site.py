@@ -110,15 +110,14 @@ class SiteClient:
             return Reply({X.GROUP: {"schema": X.to_json_bytes(schema)}}, len(self.table.rows))
         columns, labels = message.config.get("site_columns"), message.config.get("site_labels")
         enc, train, held = self._encode(columns, labels)
+        F.refuse_missing(enc, cfg.impute)  # as the simulation does
         if message.task == "data_categories" or "site_clients" in message.config:  # under secure aggregation
             from cohort.data.exchange_secure import site_answer
 
-            self._check_missing(enc)
             return site_answer(message.task, enc, train, held, message.config)
-        self._check_missing(enc)
         if message.task == "data_statistics":
-            cats = {k: [v[i] for i in train] for k, v in enc.categorical.items()}
-            return X.statistics_reply(F.client_statistics(enc.numeric[train], cats), len(train), len(held))
+            stats = F.client_statistics(enc.numeric[train], F.rows_of(enc.categorical, train))
+            return X.statistics_reply(stats, len(train), len(held))
         if message.task == "data_histogram":
             return X.histogram_reply(enc.numeric[train], message.config)
         raise ConfigError(f"task {message.task!r} is not part of the data exchange ({', '.join(X.TASKS)})")
@@ -137,14 +136,6 @@ class SiteClient:
             self._encoded = (key, enc, train[0], held[0])
         return self._encoded[1:]
 
-    def _check_missing(self, enc) -> None:
-        """``impute = "none"`` refuses missing cells, as the simulation does."""
-        if self.config.data.impute == "none" and np.isnan(enc.numeric).any():
-            j = int(np.flatnonzero(np.isnan(enc.numeric).any(axis=0))[0])
-            i = int(np.flatnonzero(np.isnan(enc.numeric[:, j]))[0])
-            raise DataError(f"column {enc.numeric_names[j]!r} has missing values (first at {enc.where[i][0]}, line "
-                            f"{enc.where[i][1]}); set data.impute = 'mean', 'median' or 'constant' (with data.impute_value)")
-
     # --- training, through the framework's client --------------------------------------------
     def _inner(self, config: Config):
         d = config.get(X.KEY) if hasattr(config, "get") else None
@@ -157,10 +148,10 @@ class SiteClient:
         columns, labels, num_classes, prep, local = X.read_agreement(d)
         cfg = self.config.data
         enc, train, held = self._encode(columns, labels)
-        self._check_missing(enc)
+        F.refuse_missing(enc, cfg.impute)
         if local:
-            cats = {k: [v[i] for i in train] for k, v in enc.categorical.items()}
-            prep = own_preprocessing(enc.numeric[train], F.client_statistics(enc.numeric[train], cats), cfg, prep.categories)
+            stats = F.client_statistics(enc.numeric[train], F.rows_of(enc.categorical, train))
+            prep = own_preprocessing(enc.numeric[train], stats, cfg, prep.categories)
         if len(prep.fill) != enc.numeric.shape[1]:
             raise DataError(f"the federation prepares {len(prep.fill)} numeric columns; site {self.name!r} has "
                             f"{enc.numeric.shape[1]}")

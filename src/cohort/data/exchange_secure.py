@@ -21,6 +21,7 @@ statistics to rounding, about 1e-9 relative; the column minima and maxima are ne
 
 from __future__ import annotations
 
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
@@ -115,7 +116,7 @@ def site_answer(task: str, enc: F.Encoded, train: np.ndarray, held: np.ndarray, 
     int64 vector ``sum`` that the secure aggregation round masks."""
     numeric = enc.numeric[train]
     if task == "data_categories":
-        values = {k: sorted({v[i] for i in train} - {None}) for k, v in enc.categorical.items()}
+        values = {k: sorted(set(v) - {None}) for k, v in F.rows_of(enc.categorical, train).items()}
         doc = {"categories": values, "numeric": int(numeric.shape[1])}
         return Reply({GROUP: {"schema": to_json_bytes(doc)}}, len(train),
                      {"rows_train": float(len(train)), "rows_held": float(len(held))})
@@ -125,10 +126,11 @@ def site_answer(task: str, enc: F.Encoded, train: np.ndarray, held: np.ndarray, 
         raise DataError("the server's secure statistics request lacks site_clients or site_categories")
     observed = ~np.isnan(numeric)
     if task == "data_statistics":
+        seen = {name: Counter(values) for name, values in F.rows_of(enc.categorical, train).items()}
         parts = [observed.sum(axis=0).astype(np.int64), _fixed(np.nansum(numeric, axis=0), sites, enc.numeric_names, "sum")]
         for name, values in vocab.items():
-            column = [enc.categorical[name][i] for i in train] if name in enc.categorical else []
-            parts.append(np.array([column.count(v) for v in values], np.int64))
+            counts = seen.get(name, Counter())
+            parts.append(np.array([counts[v] for v in values], np.int64))
         vector = np.concatenate(parts)
     elif task == "data_spread":
         mean = np.asarray(config.get("site_mean"), np.float64)

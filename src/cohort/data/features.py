@@ -190,6 +190,20 @@ class ClientStats:
     categories: dict[str, dict[str, int]]
 
 
+def rows_of(categorical: dict[str, list[str | None]], rows) -> dict[str, list[str | None]]:
+    """Each categorical column's values at ``rows`` (a client's training rows)."""
+    return {name: [values[i] for i in rows] for name, values in categorical.items()}
+
+
+def refuse_missing(enc: Encoded, impute: str) -> None:
+    """``impute = "none"``: a missing numeric cell is refused, naming its column, file and line."""
+    if impute == "none" and np.isnan(enc.numeric).any():
+        j = int(np.flatnonzero(np.isnan(enc.numeric).any(axis=0))[0])
+        i = int(np.flatnonzero(np.isnan(enc.numeric[:, j]))[0])
+        raise DataError(f"column {enc.numeric_names[j]!r} has missing values (first at {enc.where[i][0]}, line "
+                        f"{enc.where[i][1]}); set data.impute = 'mean', 'median' or 'constant' (with data.impute_value)")
+
+
 def client_statistics(numeric: np.ndarray, categorical: dict[str, list[str | None]]) -> ClientStats:
     observed = ~np.isnan(numeric)
     count = observed.sum(axis=0).astype(np.float64)

@@ -137,14 +137,9 @@ def _holdout(rows_of: list[np.ndarray], y: np.ndarray, fraction: float, seed: in
 def _preprocess(enc: F.Encoded, train_rows: list[np.ndarray], cfg) -> tuple[F.Preprocessing, list[F.Preprocessing]]:
     """The federation's preprocessing from the clients' statistics (sums and counts of their training
     rows), and the one each client applies (the same, or its own with statistics = "local")."""
-    cats = {k: v for k, v in enc.categorical.items()}
-    stats = [F.client_statistics(enc.numeric[r], {k: [v[i] for i in r] for k, v in cats.items()}) for r in train_rows]
+    stats = [F.client_statistics(enc.numeric[r], F.rows_of(enc.categorical, r)) for r in train_rows]
     total = F.combine(stats)
-    if cfg.impute == "none" and np.isnan(enc.numeric).any():
-        j = int(np.flatnonzero(np.isnan(enc.numeric).any(axis=0))[0])
-        i = int(np.flatnonzero(np.isnan(enc.numeric[:, j]))[0])
-        raise DataError(f"column {enc.numeric_names[j]!r} has missing values (first at {enc.where[i][0]}, line "
-                        f"{enc.where[i][1]}); set data.impute = 'mean', 'median' or 'constant' (with data.impute_value)")
+    F.refuse_missing(enc, cfg.impute)
     median = None
     if cfg.impute == "median":  # the second exchange: histograms over the federation's range
         hist = sum(F.histogram(enc.numeric[r], total.low, total.high) for r in train_rows)
