@@ -111,3 +111,56 @@ def test_generated_clients_run_one_by_one_with_the_same_bits():
     seq, vec = both(*sets, rounds=2)
     for name, a in seq.state.model.items():
         assert vec.state.model[name].tobytes() == a.tobytes()
+
+
+def _run_both(make, config):
+    from cohort.channel.inprocess import InProcessChannel
+    from cohort.client.torch import TorchClientFactory
+    from cohort.core.types import Instruction
+
+    exp = build(load_config(None, ["data.partition=quantity", "data.alpha=0.5"]))  # clients of unequal size
+    torch.manual_seed(1)
+    start = {k: v.detach().numpy().copy() for k, v in make().state_dict().items()}
+    message = Message("fit", {MODEL: start}, {"round": 1, "seed": 0, **config})
+    ins = [Instruction(c, {}) for c in range(6)]
+    out = {}
+    for name, cls in (("seq", InProcessChannel), ("vec", VectorizedChannel)):
+        f = TorchClientFactory(make, exp.train, exp.partition, settings=exp.config.client, seed=0)
+        out[name] = [r for _, r in cls(f).run(message, ins)]
+    return out["seq"], out["vec"]
+
+
+@pytest.mark.parametrize("make, dense", [
+    (lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(30, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)), True),
+    (lambda: torch.nn.Sequential(torch.nn.Linear(30, 16, bias=False), torch.nn.Sigmoid(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                                 torch.nn.Identity(), torch.nn.Linear(8, 2), torch.nn.Tanh()), True),  # an activation on the output
+    (lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(30, 16), torch.nn.GELU(), torch.nn.Linear(16, 2)), False),
+])
+@pytest.mark.parametrize("config", [{}, {"momentum": 0.9, "weight_decay": 0.01, "epochs": 2}])
+def test_dense_stacks_and_other_models_give_the_sequential_clients_results(make, dense, config):
+    from cohort.channel.dense import DenseStack
+
+    assert (DenseStack.of(make()) is not None) == dense  # written-out steps, or vmap
+    seq, vec = _run_both(make, config)
+    assert len(seq) == len(vec) == 6
+    for a, b in zip(seq, vec):
+        assert a.num_examples == b.num_examples
+        assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], rel=1e-5)
+        for k in a.arrays[MODEL]:
+            np.testing.assert_allclose(b.arrays[MODEL][k], a.arrays[MODEL][k], rtol=1e-4, atol=2e-6, err_msg=k)
+    assert max(float(np.abs(d).max()) for d in vec[0].arrays[MODEL].values()) > 1e-3  # the clients did train
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.nn.Sequential(torch.nn.Flatten(start_dim=2), torch.nn.Linear(30, 2)),
+    lambda: torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(30, 2)),  # an activation before any layer
+    lambda: torch.nn.Sequential(torch.nn.Linear(30, 4), torch.nn.ReLU(), torch.nn.Tanh(), torch.nn.Linear(4, 2)),
+    lambda: torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(30, 2))),
+    lambda: torch.nn.Sequential(torch.nn.Linear(30, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 2)),
+    lambda: torch.nn.Sequential(),
+    WithExtras,
+])
+def test_only_plain_dense_stacks_take_the_written_out_path(make):
+    from cohort.channel.dense import DenseStack
+
+    assert DenseStack.of(make()) is None

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from cohort.algorithms.fedavg import LocalSteps
+from cohort.channel.dense import DenseStack
 from cohort.channel.inprocess import InProcessChannel, torch_threads
 from cohort.channel.runtime import Outcome
 from cohort.client.torch import LazyTorchClients, TorchClientFactory, seed_torch
@@ -133,43 +134,27 @@ class VectorizedChannel(InProcessChannel):
         index_t, mask_t = torch.from_numpy(index), torch.from_numpy(mask)
 
         names = [n for n, _ in model.named_parameters()]
+        stack = DenseStack.of(model) if f.loss in ("cross_entropy", "mse") else None
         params = {n: torch.from_numpy(np.array(arrays[n], copy=True)).unsqueeze(0).repeat(k, *[1] * arrays[n].ndim)
-                  .requires_grad_(True) for n in names}
-        momentum = {n: None for n in names}
-        loss_name = f.loss
-
-        def client_loss(p, x, y, m):
-            out = functional_call(model, p, (x,))
-            if loss_name == "cross_entropy":
-                each = F.cross_entropy(out, y, reduction="none")
-            else:
-                each = F.mse_loss(out.squeeze(-1) if out.ndim == y.ndim + 1 and out.shape[-1] == 1 else out, y,
-                                  reduction="none")
-            return (each * m).sum() / m.sum().clamp(min=1.0)
-
-        batched = vmap(client_loss, randomness="different")
+                  .requires_grad_(stack is None) for n in names}
+        fused = stack is not None and not settings.momentum and not settings.weight_decay  # the update inside the step
+        momentum: dict[str, torch.Tensor | None] = {n: None for n in names}
+        batched = vmap(_client_loss(model, f.loss), randomness="different")
         totals = np.zeros(k)
         model.train()
         with torch.random.fork_rng(devices=[]):
             seed_torch(int(configs[0].get("seed", f.seed)) ^ int(configs[0].get("round", 0)))  # dropout draws
-            for t in range(steps):
-                x = x_all[index_t[t]]
-                y = y_all[index_t[t]]
-                losses = batched(params, x, y, mask_t[t])
-                grads = torch.autograd.grad((losses * active[t]).sum(), [params[n] for n in names], allow_unused=True)
-                counts = mask_t[t].sum(dim=1)
-                totals += (losses.detach() * counts).numpy()
-                with torch.no_grad():  # in place: the stacked parameters are large, every pass over them counts
-                    for n, g in zip(names, grads):
-                        if g is None:  # a parameter the forward pass does not use: torch's SGD skips it too
-                            continue
-                        p = params[n]
-                        if settings.weight_decay:
-                            g = g.add_(p, alpha=settings.weight_decay)
-                        if settings.momentum:
-                            momentum[n] = g.clone() if momentum[n] is None else momentum[n].mul_(settings.momentum).add_(g)
-                            g = momentum[n]
-                        p.addcmul_(g, active[t].view(k, *[1] * (p.ndim - 1)), value=-settings.lr)
+            for t, x, y in _batches(x_all, y_all, index_t):
+                m = mask_t[t]
+                if stack is not None:
+                    losses, grads = stack.step(params, x, y, m, f.loss, settings.lr if fused else None)
+                    listed = None if grads is None else [grads.get(n) for n in names]
+                else:
+                    losses = batched(params, x, y, m)
+                    listed = torch.autograd.grad((losses * active[t]).sum(), [params[n] for n in names], allow_unused=True)
+                totals += (losses.detach() * m.sum(dim=1)).numpy()
+                if listed is not None:
+                    _sgd_step(params, names, listed, momentum, settings, active[t])
         out: list[Outcome] = []
         for c, ins in enumerate(chunk):
             delta = {n: params[n][c].detach().numpy() - arrays[n] for n in names}
@@ -180,3 +165,46 @@ class VectorizedChannel(InProcessChannel):
             out.append(Reply({MODEL: {n: delta[n].astype(arrays[n].dtype, copy=False) for n in names}}, sizes[c], metrics,
                              message.version))
         return out
+
+
+def _batches(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, budget: int = 32 << 20):
+    """(step, features, labels) for every step of ``index`` (steps, clients, width): gathered a block of
+    steps at a time (up to ``budget`` bytes of features), as one gather per step costs more than its rows."""
+    steps = index.shape[0]
+    row = x_all[0].numel() * x_all.element_size() * index[0].numel()
+    block = max(1, min(steps, budget // max(row, 1)))
+    for start in range(0, steps, block):
+        at = index[start:start + block]
+        flat = at.reshape(-1)
+        xs = x_all.index_select(0, flat).view(*at.shape, *x_all.shape[1:])
+        ys = y_all.index_select(0, flat).view(*at.shape, *y_all.shape[1:])
+        for j in range(len(at)):
+            yield start + j, xs[j], ys[j]
+
+
+def _client_loss(model: torch.nn.Module, loss: str):
+    """One client's mean loss over its real rows, for ``vmap``."""
+    def client_loss(p, x, y, m):
+        out = functional_call(model, p, (x,))
+        if loss == "cross_entropy":
+            each = F.cross_entropy(out, y, reduction="none")
+        else:
+            each = F.mse_loss(out.squeeze(-1) if out.ndim == y.ndim + 1 and out.shape[-1] == 1 else out, y, reduction="none")
+        return (each * m).sum() / m.sum().clamp(min=1.0)
+    return client_loss
+
+
+@torch.no_grad()  # in place: the stacked parameters are large, every pass over them counts
+def _sgd_step(params: dict[str, torch.Tensor], names: list[str], grads, momentum: dict, settings, active: torch.Tensor) -> None:
+    """torch's SGD (momentum, weight decay) on the stacked parameters; a client without a step stays put."""
+    k = len(active)
+    for n, g in zip(names, grads):
+        if g is None:  # a parameter the forward pass does not use: torch's SGD skips it too
+            continue
+        p = params[n]
+        if settings.weight_decay:
+            g = g.add_(p, alpha=settings.weight_decay)
+        if settings.momentum:
+            momentum[n] = g.clone() if momentum[n] is None else momentum[n].mul_(settings.momentum).add_(g)
+            g = momentum[n]
+        p.addcmul_(g, active.view(k, *[1] * (p.ndim - 1)), value=-settings.lr)

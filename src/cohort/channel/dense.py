@@ -1,0 +1,120 @@
+"""The vectorized backend's fast path for stacks of dense layers (logistic and linear regression, MLPs
+such as McMahan's 2NN): forward and backward written out as batched matrix products over the client
+axis.
+
+``vmap(functional_call(...))`` under autograd runs such a model correctly but slowly here: a 2NN round
+of 10 clients took longer vectorized than one client after another, the batching rules and the autograd
+graph costing more than the small products themselves. For a ``Sequential`` of ``Flatten``, ``Linear``
+and elementwise activations the gradient is three lines per layer, so it is written out: each step is
+one ``baddbmm`` forward and two ``bmm`` backward per layer for every client at once, and plain SGD folds
+the update into the weight gradient's product (``W.baddbmm_(dzᵀ, a, alpha=-lr)``), so no gradient is
+stored. Anything else goes through ``vmap``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity)
+
+
+def _activate(kind: type | None, z: torch.Tensor) -> torch.Tensor:
+    if kind is nn.ReLU:
+        return z.relu()
+    if kind is nn.Tanh:
+        return z.tanh()
+    if kind is nn.Sigmoid:
+        return z.sigmoid()
+    return z
+
+
+def _through(kind: type | None, z: torch.Tensor, a: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
+    """The gradient at a layer's pre-activation z from the one at its output a (in place on da)."""
+    if kind is nn.ReLU:  # autograd's own ReLU backward: one pass, no mask tensor
+        return torch.ops.aten.threshold_backward(da, a, 0)
+    if kind is nn.Tanh:
+        return da.mul_(1 - a * a)
+    if kind is nn.Sigmoid:
+        return da.mul_(a * (1 - a))
+    return da
+
+
+@dataclass(frozen=True)
+class DenseStack:
+    """A model that is Flatten? then (Linear, activation*)+: the parameter names of each Linear and the
+    activations after it."""
+
+    layers: tuple[tuple[str, str | None, tuple[type, ...]], ...]  # (weight name, bias name or None, activations)
+    flatten: bool
+
+    @classmethod
+    def of(cls, model: nn.Module) -> DenseStack | None:
+        """The model's dense stack, or None when it is anything else (then ``vmap`` runs it)."""
+        if type(model) is not nn.Sequential:
+            return None
+        modules = list(model.named_children())
+        flatten = False
+        if modules and type(modules[0][1]) is nn.Flatten:
+            f = modules[0][1]
+            if (f.start_dim, f.end_dim) != (1, -1):
+                return None
+            flatten, modules = True, modules[1:]
+        layers: list[tuple[str, str | None, list[type]]] = []
+        for name, m in modules:
+            if type(m) is nn.Linear:
+                layers.append((f"{name}.weight", f"{name}.bias" if m.bias is not None else None, []))
+            elif type(m) in ACTIVATIONS and layers:
+                if type(m) is not nn.Identity:
+                    layers[-1][2].append(type(m))
+            else:
+                return None
+        if not layers or any(len(acts) > 1 for _, _, acts in layers):
+            return None
+        return cls(tuple((w, b, tuple(acts)) for w, b, acts in layers), flatten)
+
+    def step(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+             loss: str, lr: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """One step for every client: x (clients, batch, ...), y (clients, batch), mask (clients, batch).
+        Returns each client's mean loss over its real rows and, when ``lr`` is None, the gradients of
+        those losses; with ``lr`` the plain SGD update is applied in place and no gradient is kept."""
+        k, b = mask.shape
+        a = x.reshape(k, b, -1) if self.flatten else x
+        acts, zs = [a], []
+        for w, bias, kinds in self.layers:
+            z = torch.baddbmm(params[bias].unsqueeze(1), a, params[w].transpose(1, 2)) if bias else torch.bmm(a, params[w].transpose(1, 2))
+            a = _activate(kinds[0] if kinds else None, z)
+            zs.append(z)
+            acts.append(a)
+        counts = mask.sum(dim=1).clamp(min=1.0)  # (k,): each client's real rows in this step
+        scale = (mask / counts.unsqueeze(1)).unsqueeze(2)  # (k, b, 1): 1/count on real rows, 0 on padding
+        out = acts[-1]
+        if loss == "cross_entropy":
+            logp = out.log_softmax(dim=2)
+            rows = -logp.gather(2, y.unsqueeze(2)).squeeze(2)
+            dz = logp.exp_()
+            dz.scatter_add_(2, y.unsqueeze(2), torch.full_like(dz[..., :1], -1.0))
+            dz.mul_(scale)
+        else:  # mse, as torch.nn.functional.mse_loss: the mean over every element of the batch
+            target = y.unsqueeze(2) if y.ndim == 2 else y
+            diff = out - target
+            rows = (diff * diff).mean(dim=2)
+            dz = diff.mul_(scale * (2.0 / out.shape[2]))
+        losses = (rows * mask).sum(dim=1) / counts
+        grads: dict[str, torch.Tensor] | None = None if lr is not None else {}
+        for i in range(len(self.layers) - 1, -1, -1):
+            w, bias, kinds = self.layers[i]
+            dz = _through(kinds[0] if kinds else None, zs[i], acts[i + 1], dz)  # back through the activation
+            da = torch.bmm(dz, params[w]) if i > 0 else None  # before the weight moves
+            if grads is None:
+                params[w].baddbmm_(dz.transpose(1, 2), acts[i], alpha=-lr)
+                if bias:
+                    params[bias].sub_(dz.sum(dim=1), alpha=lr)
+            else:
+                grads[w] = torch.bmm(dz.transpose(1, 2), acts[i])
+                if bias:
+                    grads[bias] = dz.sum(dim=1)
+            dz = da
+        return losses, grads
