@@ -4,7 +4,9 @@ McMahan's setting: MNIST split IID among 100 clients (600 examples each), 10 per
 B = 10, SGD lr 0.1, FedAvg weighted by examples, the global model evaluated on the 10,000 test images
 after every round. Both sides use the machine the same way: two workers of one torch thread each
 (Flower: two Ray actors, its default arrangement for 2 CPUs; cohort: the process pool with 2 workers),
-and cohort's in-process loop (one thread) is shown beside them.
+and both evaluate on two threads in the same arrangement (for the CNN, channels-last batches of 64: what
+cohort's evaluator does, written into the Flower app too). Beside them: cohort's in-process loop (the
+2NN on one thread, the CNN on two) and, for the 2NN, the vectorized backend on two threads.
 
 Flower runs from its own virtual environment (bench/.flower-venv, made on first use with
 flwr[simulation]==1.41.0 and the same torch), through bench/flower_app.py. Reported per run: the first
@@ -42,11 +44,11 @@ import json, sys, time
 started = time.perf_counter()
 from cohort.config import load_config
 from cohort.experiment import run
-model, clients, per_round, rounds, data, backend = sys.argv[1:7]
+model, clients, per_round, rounds, data, backend, threads = sys.argv[1:8]
 sets = [f"model.name='{model}'", "data.dataset='mnist'", f"data.num_clients={clients}", "data.partition='iid'",
         f"server.fraction={int(per_round) / int(clients)}", f"rounds={rounds}", f"data.dir='{data}'", "data.download=false",
         "client.epochs=1", "client.batch_size=10", "client.lr=0.1", "output.progress=false", "output.checkpoint=false",
-        "simulation.threads=1", f"simulation.backend='{backend}'", "simulation.workers=2"]
+        f"simulation.threads={threads}", f"simulation.backend='{backend}'", "simulation.workers=2"]
 history = run(load_config(None, sets), write=False).state.history
 print(json.dumps({"seconds": [h["seconds"] for h in history], "accuracy": [h["accuracy"] for h in history],
                   "started": started, "ended": time.perf_counter()}))
@@ -105,11 +107,16 @@ def flower(model: str, rounds: int) -> dict:
             "seconds": seconds, "wall_s": wall, "accuracy": got["accuracy"][-1], "peak_pss_mb": pss}
 
 
-def cohort(model: str, rounds: int, backend: str) -> dict:
+SIDES = {"processes": "cohort (2 worker processes)", "inprocess": "cohort (in-process, {t} thread{s})",
+         "vectorized": "cohort (vectorized, {t} thread{s})"}
+
+
+def cohort(model: str, rounds: int, backend: str, threads: int = 1) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    got, wall, pss = measured([sys.executable, "-c", COHORT, model, "100", "10", str(rounds), DATA, backend], env=env)
+    got, wall, pss = measured([sys.executable, "-c", COHORT, model, "100", "10", str(rounds), DATA, backend, str(threads)],
+                              env=env)
     seconds = got["seconds"]
-    name = "cohort (2 worker processes)" if backend == "processes" else "cohort (in-process, 1 thread)"
+    name = SIDES[backend].format(t=threads, s="s" if threads > 1 else "")
     return {"side": name, "first_round_s": seconds[0], "later_median_s": statistics.median(seconds[1:]),
             "seconds": seconds, "wall_s": wall, "accuracy": got["accuracy"][-1], "peak_pss_mb": pss}
 
@@ -125,7 +132,8 @@ def main() -> None:
     for model, rounds in (("mnist_2nn", args.rounds_2nn), ("mnist_cnn", args.rounds_cnn)):
         for repeat in range(args.repeats):  # alternating: F C C F C C ...
             for make in (lambda: flower(model, rounds), lambda: cohort(model, rounds, "processes"),
-                         lambda: cohort(model, rounds, "inprocess")):
+                         lambda: cohort(model, rounds, "inprocess", 1 if model == "mnist_2nn" else 2),
+                         *([lambda: cohort(model, rounds, "vectorized", 2)] if model == "mnist_2nn" else [])):
                 row = {"model": model, "rounds": rounds, "repeat": repeat, **make()}
                 runs.append(row)
                 print(f"{model} {row['side']:30s} first {row['first_round_s']:.2f} s, later {row['later_median_s']:.3f} s, "

@@ -148,3 +148,27 @@ def test_adam_is_available():
     res = TorchClient(model_fn(), x, y, settings=TrainSettings(optimizer="adam", lr=1e-3)).fit(arrays, {"round": 1})
     # Adam's first steps move every weight by about lr, whatever its gradient's size
     assert 1e-4 < np.abs(res.delta["0.weight"]).mean() < 1e-2
+
+
+def test_the_evaluator_of_a_convolutional_model_agrees_with_a_plain_evaluation():
+    """Channels-last images in batches of 64 (the fast arrangement for convolutions here) give the loss
+    and accuracy of a plain pass in one batch, and leave dense models in large batches."""
+    from cohort.client.torch import TorchEvaluator, evaluation_batch
+    from cohort.models import model_factory
+
+    g = np.random.default_rng(0)
+    test = ArrayDataset(g.integers(0, 256, size=(300, 1, 28, 28), dtype=np.uint8), g.integers(0, 10, 300).astype(np.int64),
+                        "classification", num_classes=10, x_scale=1 / 255)
+    make = model_factory("mnist_cnn", (1, 28, 28), 10)
+    arrays = initial_arrays(make, seed=3)
+    got = TorchEvaluator(make, test)(arrays)
+    assert TorchEvaluator(make, test).model.get_parameter("0.weight").is_contiguous(memory_format=torch.channels_last)
+    model = make()
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+    model.eval()
+    x, y = to_tensors(test.x, test.y, test.x_scale)
+    with torch.no_grad():
+        out = model(x)
+    assert got["loss"] == pytest.approx(float(nn.functional.cross_entropy(out, y)), rel=1e-5)
+    assert got["accuracy"] == int((out.argmax(1) == y).sum()) / len(y)
+    assert evaluation_batch(make()) == 64 and evaluation_batch(model_fn()) == 1024
