@@ -158,6 +158,15 @@ def evaluate_model(model, x, y, loss: str, batch_size: int | None = None) -> tup
 def load_arrays(model: torch.nn.Module, arrays: NamedArrays) -> None:
     """Copy named arrays into the model; a mismatch names the offending entries. The arrays may be
     read-only (a broadcast): they are only read, as load_state_dict copies."""
+    state = model.state_dict()  # detached tensors sharing the parameters' memory
+    if state.keys() == arrays.keys() and all(isinstance(a, np.ndarray) and a.shape == tuple(state[n].shape)
+                                             for n, a in arrays.items()):
+        try:  # what load_state_dict does (an in-place copy), through numpy: a quarter of its time per client
+            for name, t in state.items():
+                np.copyto(t.numpy(), arrays[name], casting="same_kind")
+            return
+        except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16) or will not cast: torch's own path
+            pass
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = {name: torch.from_numpy(np.asarray(a)) for name, a in arrays.items()}
