@@ -4,7 +4,8 @@ Both run in a fresh process on one torch thread: McMahan's setting (E = 1, B = 1
 global model the example-weighted mean of the clients' models) with test-set evaluation every round.
 Workloads: the 2NN with 10 of 100 IID clients (600 examples each) and with 100 of 1,000 (60 each), and
 McMahan's CNN with 10 of 100. The bare loop is written plainly here: load_state_dict, a fresh SGD per
-client, its batches, a running weighted sum of state_dicts, then evaluation. Runs alternate (A B A B).
+client, its batches, a running weighted sum of state_dicts, then evaluation in cohort's arrangement
+(batches of 1,024; for the CNN channels-last batches of 64). Runs alternate (A B A B).
 Reports the first round and the median of the later rounds, and their ratios (cohort / bare); the
 target is <= 1.10 from the first round on. Writes bench/results/overhead.json.
     python bench/overhead.py [--rounds 5] [--repeats 2]
@@ -40,6 +41,11 @@ part = iid(len(train), clients, 0)
 torch.manual_seed(0)
 model = model_factory(name, (1, 28, 28), 10)()
 glob = {k: v.clone() for k, v in model.state_dict().items()}
+# evaluation as cohort's evaluator does it: for the CNN, channels-last images in batches of 64 on a model of its own
+EB = 64 if name == "mnist_cnn" else 1024
+evm = model_factory(name, (1, 28, 28), 10)()
+if name == "mnist_cnn":
+    evm, TX = evm.to(memory_format=torch.channels_last), TX.contiguous(memory_format=torch.channels_last)
 gen = np.random.default_rng(0)
 seconds = []
 for r in range(rounds):
@@ -62,10 +68,10 @@ for r in range(rounds):
             acc[k] += len(x) * v.double()
         total += len(x)
     glob = {k: (v / total).to(glob[k].dtype) for k, v in acc.items()}
-    model.load_state_dict(glob)
-    model.eval()
+    evm.load_state_dict(glob)
+    evm.eval()
     with torch.no_grad():
-        correct = sum(int((model(TX[s:s + 1024]).argmax(1) == TY[s:s + 1024]).sum()) for s in range(0, len(TX), 1024))
+        correct = sum(int((evm(TX[s:s + EB]).argmax(1) == TY[s:s + EB]).sum()) for s in range(0, len(TX), EB))
     seconds.append(time.perf_counter() - t)
 print(json.dumps({"seconds": seconds, "accuracy": correct / len(TX)}))
 """
