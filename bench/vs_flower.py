@@ -48,6 +48,7 @@ model, clients, per_round, rounds, data, backend, threads = sys.argv[1:8]
 sets = [f"model.name='{model}'", "data.dataset='mnist'", f"data.num_clients={clients}", "data.partition='iid'",
         f"server.fraction={int(per_round) / int(clients)}", f"rounds={rounds}", f"data.dir='{data}'", "data.download=false",
         "client.epochs=1", "client.batch_size=10", "client.lr=0.1", "output.progress=false", "output.checkpoint=false",
+        "data.holdout_fraction=0", "evaluate.federated_fraction=0",  # as Flower's side: all 600 examples train, no client evaluates
         f"simulation.threads={threads}", f"simulation.backend='{backend}'", "simulation.workers=2"]
 history = run(load_config(None, sets), write=False).state.history
 print(json.dumps({"seconds": [h["seconds"] for h in history], "accuracy": [h["accuracy"] for h in history],
@@ -145,6 +146,8 @@ def main() -> None:
     for model in ("mnist_2nn", "mnist_cnn"):
         for side in dict.fromkeys(r["side"] for r in runs):
             rows = [r for r in runs if r["model"] == model and r["side"] == side]
+            if not rows:  # a side run for one model only
+                continue
             cell = {k: statistics.median(r[k] for r in rows) for k in ("first_round_s", "later_median_s", "wall_s", "accuracy",
                                                                        "peak_pss_mb")}
             summary.setdefault(model, {})[side] = cell
