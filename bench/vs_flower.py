@@ -14,7 +14,7 @@ round, the median of the later rounds, the whole run's wall time from process st
 accuracy after the last round, and the peak proportional set size (PSS) of the whole process tree
 (Ray's raylet, GCS and workers included), sampled every 0.2 s.
 
-    python bench/vs_flower.py [--rounds-2nn 10] [--rounds-cnn 3] [--repeats 2]
+    python bench/vs_flower.py [--rounds-2nn 10] [--rounds-cnn 3] [--repeats 2] [--models mnist_2nn mnist_cnn] [--out NAME]
 
 Writes bench/results/vs_flower.json and bench/results/vs_flower.md.
 """
@@ -127,10 +127,14 @@ def main() -> None:
     parser.add_argument("--rounds-2nn", type=int, default=10)
     parser.add_argument("--rounds-cnn", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=["mnist_2nn", "mnist_cnn"], choices=["mnist_2nn", "mnist_cnn"])
+    parser.add_argument("--out", default="vs_flower")
     args = parser.parse_args()
     flower_python()
     runs = []
     for model, rounds in (("mnist_2nn", args.rounds_2nn), ("mnist_cnn", args.rounds_cnn)):
+        if model not in args.models:
+            continue
         for repeat in range(args.repeats):  # alternating: F C C F C C ...
             for make in (lambda: flower(model, rounds), lambda: cohort(model, rounds, "processes"),
                          lambda: cohort(model, rounds, "inprocess", 1 if model == "mnist_2nn" else 2),
@@ -143,7 +147,7 @@ def main() -> None:
     lines = ["| model (rounds) | side | first round | later rounds (median) | whole run | accuracy | peak PSS |",
              "|---|---|---|---|---|---|---|"]
     summary = {}
-    for model in ("mnist_2nn", "mnist_cnn"):
+    for model in args.models:
         for side in dict.fromkeys(r["side"] for r in runs):
             rows = [r for r in runs if r["model"] == model and r["side"] == side]
             if not rows:  # a side run for one model only
@@ -162,10 +166,10 @@ def main() -> None:
                 ratios[f"{model}: {side} / flower, whole run"] = round(c["wall_s"] / f["wall_s"], 2)
     text = "\n".join(lines) + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in ratios.items()) + "\n"
     print("\n" + text)
-    write_results("vs_flower", {**provenance(), "flower": FLOWER, "setting": "MNIST IID, 100 clients, 10 per round, E=1, "
+    write_results(args.out, {**provenance(), "flower": FLOWER, "setting": "MNIST IID, 100 clients, 10 per round, E=1, "
                                 "B=10, SGD lr 0.1, test evaluation every round, 2 workers of 1 torch thread",
                                 "summary": summary, "ratios": ratios, "runs": runs})
-    (ROOT / "bench" / "results" / "vs_flower.md").write_text("# cohort against Flower 1.41 (`bench/vs_flower.py`)\n\n" + text)
+    (ROOT / "bench" / "results" / f"{args.out}.md").write_text("# cohort against Flower 1.41 (`bench/vs_flower.py`)\n\n" + text)
 
 
 if __name__ == "__main__":

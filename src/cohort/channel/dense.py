@@ -76,33 +76,33 @@ class DenseStack:
         return cls(tuple((w, b, tuple(acts)) for w, b, acts in layers), flatten)
 
     def step(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-             loss: str, lr: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """One step for every client: x (clients, batch, ...), y (clients, batch), mask (clients, batch).
-        Returns each client's mean loss over its real rows and, when ``lr`` is None, the gradients of
-        those losses; with ``lr`` the plain SGD update is applied in place and no gradient is kept."""
+             scale: torch.Tensor, loss: str, lr: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """One step for every client: x (clients, batch, ...), y (clients, batch), mask (clients, batch),
+        scale (clients, batch, 1): 1 / the client's real rows on its real rows, 0 on padding. Returns
+        each client's summed loss over its real rows and, when ``lr`` is None, the gradients of its mean
+        loss; with ``lr`` the plain SGD update is applied in place and no gradient is kept."""
         k, b = mask.shape
         a = x.reshape(k, b, -1) if self.flatten else x
         acts, zs = [a], []
         for w, bias, kinds in self.layers:
-            z = torch.baddbmm(params[bias].unsqueeze(1), a, params[w].transpose(1, 2)) if bias else torch.bmm(a, params[w].transpose(1, 2))
+            wt = params[w].transpose(1, 2)
+            z = torch.baddbmm(params[bias].unsqueeze(1), a, wt) if bias else torch.bmm(a, wt)
             a = _activate(kinds[0] if kinds else None, z)
             zs.append(z)
             acts.append(a)
-        counts = mask.sum(dim=1).clamp(min=1.0)  # (k,): each client's real rows in this step
-        scale = (mask / counts.unsqueeze(1)).unsqueeze(2)  # (k, b, 1): 1/count on real rows, 0 on padding
         out = acts[-1]
         if loss == "cross_entropy":
             logp = out.log_softmax(dim=2)
-            rows = -logp.gather(2, y.unsqueeze(2)).squeeze(2)
+            rows = logp.gather(2, y.unsqueeze(2)).squeeze(2)  # minus each row's loss
             dz = logp.exp_()
             dz.scatter_add_(2, y.unsqueeze(2), torch.full_like(dz[..., :1], -1.0))
             dz.mul_(scale)
+            sums = -(rows * mask).sum(dim=1)
         else:  # mse, as torch.nn.functional.mse_loss: the mean over every element of the batch
             target = y.unsqueeze(2) if y.ndim == 2 else y
             diff = out - target
-            rows = (diff * diff).mean(dim=2)
+            sums = ((diff * diff).mean(dim=2) * mask).sum(dim=1)
             dz = diff.mul_(scale * (2.0 / out.shape[2]))
-        losses = (rows * mask).sum(dim=1) / counts
         grads: dict[str, torch.Tensor] | None = None if lr is not None else {}
         for i in range(len(self.layers) - 1, -1, -1):
             w, bias, kinds = self.layers[i]
@@ -117,4 +117,4 @@ class DenseStack:
                 if bias:
                     grads[bias] = dz.sum(dim=1)
             dz = da
-        return losses, grads
+        return sums, grads

@@ -132,6 +132,8 @@ class VectorizedChannel(InProcessChannel):
                 mask[t, c, :len(batch)] = 1.0
         active = torch.from_numpy(mask.max(axis=2))  # (steps, k): client c still has a step t
         index_t, mask_t = torch.from_numpy(index), torch.from_numpy(mask)
+        counts_t = mask_t.sum(dim=2)  # (steps, k): each client's real rows at each step
+        scale_t = (mask_t / counts_t.clamp(min=1.0).unsqueeze(2)).unsqueeze(3)  # 1/count on real rows, 0 on padding
 
         names = [n for n, _ in model.named_parameters()]
         stack = DenseStack.of(model) if f.loss in ("cross_entropy", "mse") else None
@@ -140,19 +142,20 @@ class VectorizedChannel(InProcessChannel):
         fused = stack is not None and not settings.momentum and not settings.weight_decay  # the update inside the step
         momentum: dict[str, torch.Tensor | None] = {n: None for n in names}
         batched = vmap(_client_loss(model, f.loss), randomness="different")
-        totals = np.zeros(k)
+        totals = torch.zeros(k, dtype=torch.float64)  # each client's summed training loss
         model.train()
         with torch.random.fork_rng(devices=[]):
             seed_torch(int(configs[0].get("seed", f.seed)) ^ int(configs[0].get("round", 0)))  # dropout draws
             for t, x, y in _batches(x_all, y_all, index_t):
                 m = mask_t[t]
                 if stack is not None:
-                    losses, grads = stack.step(params, x, y, m, f.loss, settings.lr if fused else None)
+                    sums, grads = stack.step(params, x, y, m, scale_t[t], f.loss, settings.lr if fused else None)
                     listed = None if grads is None else [grads.get(n) for n in names]
                 else:
                     losses = batched(params, x, y, m)
                     listed = torch.autograd.grad((losses * active[t]).sum(), [params[n] for n in names], allow_unused=True)
-                totals += (losses.detach() * m.sum(dim=1)).numpy()
+                    sums = losses.detach() * counts_t[t]
+                totals += sums
                 if listed is not None:
                     _sgd_step(params, names, listed, momentum, settings, active[t])
         out: list[Outcome] = []
@@ -161,7 +164,7 @@ class VectorizedChannel(InProcessChannel):
             if not all(np.isfinite(d).all() for d in delta.values()):
                 out.append(ClientFailure(ins.client_id, FailureStage.FIT, "the local training diverged (non-finite weights)"))
                 continue
-            metrics = {"train_loss": float(totals[c] / (sizes[c] * settings.epochs))}
+            metrics = {"train_loss": float(totals[c]) / (sizes[c] * settings.epochs)}
             out.append(Reply({MODEL: {n: delta[n].astype(arrays[n].dtype, copy=False) for n in names}}, sizes[c], metrics,
                              message.version))
         return out
