@@ -159,8 +159,54 @@ def test_dense_stacks_and_other_models_give_the_sequential_clients_results(make,
     lambda: torch.nn.Sequential(torch.nn.Linear(30, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 2)),
     lambda: torch.nn.Sequential(),
     WithExtras,
+    lambda: _shared_activation(),  # one Tanh at two positions: named_children lists it once, forward runs it twice
+    lambda: _tied(),  # one Linear at two positions
+    lambda: torch.nn.Sequential(torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(30, 2))),
+    lambda: _hooked(),
 ])
 def test_only_plain_dense_stacks_take_the_written_out_path(make):
     from cohort.channel.dense import DenseStack
 
     assert DenseStack.of(make()) is None
+
+
+def _shared_activation():
+    act = torch.nn.Tanh()
+    return torch.nn.Sequential(torch.nn.Linear(30, 8), act, torch.nn.Linear(8, 8), act, torch.nn.Linear(8, 2))
+
+
+def _tied():
+    layer = torch.nn.Linear(8, 8)
+    return torch.nn.Sequential(torch.nn.Linear(30, 8), torch.nn.ReLU(), layer, torch.nn.ReLU(), layer, torch.nn.Linear(8, 2))
+
+
+def _hooked():
+    model = torch.nn.Sequential(torch.nn.Linear(30, 2))
+    model[0].register_forward_hook(lambda m, i, o: o * 2)
+    return model
+
+
+@pytest.mark.parametrize("make", [_shared_activation, _hooked])
+def test_models_the_written_out_path_refuses_still_match_the_sequential_clients(make):
+    seq, vec = _run_both(make, {})
+    for a, b in zip(seq, vec):
+        for k in a.arrays[MODEL]:
+            np.testing.assert_allclose(b.arrays[MODEL][k], a.arrays[MODEL][k], rtol=1e-4, atol=2e-6, err_msg=k)
+
+
+def test_tied_parameters_run_client_by_client_with_every_name():
+    seq, vec = _run_both(_tied, {})
+    for a, b in zip(seq, vec):
+        assert set(b.arrays[MODEL]) == set(a.arrays[MODEL]) == set(_tied().state_dict())
+        for k in a.arrays[MODEL]:
+            assert b.arrays[MODEL][k].tobytes() == a.arrays[MODEL][k].tobytes(), k
+
+
+def test_mse_with_more_outputs_than_targets_is_not_taken_for_a_dense_stack():
+    from cohort.channel.dense import DenseStack
+
+    stack = DenseStack.of(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+    assert stack.fits(torch.zeros(5, 4), torch.zeros(5), "cross_entropy")
+    assert not stack.fits(torch.zeros(5, 4), torch.zeros(5), "mse")  # three outputs, one target each
+    assert stack.fits(torch.zeros(5, 4), torch.zeros(5, 3), "mse")
+    assert not stack.fits(torch.zeros(5, 2, 2), torch.zeros(5), "cross_entropy")  # rows not flattened

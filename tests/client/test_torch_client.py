@@ -172,3 +172,64 @@ def test_the_evaluator_of_a_convolutional_model_agrees_with_a_plain_evaluation()
     assert got["loss"] == pytest.approx(float(nn.functional.cross_entropy(out, y)), rel=1e-5)
     assert got["accuracy"] == int((out.argmax(1) == y).sum()) / len(y)
     assert evaluation_batch(make()) == 64 and evaluation_batch(model_fn()) == 1024
+
+
+class ViewCNN(nn.Module):
+    """The tutorial style: x.view(len(x), -1) after a convolution, which needs the plain layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).view(x.size(0), -1))
+
+
+class Volume(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv3d(1, 2, 3), nn.Linear(2 * 6 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x.unsqueeze(1)).flatten(1))
+
+
+@pytest.mark.parametrize("make, shape", [(ViewCNN, (40, 1, 8, 8)), (Volume, (40, 8, 8, 8))])
+def test_the_evaluator_keeps_the_plain_layout_where_channels_last_does_not_fit(make, shape):
+    from cohort.client.torch import TorchEvaluator
+
+    g = np.random.default_rng(1)
+    test = ArrayDataset(g.normal(size=shape).astype(np.float32), g.integers(0, 3, 40).astype(np.int64), "classification",
+                        num_classes=3)
+    arrays = initial_arrays(make, seed=0)
+    got = TorchEvaluator(make, test)(arrays)
+    model = make()
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(test.x))
+    assert got["loss"] == pytest.approx(float(nn.functional.cross_entropy(out, torch.from_numpy(test.y))), rel=1e-5)
+
+
+class Doubling(nn.Module):
+    """Loads every tensor doubled: a module with its own loading, which load_arrays must honour."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(5, 3)
+        self.body.register_load_state_dict_pre_hook(
+            lambda module, state, prefix, *rest: state.update({k: v * 2 for k, v in state.items() if k.startswith(prefix)}))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_loading_goes_through_torch_when_a_module_changes_how_it_loads():
+    from cohort.client.torch import load_arrays
+
+    model = Doubling()
+    arrays = {k: np.ones(v.shape, np.float32) for k, v in model.state_dict().items()}
+    load_arrays(model, arrays)
+    assert torch.equal(model.body.weight.detach(), torch.full((3, 5), 2.0))
+    plain = nn.Linear(5, 3)
+    load_arrays(plain, {k: np.full(v.shape, 0.5, np.float64) for k, v in plain.state_dict().items()})  # cast, as torch does
+    assert torch.equal(plain.weight.detach(), torch.full((3, 5), 0.5)) and plain.weight.dtype == torch.float32

@@ -42,6 +42,11 @@ def _through(kind: type | None, z: torch.Tensor, a: torch.Tensor, da: torch.Tens
     return da
 
 
+def _hooked(m: nn.Module) -> bool:
+    """A module with forward or backward hooks: the written-out step would skip them."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
 @dataclass(frozen=True)
 class DenseStack:
     """A model that is Flatten? then (Linear, activation*)+: the parameter names of each Linear and the
@@ -49,13 +54,20 @@ class DenseStack:
 
     layers: tuple[tuple[str, str | None, tuple[type, ...]], ...]  # (weight name, bias name or None, activations)
     flatten: bool
+    outputs: int  # the last layer's width
 
     @classmethod
     def of(cls, model: nn.Module) -> DenseStack | None:
-        """The model's dense stack, or None when it is anything else (then ``vmap`` runs it)."""
+        """The model's dense stack, or None when it is anything else (then ``vmap`` runs it): every
+        position of the Sequential (``_modules``: a module placed twice runs twice, though
+        ``named_children`` lists it once) a distinct plain module without hooks, each Linear's weight
+        and bias its own parameters (not a parametrization such as weight norm)."""
         if type(model) is not nn.Sequential:
             return None
-        modules = list(model.named_children())
+        modules = list(model._modules.items())
+        if len({id(m) for _, m in modules}) != len(modules) or any(_hooked(m) for m in (model, *model.modules())):
+            return None
+        params = dict(model.named_parameters())
         flatten = False
         if modules and type(modules[0][1]) is nn.Flatten:
             f = modules[0][1]
@@ -63,9 +75,14 @@ class DenseStack:
                 return None
             flatten, modules = True, modules[1:]
         layers: list[tuple[str, str | None, list[type]]] = []
+        outputs = 0
         for name, m in modules:
             if type(m) is nn.Linear:
-                layers.append((f"{name}.weight", f"{name}.bias" if m.bias is not None else None, []))
+                w, b = f"{name}.weight", f"{name}.bias" if m.bias is not None else None
+                if params.get(w) is not m.weight or (b is not None and params.get(b) is not m.bias):
+                    return None
+                layers.append((w, b, []))
+                outputs = m.out_features
             elif type(m) in ACTIVATIONS and layers:
                 if type(m) is not nn.Identity:
                     layers[-1][2].append(type(m))
@@ -73,7 +90,14 @@ class DenseStack:
                 return None
         if not layers or any(len(acts) > 1 for _, _, acts in layers):
             return None
-        return cls(tuple((w, b, tuple(acts)) for w, b, acts in layers), flatten)
+        return cls(tuple((w, b, tuple(acts)) for w, b, acts in layers), flatten, outputs)
+
+    def fits(self, x: torch.Tensor, y: torch.Tensor, loss: str) -> bool:
+        """Whether the data is what the written-out step assumes: rows of features (flattened, or one
+        dimension already), and for mse one output per target value."""
+        if not self.flatten and x.ndim != 2:
+            return False
+        return loss != "mse" or (y.ndim == 1 and self.outputs == 1) or (y.ndim == 2 and y.shape[1] == self.outputs)
 
     def step(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
              scale: torch.Tensor, loss: str, lr: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:

@@ -65,6 +65,8 @@ class VectorizedChannel(InProcessChannel):
             return "models with buffers (batch norm)"
         if not all(p.requires_grad for p in f.model.parameters()):
             return "models with frozen parameters"
+        if len(f.model.state_dict()) != len(dict(f.model.named_parameters())):  # the update names every entry
+            return "models with tied (shared) parameters"
         if isinstance(message.config.get("compression"), dict) or message.config.get("secagg"):
             return "compression or secure aggregation"
         return None
@@ -137,6 +139,8 @@ class VectorizedChannel(InProcessChannel):
 
         names = [n for n, _ in model.named_parameters()]
         stack = DenseStack.of(model) if f.loss in ("cross_entropy", "mse") else None
+        if stack is not None and not stack.fits(x_all, y_all, f.loss):
+            stack = None
         params = {n: torch.from_numpy(np.array(arrays[n], copy=True)).unsqueeze(0).repeat(k, *[1] * arrays[n].ndim)
                   .requires_grad_(stack is None) for n in names}
         fused = stack is not None and not settings.momentum and not settings.weight_decay  # the update inside the step
