@@ -48,7 +48,8 @@ LABELS = {"2nn_iid": "2NN, E = 1, B = 10, IID (Table 1)", "2nn_noniid": "2NN, E 
           "cnn_iid": "CNN, FedAvg E = 5, B = 10, IID (Table 2)", "cnn_fedsgd_iid": "CNN, FedSGD, IID (Table 2)"}
 
 
-def one(cell: str, lr: float, seed: int, threads: int, backend: str = "inprocess", cap: int | None = None) -> dict:
+def one(cell: str, lr: float, seed: int, threads: int, backend: str = "inprocess", cap: int | None = None,
+        verbose: bool = False) -> dict:
     paper, target, default_cap, overrides = CELLS[cell]
     cap = cap or default_cap
     # every client trains on all its examples and the global model is scored on the test set only (the
@@ -59,7 +60,12 @@ def one(cell: str, lr: float, seed: int, threads: int, backend: str = "inprocess
             "output.checkpoint=false", "data.holdout_fraction=0", "evaluate.federated_fraction=0",  # the paper's setting:
             f"simulation.threads={threads}", f"simulation.backend='{backend}'", *overrides]
     started = time.perf_counter()
-    result = run(load_config(None, sets), write=False)
+    progress = None
+    if verbose:  # a line a round, for the long cells
+        from cohort.tracking.progress import ConsoleProgress
+
+        progress = ConsoleProgress(cap, bar=False)
+    result = run(load_config(None, sets), write=False, progress=progress)
     seconds = time.perf_counter() - started
     history = [h for h in result.state.history if "accuracy" in h]
     best, reached = 0.0, None
@@ -95,6 +101,7 @@ def main() -> None:
                         help="learning rates of the B = ∞ cells (one full-batch step a round moves less)")
     parser.add_argument("--backend", default="inprocess", choices=["inprocess", "vectorized", "processes"])
     parser.add_argument("--cap", type=int, default=None, help="rounds at most (default: each cell's own)")
+    parser.add_argument("--verbose", action="store_true", help="print every round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="mcmahan")
@@ -105,7 +112,7 @@ def main() -> None:
     runs: list[dict] = []
     for cell in args.cells:
         for lr in (args.cnn_lrs if cell.startswith("cnn") else args.binf_lrs if "binf" in cell else args.lrs):
-            row = one(cell, lr, args.seed, args.threads, args.backend, args.cap)
+            row = one(cell, lr, args.seed, args.threads, args.backend, args.cap, args.verbose)
             runs.append(row)
             print(f"{cell:15s} lr {lr:<7g}: {row['rounds_to_target']} rounds to {row['target']:.0%} (paper "
                   f"{row['paper_rounds']}), best {row['best_accuracy']:.4f} in {row['rounds_run']} rounds, "
