@@ -145,7 +145,7 @@ class VectorizedChannel(InProcessChannel):
                   .requires_grad_(stack is None) for n in names}
         fused = stack is not None and not settings.momentum and not settings.weight_decay  # the update inside the step
         momentum: dict[str, torch.Tensor | None] = {n: None for n in names}
-        batched = vmap(_client_loss(model, f.loss), randomness="different")
+        batched = vmap(_client_loss(model, f.loss), randomness="different") if stack is None else None
         totals = torch.zeros(k, dtype=torch.float64)  # each client's summed training loss
         model.train()
         with torch.random.fork_rng(devices=[]):
@@ -197,6 +197,8 @@ def _client_loss(model: torch.nn.Module, loss: str):
             each = F.cross_entropy(out, y, reduction="none")
         else:
             each = F.mse_loss(out.squeeze(-1) if out.ndim == y.ndim + 1 and out.shape[-1] == 1 else out, y, reduction="none")
+            if each.ndim > 1:  # several targets a row: the row's mean, so that the batch's mean is mse_loss's
+                each = each.flatten(1).mean(dim=1)
         return (each * m).sum() / m.sum().clamp(min=1.0)
     return client_loss
 
