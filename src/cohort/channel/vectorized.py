@@ -29,7 +29,7 @@ from cohort.algorithms.fedavg import LocalSteps
 from cohort.channel.dense import DenseStack
 from cohort.channel.inprocess import InProcessChannel, torch_threads
 from cohort.channel.runtime import Outcome
-from cohort.client.torch import LazyTorchClients, TorchClientFactory, seed_torch
+from cohort.client.torch import LazyTorchClients, TorchClientFactory, seed_torch, to_tensors
 from cohort.core.errors import ConfigError
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import MODEL, ClientFailure, FailureStage, Instruction, Message, Reply
@@ -102,8 +102,6 @@ class VectorizedChannel(InProcessChannel):
 
     def _data(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._features is None:  # the whole training set once, as the torch client would convert it
-            from cohort.client.torch import to_tensors
-
             ds = self.client_fn.dataset
             self._features, self._targets = to_tensors(ds.x, ds.y, ds.x_scale)
         return self._features, self._targets
