@@ -113,7 +113,7 @@ def test_generated_clients_run_one_by_one_with_the_same_bits():
         assert vec.state.model[name].tobytes() == a.tobytes()
 
 
-def _run_both(make, config):
+def _run_both(make, config, data=None, partition=None):
     from cohort.channel.inprocess import InProcessChannel
     from cohort.client.torch import TorchClientFactory
     from cohort.core.types import Instruction
@@ -125,9 +125,70 @@ def _run_both(make, config):
     ins = [Instruction(c, {}) for c in range(6)]
     out = {}
     for name, cls in (("seq", InProcessChannel), ("vec", VectorizedChannel)):
-        f = TorchClientFactory(make, exp.train, exp.partition, settings=exp.config.client, seed=0)
+        f = TorchClientFactory(make, data or exp.train, partition or exp.partition, settings=exp.config.client, seed=0)
         out[name] = [r for _, r in cls(f).run(message, ins)]
     return out["seq"], out["vec"]
+
+
+def _with_dead_features(dead):
+    """The default training set with the given feature columns zero in every row."""
+    import dataclasses
+
+    exp = build(load_config(None, []))
+    x = np.array(exp.train.x, copy=True)
+    x[:, dead] = 0
+    return dataclasses.replace(exp.train, x=x)
+
+
+def test_features_no_row_uses_are_left_out_of_the_first_layer_and_do_not_move():
+    dead = [0, 3, 4, 11, 12, 13, 20, 29]  # 22 of 30 used: the cut takes 32 columns, which is all: no cut
+    data = _with_dead_features(dead + list(range(21, 29)))  # 14 used: 16 columns
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    seq, vec = _run_both(make, {}, data=data)
+    for a, b in zip(seq, vec):
+        assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], rel=1e-5)
+        for k in a.arrays[MODEL]:
+            assert b.arrays[MODEL][k].shape == a.arrays[MODEL][k].shape
+            np.testing.assert_allclose(b.arrays[MODEL][k], a.arrays[MODEL][k], rtol=1e-4, atol=2e-6, err_msg=k)
+        assert not b.arrays[MODEL]["0.weight"][:, dead].any()  # exactly zero, as the sequential client's
+        assert b.arrays[MODEL]["0.weight"][:, [1, 2, 5]].any()
+    from cohort.client.torch import TorchClientFactory
+
+    f = TorchClientFactory(make, data, build(load_config(None, [])).partition, seed=0)
+    channel = VectorizedChannel(f)
+    x, _, columns = channel._data(cut=True)
+    assert columns is not None and len(columns) == 16 and x.shape == (len(data), 16)
+    assert set(columns[:14].tolist()) == set(range(30)) - set(dead) - set(range(21, 29))
+
+
+def test_used_columns_pads_to_aligned_widths_and_declines_when_nothing_is_cut():
+    from cohort.channel.dense import used_columns
+
+    x = torch.zeros(5, 40)
+    x[1, [0, 5, 17]] = 1.0
+    cols = used_columns(x)
+    assert cols[:3].tolist() == [0, 5, 17] and len(cols) == 16 and len(set(cols.tolist())) == 16
+    assert used_columns(torch.ones(3, 40)) is None
+    x = torch.ones(2, 784)
+    x[:, :67] = 0  # MNIST's count of blank pixels
+    assert len(used_columns(x)) == 720
+    x = torch.ones(2, 20)
+    x[:, :3] = 0  # 17 used: 32 would be more than there are
+    assert used_columns(x) is None
+
+
+def test_a_client_without_examples_fails_alone():
+    exp = build(load_config(None, []))
+    partition = [np.arange(0)] + [exp.partition[c] for c in range(1, len(exp.partition))]
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(30, 2))
+    seq, vec = _run_both(make, {}, partition=partition)
+    from cohort.core.types import ClientFailure
+
+    assert isinstance(seq[0], ClientFailure) and isinstance(vec[0], ClientFailure)
+    assert "0 examples" in vec[0].reason and "0 examples" in seq[0].reason
+    for a, b in zip(seq[1:], vec[1:]):
+        for k in a.arrays[MODEL]:
+            np.testing.assert_allclose(b.arrays[MODEL][k], a.arrays[MODEL][k], rtol=1e-4, atol=2e-6, err_msg=k)
 
 
 @pytest.mark.parametrize("make, dense", [

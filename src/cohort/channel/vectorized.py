@@ -5,7 +5,9 @@ one step runs every client's batch through ``vmap(functional_call(model, ...))``
 clients cost a handful of large tensor operations instead of thousands of small ones. Each client goes
 through the same batches as in the sequential backend (its seeded order, its own batch size, a last
 partial batch), padded to the largest batch and masked; a client whose steps are done stops moving.
-The steps are plain SGD with momentum and weight decay, written out on the stacked tensors.
+The steps are plain SGD with momentum and weight decay, written out on the stacked tensors. Dense stacks
+take the written-out path of ``channel/dense.py``; under plain SGD their first layer leaves out the input
+features no training row uses (``used_columns``), whose weights would not move.
 
 It computes what the sequential backend computes, within float tolerance (a batched matrix product
 sums in another order). What it cannot run the same way, it hands to the sequential path of
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from cohort.algorithms.fedavg import LocalSteps
-from cohort.channel.dense import DenseStack
+from cohort.channel.dense import DenseStack, used_columns
 from cohort.channel.inprocess import InProcessChannel, torch_threads
 from cohort.channel.runtime import Outcome
 from cohort.client.torch import LazyTorchClients, TorchClientFactory, seed_torch, to_tensors
@@ -46,8 +48,7 @@ class VectorizedChannel(InProcessChannel):
         if not (isinstance(max_clients, int) and 1 <= max_clients <= 65536):
             raise ConfigError(f"max_clients is {max_clients!r}; expected an integer from 1 to 65536")
         self.max_clients = max_clients
-        self._features: torch.Tensor | None = None
-        self._targets: torch.Tensor | None = None
+        self._tensors: tuple | None = None  # (cut, features, targets, columns): see _data
 
     def why_sequential(self, message: Message) -> str | None:
         """Why this task runs client by client, or None when it can be vectorized."""
@@ -100,36 +101,33 @@ class VectorizedChannel(InProcessChannel):
                     outcome = replace(outcome, seconds=each)
                 yield start + k, self._received(ins.client_id, outcome, state, state)
 
-    def _data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._features is None:  # the whole training set once, as the torch client would convert it
+    def _data(self, cut: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The whole training set as the torch client converts it, once. With ``cut`` (the dense path under
+        plain SGD), its rows flattened and cut to the features some row uses, and the index of those
+        features (None when that is all of them); one form is kept at a time."""
+        if self._tensors is None or self._tensors[0] != cut:
             ds = self.client_fn.dataset
-            self._features, self._targets = to_tensors(ds.x, ds.y, ds.x_scale)
-        return self._features, self._targets
+            self._tensors = None  # the old form goes before the new one is made
+            x, y = to_tensors(ds.x, ds.y, ds.x_scale)
+            columns = used_columns(x) if cut else None
+            if columns is not None:
+                x = x.reshape(len(x), -1).index_select(1, columns)
+            self._tensors = (cut, x, y, columns)
+        return self._tensors[1:]
 
     def _train(self, message: Message, chunk: list[Instruction], configs: list[dict]) -> list[Outcome]:
         f: TorchClientFactory = self.client_fn
         settings = f.settings.override(configs[0])  # the same for every client of the slice (checked by run)
-        x_all, y_all = self._data()
+        empty = {c for c, ins in enumerate(chunk) if len(f.train[ins.client_id]) == 0}
+        if empty:  # as the sequential client refuses one: a failure of its own, the others train
+            done = self._train(message, [i for c, i in enumerate(chunk) if c not in empty],
+                               [g for c, g in enumerate(configs) if c not in empty]) if len(empty) < len(chunk) else []
+            it = iter(done)
+            return [ClientFailure(ins.client_id, FailureStage.FIT, f"client {ins.client_id} has 0 examples; expected at least 1")
+                    if c in empty else next(it) for c, ins in enumerate(chunk)]
         model, arrays = f.model, message.arrays[MODEL]
         k = len(chunk)
-        # every client's batches, as TorchClient draws them: a seeded order per epoch, its own batch size
-        plans, sizes = [], []
-        for ins, config in zip(chunk, configs):  # each client's own round and seed (FedBuff dispatches per client)
-            idx = np.asarray(f.train[ins.client_id])
-            n = len(idx)
-            b = n if settings.batch_size == 0 else min(settings.batch_size, n)
-            order = rng(int(config.get("seed", f.seed)), int(config.get("round", 0)), Stage.SHUFFLE, ins.client_id)
-            plans.append([idx[perm[s:s + b]] for perm in (order.permutation(n) for _ in range(settings.epochs))
-                          for s in range(0, n, b)])
-            sizes.append(n)
-        steps = max(len(p) for p in plans)
-        width = max(len(batch) for p in plans for batch in p)
-        index = np.zeros((steps, k, width), np.int64)
-        mask = np.zeros((steps, k, width), np.float32)
-        for c, plan in enumerate(plans):
-            for t, batch in enumerate(plan):
-                index[t, c, :len(batch)] = batch
-                mask[t, c, :len(batch)] = 1.0
+        index, mask, sizes = _plan(f, chunk, configs, settings)
         active = torch.from_numpy(mask.max(axis=2))  # (steps, k): client c still has a step t
         index_t, mask_t = torch.from_numpy(index), torch.from_numpy(mask)
         counts_t = mask_t.sum(dim=2)  # (steps, k): each client's real rows at each step
@@ -137,54 +135,112 @@ class VectorizedChannel(InProcessChannel):
 
         names = [n for n, _ in model.named_parameters()]
         stack = DenseStack.of(model) if f.loss in ("cross_entropy", "mse") else None
-        if stack is not None and not stack.fits(x_all, y_all, f.loss):
+        if stack is not None and not stack.fits(*to_tensors(f.dataset.x[:1], f.dataset.y[:1], f.dataset.x_scale), f.loss):
             stack = None
-        params = {n: torch.from_numpy(np.array(arrays[n], copy=True)).unsqueeze(0).repeat(k, *[1] * arrays[n].ndim)
-                  .requires_grad_(stack is None) for n in names}
         fused = stack is not None and not settings.momentum and not settings.weight_decay  # the update inside the step
-        momentum: dict[str, torch.Tensor | None] = {n: None for n in names}
-        batched = vmap(_client_loss(model, f.loss), randomness="different") if stack is None else None
-        totals = torch.zeros(k, dtype=torch.float64)  # each client's summed training loss
+        x_all, y_all, columns = self._data(cut=fused)
+        start = dict(arrays)
+        if columns is not None:  # the first layer's weights for the features the data uses (used_columns)
+            first = stack.layers[0][0]
+            start[first] = np.ascontiguousarray(arrays[first][:, columns.numpy()])
+        params = {n: torch.from_numpy(np.array(start[n], copy=True)).unsqueeze(0).repeat(k, *[1] * start[n].ndim)
+                  .requires_grad_(stack is None) for n in names}
         model.train()
-        with torch.random.fork_rng(devices=[]):
-            seed_torch(int(configs[0].get("seed", f.seed)) ^ int(configs[0].get("round", 0)))  # dropout draws
-            for t, x, y in _batches(x_all, y_all, index_t):
-                m = mask_t[t]
-                if stack is not None:
-                    sums, grads = stack.step(params, x, y, m, scale_t[t], f.loss, settings.lr if fused else None)
-                    listed = None if grads is None else [grads.get(n) for n in names]
-                else:
-                    losses = batched(params, x, y, m)
-                    listed = torch.autograd.grad((losses * active[t]).sum(), [params[n] for n in names], allow_unused=True)
-                    sums = losses.detach() * counts_t[t]
-                totals += sums
-                if listed is not None:
-                    _sgd_step(params, names, listed, momentum, settings, active[t])
+        if stack is not None:
+            totals = _dense_steps(stack.steps(params, f.loss, settings.lr if fused else None), params, names, settings,
+                                  x_all, y_all, index_t, mask_t, scale_t, active)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                seed_torch(int(configs[0].get("seed", f.seed)) ^ int(configs[0].get("round", 0)))  # dropout draws
+                totals = _vmap_steps(model, f.loss, params, names, settings, x_all, y_all, index_t, mask_t, counts_t, active)
+        with torch.no_grad():
+            deltas = {n: (params[n] - torch.from_numpy(start[n])).numpy() for n in names}  # (k, ...) each
+            # a float64 sum of float32 weights is finite exactly when they all are, in one read of them
+            finite = torch.isfinite(sum(params[n].flatten(1).sum(dim=1, dtype=torch.float64) for n in names))
+        if columns is not None:  # the other columns have not moved
+            deltas[first] = _uncut(deltas[first], columns.numpy(), arrays[first].shape[1])
         out: list[Outcome] = []
         for c, ins in enumerate(chunk):
-            delta = {n: params[n][c].detach().numpy() - arrays[n] for n in names}
-            if not all(np.isfinite(d).all() for d in delta.values()):
+            if not finite[c]:
                 out.append(ClientFailure(ins.client_id, FailureStage.FIT, "the local training diverged (non-finite weights)"))
                 continue
             metrics = {"train_loss": float(totals[c]) / (sizes[c] * settings.epochs)}
-            out.append(Reply({MODEL: {n: delta[n].astype(arrays[n].dtype, copy=False) for n in names}}, sizes[c], metrics,
-                             message.version))
+            out.append(Reply({MODEL: {n: deltas[n][c].astype(arrays[n].dtype, copy=False) for n in names}}, sizes[c],
+                             metrics, message.version))
         return out
 
 
-def _batches(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, budget: int = 32 << 20):
-    """(step, features, labels) for every step of ``index`` (steps, clients, width): gathered a block of
-    steps at a time (up to ``budget`` bytes of features), as one gather per step costs more than its rows."""
+def _plan(f: TorchClientFactory, chunk: list[Instruction], configs: list[dict], settings) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Every client's batches, as TorchClient draws them (a seeded order per epoch, its own batch size, a
+    last partial batch): rows (steps, clients, width) into the training set, padded with row 0, the
+    mask of real rows, and each client's size."""
+    orders, sizes = [], []
+    for ins, config in zip(chunk, configs):  # each client's own round and seed (FedBuff dispatches per client)
+        idx = np.asarray(f.train[ins.client_id])
+        n = len(idx)
+        b = n if settings.batch_size == 0 else min(settings.batch_size, n)
+        order = rng(int(config.get("seed", f.seed)), int(config.get("round", 0)), Stage.SHUFFLE, ins.client_id)
+        per = -(-n // b)  # steps an epoch
+        at = np.full((settings.epochs, per * b), -1, np.int64)  # positions in the client's rows; -1: padding
+        for e in range(settings.epochs):
+            at[e, :n] = order.permutation(n)
+        orders.append((idx, at.reshape(settings.epochs * per, b)))
+        sizes.append(n)
+    steps, width = max(a.shape[0] for _, a in orders), max(a.shape[1] for _, a in orders)
+    index = np.zeros((steps, len(chunk), width), np.int64)
+    mask = np.zeros((steps, len(chunk), width), np.float32)
+    for c, (idx, at) in enumerate(orders):
+        real = at >= 0
+        index[:at.shape[0], c, :at.shape[1]] = np.where(real, idx[np.maximum(at, 0)], 0)
+        mask[:at.shape[0], c, :at.shape[1]] = real
+    return index, mask, sizes
+
+
+def _uncut(delta: np.ndarray, columns: np.ndarray, features: int) -> np.ndarray:
+    """(k, out, len(columns)) -> (k, out, features): the cut columns in their places, zeros elsewhere."""
+    where = np.full(features, len(columns))  # a column not in the cut reads the zero column at the end
+    where[columns] = np.arange(len(columns))
+    return np.take(np.concatenate([delta, np.zeros((*delta.shape[:2], 1), delta.dtype)], axis=2), where, axis=2)
+
+
+def _dense_steps(steps, params, names, settings, x_all, y_all, index, mask, scale, active) -> torch.Tensor:
+    """The written-out steps (channel/dense.py) over every block of the plan; each client's summed loss."""
+    momentum: dict[str, torch.Tensor | None] = {n: None for n in names}
+    for start, xs, ys in _blocks(x_all, y_all, index):
+        targets = steps.targets(ys, scale[start:start + len(xs)])
+        for j in range(len(xs)):
+            grads = steps.step(xs[j], targets[j], scale[start + j])
+            if grads is not None:
+                _sgd_step(params, names, [grads.get(n) for n in names], momentum, settings, active[start + j])
+    return steps.losses(y_all.index_select(0, index.reshape(-1)).view(*index.shape, *y_all.shape[1:]), mask)
+
+
+def _vmap_steps(model, loss, params, names, settings, x_all, y_all, index, mask, counts, active) -> torch.Tensor:
+    """``vmap(functional_call)`` under autograd over every block of the plan; each client's summed loss."""
+    batched = vmap(_client_loss(model, loss), randomness="different")
+    momentum: dict[str, torch.Tensor | None] = {n: None for n in names}
+    totals = torch.zeros(index.shape[1], dtype=torch.float64)
+    for start, xs, ys in _blocks(x_all, y_all, index):
+        for j in range(len(xs)):
+            t = start + j
+            losses = batched(params, xs[j], ys[j], mask[t])
+            grads = torch.autograd.grad((losses * active[t]).sum(), [params[n] for n in names], allow_unused=True)
+            totals += losses.detach() * counts[t]
+            _sgd_step(params, names, grads, momentum, settings, active[t])
+    return totals
+
+
+def _blocks(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, budget: int = 32 << 20):
+    """(first step, features, labels) for blocks of the steps of ``index`` (steps, clients, width): gathered
+    a block at a time (up to ``budget`` bytes of features), as one gather per step costs more than its rows."""
     steps = index.shape[0]
     row = x_all[0].numel() * x_all.element_size() * index[0].numel()
     block = max(1, min(steps, budget // max(row, 1)))
     for start in range(0, steps, block):
         at = index[start:start + block]
         flat = at.reshape(-1)
-        xs = x_all.index_select(0, flat).view(*at.shape, *x_all.shape[1:])
-        ys = y_all.index_select(0, flat).view(*at.shape, *y_all.shape[1:])
-        for j in range(len(at)):
-            yield start + j, xs[j], ys[j]
+        yield (start, x_all.index_select(0, flat).view(*at.shape, *x_all.shape[1:]),
+               y_all.index_select(0, flat).view(*at.shape, *y_all.shape[1:]))
 
 
 def _client_loss(model: torch.nn.Module, loss: str):
