@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -167,17 +168,17 @@ class DenseSteps:
             each = (out - target).square_().mean(dim=3)
         return (each.double() * mask).sum(dim=(0, 2))
 
-def used_columns(x: torch.Tensor, align: int = 16) -> torch.Tensor | None:
-    """The input features some row of ``x`` has non-zero, as an index into its flattened rows, padded
-    with unused ones to a multiple of ``align``; None when that is every feature.
+def used_columns(x: np.ndarray, align: int = 16) -> np.ndarray | None:
+    """The input features some row of ``x`` (rows, features) has non-zero, as an index, padded with
+    unused ones to a multiple of ``align``; None when that is every feature.
 
     A feature that is zero in every training row adds nothing to a dense first layer's output and gets
     a zero gradient, so under plain SGD its weight column never moves: the step can leave it out
     (MNIST's blank border, 67 of 784 pixels; a bag of words' absent terms). The padding keeps the
     weight rows aligned: 717 columns ran slower here than all 784, 720 ran 6% faster."""
-    used = x.reshape(len(x), -1).ne(0).any(dim=0)
-    keep = used.nonzero().squeeze(1)
+    used = (x != 0).any(axis=0)
+    keep = np.flatnonzero(used)
     pad = (-len(keep)) % align
     if len(keep) + pad >= len(used):
         return None
-    return torch.cat([keep, (~used).nonzero().squeeze(1)[:pad]])
+    return np.concatenate([keep, np.flatnonzero(~used)[:pad]])

@@ -101,17 +101,16 @@ class VectorizedChannel(InProcessChannel):
                     outcome = replace(outcome, seconds=each)
                 yield start + k, self._received(ins.client_id, outcome, state, state)
 
-    def _data(self, cut: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _data(self, cut: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
         """The whole training set as the torch client converts it, once. With ``cut`` (the dense path under
         plain SGD), its rows flattened and cut to the features some row uses, and the index of those
         features (None when that is all of them); one form is kept at a time."""
         if self._tensors is None or self._tensors[0] != cut:
             ds = self.client_fn.dataset
             self._tensors = None  # the old form goes before the new one is made
-            x, y = to_tensors(ds.x, ds.y, ds.x_scale)
-            columns = used_columns(x) if cut else None
-            if columns is not None:
-                x = x.reshape(len(x), -1).index_select(1, columns)
+            rows = ds.x.reshape(len(ds.x), -1)  # zero before scaling is zero after
+            columns = used_columns(rows) if cut else None
+            x, y = to_tensors(ds.x if columns is None else np.take(rows, columns, axis=1), ds.y, ds.x_scale)
             self._tensors = (cut, x, y, columns)
         return self._tensors[1:]
 
@@ -142,7 +141,7 @@ class VectorizedChannel(InProcessChannel):
         start = dict(arrays)
         if columns is not None:  # the first layer's weights for the features the data uses (used_columns)
             first = stack.layers[0][0]
-            start[first] = np.ascontiguousarray(arrays[first][:, columns.numpy()])
+            start[first] = np.ascontiguousarray(arrays[first][:, columns])
         params = {n: torch.from_numpy(np.array(start[n], copy=True)).unsqueeze(0).repeat(k, *[1] * start[n].ndim)
                   .requires_grad_(stack is None) for n in names}
         model.train()
@@ -158,7 +157,7 @@ class VectorizedChannel(InProcessChannel):
             # a float64 sum of float32 weights is finite exactly when they all are, in one read of them
             finite = torch.isfinite(sum(params[n].flatten(1).sum(dim=1, dtype=torch.float64) for n in names))
         if columns is not None:  # the other columns have not moved
-            deltas[first] = _uncut(deltas[first], columns.numpy(), arrays[first].shape[1])
+            deltas[first] = _uncut(deltas[first], columns, arrays[first].shape[1])
         out: list[Outcome] = []
         for c, ins in enumerate(chunk):
             if not finite[c]:
