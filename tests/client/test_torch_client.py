@@ -233,3 +233,45 @@ def test_loading_goes_through_torch_when_a_module_changes_how_it_loads():
     plain = nn.Linear(5, 3)
     load_arrays(plain, {k: np.full(v.shape, 0.5, np.float64) for k, v in plain.state_dict().items()})  # cast, as torch does
     assert torch.equal(plain.weight.detach(), torch.full((3, 5), 0.5)) and plain.weight.dtype == torch.float32
+
+
+def _small_cnn():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 3))
+
+
+@pytest.mark.parametrize("task", ["fit", "gradient"])
+def test_convolutional_nets_train_in_channels_last_and_hand_back_plain_arrays(task, monkeypatch):
+    """Channels-last is how conv nets train here (faster); the update is what the plain layout gives,
+    within float tolerance, as C-ordered arrays, and the model is left in the plain layout."""
+    import cohort.client.torch_steps as steps
+
+    g = np.random.default_rng(2)
+    x, y = to_tensors(g.normal(size=(30, 1, 8, 8)).astype(np.float32), g.integers(0, 3, 30).astype(np.int64))
+    arrays = initial_arrays(_small_cnn, seed=0)
+    settings = TrainSettings(batch_size=8, epochs=2, lr=0.05, momentum=0.9)
+    model = _small_cnn()
+    assert steps.takes_channels_last(model, x)
+    got = getattr(TorchClient(model, x, y, settings=settings), task)(arrays, {"round": 1}).delta
+    assert all(p.is_contiguous() for p in model.parameters())
+    monkeypatch.setattr(steps, "takes_channels_last", lambda model, x: False)
+    plain = getattr(TorchClient(_small_cnn(), x, y, settings=settings), task)(arrays, {"round": 1}).delta
+    for k in plain:
+        assert got[k].flags.c_contiguous and got[k].dtype == plain[k].dtype, k
+        np.testing.assert_allclose(got[k], plain[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert np.abs(got["0.weight"]).max() > 1e-3
+
+
+def test_the_channels_last_trial_moves_no_statistic_and_refuses_a_view_after_a_convolution():
+    import cohort.client.torch_steps as steps
+
+    model = _small_cnn().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert steps.takes_channels_last(model, torch.randn(5, 1, 8, 8) * 3)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BN stats too
+    assert not steps.takes_channels_last(ViewCNN(), torch.randn(5, 1, 8, 8))
+    assert not steps.takes_channels_last(model_fn(), torch.randn(5, 5))  # no convolution
+    view = ViewCNN()
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 3, (12,))
+    res = TorchClient(view, x, y).fit(initial_arrays(ViewCNN, seed=0), {"round": 1})  # trains, in the plain layout
+    assert np.abs(res.delta["conv.weight"]).max() > 0
