@@ -162,7 +162,7 @@ def test_features_no_row_uses_are_left_out_of_the_first_layer_and_do_not_move():
 
 
 def test_used_columns_pads_to_aligned_widths_and_declines_when_nothing_is_cut():
-    from cohort.channel.dense import used_columns
+    from cohort.client.torch_dense import used_columns
 
     x = np.zeros((5, 40))
     x[1, [0, 5, 17]] = 1.0
@@ -199,7 +199,7 @@ def test_a_client_without_examples_fails_alone():
 ])
 @pytest.mark.parametrize("config", [{}, {"momentum": 0.9, "weight_decay": 0.01, "epochs": 2}])
 def test_dense_stacks_and_other_models_give_the_sequential_clients_results(make, dense, config):
-    from cohort.channel.dense import DenseStack
+    from cohort.client.torch_dense import DenseStack
 
     assert (DenseStack.of(make()) is not None) == dense  # written-out steps, or vmap
     seq, vec = _run_both(make, config)
@@ -226,7 +226,7 @@ def test_dense_stacks_and_other_models_give_the_sequential_clients_results(make,
     lambda: _hooked(),
 ])
 def test_only_plain_dense_stacks_take_the_written_out_path(make):
-    from cohort.channel.dense import DenseStack
+    from cohort.client.torch_dense import DenseStack
 
     assert DenseStack.of(make()) is None
 
@@ -264,7 +264,7 @@ def test_tied_parameters_run_client_by_client_with_every_name():
 
 
 def test_mse_with_more_outputs_than_targets_is_not_taken_for_a_dense_stack():
-    from cohort.channel.dense import DenseStack
+    from cohort.client.torch_dense import DenseStack
 
     stack = DenseStack.of(torch.nn.Sequential(torch.nn.Linear(4, 3)))
     assert stack.fits(torch.zeros(5, 4), torch.zeros(5), "cross_entropy")

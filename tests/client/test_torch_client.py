@@ -275,3 +275,28 @@ def test_the_channels_last_trial_moves_no_statistic_and_refuses_a_view_after_a_c
     x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 3, (12,))
     res = TorchClient(view, x, y).fit(initial_arrays(ViewCNN, seed=0), {"round": 1})  # trains, in the plain layout
     assert np.abs(res.delta["conv.weight"]).max() > 0
+
+
+@pytest.mark.parametrize("flatten", [True, False])
+def test_the_evaluator_leaves_out_features_no_test_row_uses_with_the_same_result(flatten):
+    from cohort.client.torch import TorchEvaluator
+
+    g = np.random.default_rng(4)
+    x = g.normal(size=(200, 40)).astype(np.float32)
+    x[:, 3:30] = 0  # 13 used: 16 columns
+    shape = (200, 1, 5, 8) if flatten else (200, 40)
+    test = ArrayDataset(x.reshape(shape), g.integers(0, 3, 200).astype(np.int64), "classification", num_classes=3)
+    make = lambda: nn.Sequential(*([nn.Flatten()] if flatten else []), nn.Linear(40, 8), nn.ReLU(), nn.Linear(8, 3))
+    arrays = initial_arrays(make, seed=0)
+    evaluator = TorchEvaluator(make, test)
+    got = evaluator(arrays)
+    assert evaluator.cut is not None and len(evaluator.cut[1]) == 16 and evaluator.x.shape == (200, 16)
+    model = make()
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(test.x))
+    assert got["loss"] == pytest.approx(float(nn.functional.cross_entropy(out, torch.from_numpy(test.y))), rel=1e-6)
+    assert got["accuracy"] == int((out.argmax(1) == torch.from_numpy(test.y)).sum()) / 200
+    assert arrays[next(iter(arrays))].shape == (8, 40)  # the caller's arrays are left whole
+    three_d = ArrayDataset(x.reshape(200, 5, 8), test.y, "classification", num_classes=3)  # a Linear over the last axis
+    assert TorchEvaluator(lambda: nn.Sequential(nn.Linear(8, 3)), three_d).cut is None

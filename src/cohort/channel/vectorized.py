@@ -6,7 +6,7 @@ clients cost a handful of large tensor operations instead of thousands of small 
 through the same batches as in the sequential backend (its seeded order, its own batch size, a last
 partial batch), padded to the largest batch and masked; a client whose steps are done stops moving.
 The steps are plain SGD with momentum and weight decay, written out on the stacked tensors. Dense stacks
-take the written-out path of ``channel/dense.py``; under plain SGD their first layer leaves out the input
+take the written-out path of ``client/torch_dense.py``; under plain SGD their first layer leaves out the input
 features no training row uses (``used_columns``), whose weights would not move.
 
 It computes what the sequential backend computes, within float tolerance (a batched matrix product
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from cohort.algorithms.fedavg import LocalSteps
-from cohort.channel.dense import DenseStack, used_columns
+from cohort.client.torch_dense import DenseStack, used_columns
 from cohort.channel.inprocess import InProcessChannel, torch_threads
 from cohort.channel.runtime import Outcome
 from cohort.client.torch import LazyTorchClients, TorchClientFactory, seed_torch, to_tensors
@@ -203,7 +203,7 @@ def _uncut(delta: np.ndarray, columns: np.ndarray, features: int) -> np.ndarray:
 
 
 def _dense_steps(steps, params, names, settings, x_all, y_all, index, mask, scale, active) -> torch.Tensor:
-    """The written-out steps (channel/dense.py) over every block of the plan; each client's summed loss."""
+    """The written-out steps (client/torch_dense.py) over every block of the plan; each client's summed loss."""
     momentum: dict[str, torch.Tensor | None] = {n: None for n in names}
     for start, xs, ys in _blocks(x_all, y_all, index):
         targets = steps.targets(ys, scale[start:start + len(xs)])

@@ -8,12 +8,15 @@ of one permuted copy per epoch; the delta is computed once, from the state_dict,
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from cohort.client.torch_dense import DenseStack, used_columns
 
 from cohort.client.base import FrameworkClient, Hooks, Trained
 from cohort.client.settings import TrainSettings
@@ -188,16 +191,40 @@ class TorchEvaluator:
 
     def __init__(self, model_fn: Callable[[], torch.nn.Module], dataset, batch_size: int | None = None) -> None:
         self.model = model_fn()
-        self.x, self.y = to_tensors(dataset.x, dataset.y, dataset.x_scale)
+        self.cut: tuple[str, np.ndarray] | None = None  # (first weight, the test set's used features): see _cut
+        rows = np.asarray(dataset.x).reshape(len(dataset.x), -1)
+        stack = DenseStack.of(self.model)
+        flat = stack is not None and (stack.flatten or np.ndim(dataset.x) == 2)  # rows of features, as the stack reads them
+        columns = used_columns(rows) if flat and len(rows) else None
+        if columns is not None:
+            self.model, self.cut = _cut(self.model, stack.layers[0][0], len(columns)), (stack.layers[0][0], columns)
+            self.x, self.y = to_tensors(np.take(rows, columns, axis=1), dataset.y, dataset.x_scale)
+        else:
+            self.x, self.y = to_tensors(dataset.x, dataset.y, dataset.x_scale)
         if takes_channels_last(self.model, self.x):  # oneDNN's fast layout here: mnist_cnn's test set in 2.5x less time
             self.model.to(memory_format=torch.channels_last)  # for good: this model only evaluates
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.loss, self.batch_size = loss_for_task(dataset.task), batch_size
 
     def __call__(self, arrays: NamedArrays) -> dict[str, float]:
+        if self.cut is not None:
+            weight, columns = self.cut
+            arrays = {**arrays, weight: np.take(arrays[weight], columns, axis=1)}
         load_arrays(self.model, arrays)
         loss, n, metrics = evaluate_model(self.model, self.x, self.y, self.loss, self.batch_size)
         return {"loss": loss, **metrics}
+
+
+def _cut(model: torch.nn.Module, weight: str, features: int) -> torch.nn.Module:
+    """A dense stack whose first Linear (``weight``) takes only ``features`` inputs: evaluated on the test
+    rows cut to the features some row uses (``used_columns``), it gives what the whole model gives on the
+    whole rows, as the features left out are zero in every row; the products are 15% smaller on MNIST's
+    test set, whose border is blank in all 10,000 images."""
+    cut = copy.deepcopy(model)
+    name = weight.rsplit(".", 1)[0]
+    first = cut.get_submodule(name)
+    cut._modules[name] = torch.nn.Linear(features, first.out_features, bias=first.bias is not None, dtype=first.weight.dtype)
+    return cut
 
 
 def initial_arrays(model_fn: Callable[[], torch.nn.Module], seed: int) -> NamedArrays:
