@@ -271,3 +271,86 @@ def test_mse_with_more_outputs_than_targets_is_not_taken_for_a_dense_stack():
     assert not stack.fits(torch.zeros(5, 4), torch.zeros(5), "mse")  # three outputs, one target each
     assert stack.fits(torch.zeros(5, 4), torch.zeros(5, 3), "mse")
     assert not stack.fits(torch.zeros(5, 2, 2), torch.zeros(5), "cross_entropy")  # rows not flattened
+
+
+_small = lambda: torch.nn.Sequential(torch.nn.Linear(30, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+def test_a_float32_dataset_with_a_scale_is_never_changed_in_place():
+    import dataclasses
+
+    data = dataclasses.replace(build(load_config(None, [])).train, x=np.array(build(load_config(None, [])).train.x,
+                                                                              dtype=np.float32), x_scale=0.5)
+    before = data.x.copy()
+    for config in ({}, {"momentum": 0.5}, {}):  # the cut form, the plain one, the cut one again
+        seq, vec = _run_both(_small, config, data=data)
+        for a, b in zip(seq, vec):
+            for k in a.arrays[MODEL]:
+                np.testing.assert_allclose(b.arrays[MODEL][k], a.arrays[MODEL][k], rtol=1e-4, atol=2e-6, err_msg=k)
+    assert np.array_equal(data.x, before)
+
+
+def test_a_first_layer_wider_than_the_data_fails_as_in_the_sequential_clients():
+    data = _with_dead_features(list(range(10, 29)))
+    seq, vec = _run_both(lambda: torch.nn.Sequential(torch.nn.Linear(40, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), {},
+                         data=data)
+    from cohort.core.types import ClientFailure
+
+    assert all(isinstance(r, ClientFailure) for r in seq + vec)
+
+
+def test_a_non_finite_weight_in_a_left_out_column_is_not_hidden():
+    data = _with_dead_features([0, 3, 4, *range(10, 29)])
+    torch.manual_seed(1)
+    start = {k: v.detach().numpy().copy() for k, v in _small().state_dict().items()}
+    start["0.weight"][2, 28] = np.inf  # column 28 is zero in every row: 0 × inf is NaN for the sequential client
+    from cohort.channel.inprocess import InProcessChannel
+    from cohort.client.torch import TorchClientFactory
+    from cohort.core.types import ClientFailure, Instruction
+
+    message = Message("fit", {MODEL: start}, {"round": 1, "seed": 0})
+    exp = build(load_config(None, []))
+    f = TorchClientFactory(_small, data, exp.partition, settings=exp.config.client, seed=0)
+    seq = [r for _, r in InProcessChannel(f).run(message, [Instruction(0, {})])][0]
+    vec = [r for _, r in VectorizedChannel(f).run(message, [Instruction(0, {})])][0]
+    assert not np.isfinite(seq.arrays[MODEL]["2.weight"]).all()
+    assert isinstance(vec, ClientFailure) and "diverged" in vec.reason
+
+
+def test_incoming_arrays_with_any_strides_and_no_write_access_train_alike():
+    torch.manual_seed(1)
+    start = {}
+    for k, v in _small().state_dict().items():
+        a = np.ascontiguousarray(v.detach().numpy()[..., ::-1])[..., ::-1]  # negative strides
+        a.flags.writeable = False
+        start[k] = a
+    from cohort.channel.inprocess import InProcessChannel
+    from cohort.client.torch import TorchClientFactory
+    from cohort.core.types import Instruction
+
+    exp = build(load_config(None, []))
+    message = Message("fit", {MODEL: start}, {"round": 1, "seed": 0})
+    out = {}
+    for name, cls in (("seq", InProcessChannel), ("vec", VectorizedChannel)):
+        f = TorchClientFactory(_small, exp.train, exp.partition, settings=exp.config.client, seed=0)
+        out[name] = [r for _, r in cls(f).run(message, [Instruction(c, {}) for c in range(4)])]
+    for a, b in zip(out["seq"], out["vec"]):
+        for k in a.arrays[MODEL]:
+            np.testing.assert_allclose(b.arrays[MODEL][k], a.arrays[MODEL][k], rtol=1e-4, atol=2e-6, err_msg=k)
+    assert not np.shares_memory(out["vec"][0].arrays[MODEL]["0.weight"], out["vec"][1].arrays[MODEL]["0.weight"])
+
+
+def test_a_non_finite_row_of_one_client_leaves_the_others_alone():
+    import dataclasses
+
+    exp = build(load_config(None, ["data.partition=quantity", "data.alpha=0.5"]))
+    x = np.array(exp.train.x, copy=True)
+    owner = next(c for c in range(len(exp.partition)) if 0 in set(exp.partition[c].tolist()))
+    x[0, 5] = np.nan
+    seq, vec = _run_both(_small, {}, data=dataclasses.replace(exp.train, x=x))
+    for c, (a, b) in enumerate(zip(seq, vec)):
+        if c == owner:
+            continue
+        assert type(a) is type(b)
+        for k in a.arrays[MODEL]:
+            np.testing.assert_allclose(b.arrays[MODEL][k], a.arrays[MODEL][k], rtol=1e-4, atol=2e-6, err_msg=k)

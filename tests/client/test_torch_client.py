@@ -300,3 +300,24 @@ def test_the_evaluator_leaves_out_features_no_test_row_uses_with_the_same_result
     assert arrays[next(iter(arrays))].shape == (8, 40)  # the caller's arrays are left whole
     three_d = ArrayDataset(x.reshape(200, 5, 8), test.y, "classification", num_classes=3)  # a Linear over the last axis
     assert TorchEvaluator(lambda: nn.Sequential(nn.Linear(8, 3)), three_d).cut is None
+
+
+def test_the_cut_evaluator_keeps_a_non_finite_weight_in_a_left_out_column_visible():
+    from cohort.client.torch import TorchEvaluator
+
+    g = np.random.default_rng(5)
+    x = g.normal(size=(100, 40)).astype(np.float32)
+    x[:, 3:30] = 0
+    test = ArrayDataset(x, g.integers(0, 3, 100).astype(np.int64), "classification", num_classes=3)
+    make = lambda: nn.Sequential(nn.Linear(40, 8), nn.ReLU(), nn.Linear(8, 3))
+    arrays = initial_arrays(make, seed=0)
+    arrays["0.weight"] = arrays["0.weight"].copy()
+    arrays["0.weight"][1, 29] = np.inf  # column 29 is left out: 0 × inf is NaN in the whole model
+    model = make()
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(x))
+    assert torch.isnan(nn.functional.cross_entropy(out, torch.from_numpy(test.y)))
+    evaluator = TorchEvaluator(make, test)
+    assert evaluator.cut is not None and np.isnan(evaluator(arrays)["loss"])
+    assert np.isinf(arrays["0.weight"][1, 29])  # the caller's array is untouched

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from cohort.algorithms.fedavg import LocalSteps
-from cohort.client.torch_dense import DenseStack, used_columns
+from cohort.client.torch_dense import DenseStack, DenseSteps, used_columns
 from cohort.channel.inprocess import InProcessChannel, torch_threads
 from cohort.channel.runtime import Outcome
 from cohort.client.torch import LazyTorchClients, TorchClientFactory, seed_torch, to_tensors
@@ -48,7 +48,8 @@ class VectorizedChannel(InProcessChannel):
         if not (isinstance(max_clients, int) and 1 <= max_clients <= 65536):
             raise ConfigError(f"max_clients is {max_clients!r}; expected an integer from 1 to 65536")
         self.max_clients = max_clients
-        self._tensors: tuple | None = None  # (cut, features, targets, columns): see _data
+        self._tensors: tuple | None = None  # (cut, features, targets): see _data
+        self._columns: np.ndarray | None | bool = False  # the training set's used features; False: not yet known
 
     def why_sequential(self, message: Message) -> str | None:
         """Why this task runs client by client, or None when it can be vectorized."""
@@ -101,18 +102,24 @@ class VectorizedChannel(InProcessChannel):
                     outcome = replace(outcome, seconds=each)
                 yield start + k, self._received(ins.client_id, outcome, state, state)
 
+    def _used_features(self) -> np.ndarray | None:
+        """``used_columns`` of the training set, worked out once (zero before scaling is zero after)."""
+        if self._columns is False:
+            ds = self.client_fn.dataset
+            self._columns = used_columns(ds.x.reshape(len(ds.x), -1))
+        return self._columns
+
     def _data(self, cut: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
         """The whole training set as the torch client converts it, once. With ``cut`` (the dense path under
         plain SGD), its rows flattened and cut to the features some row uses, and the index of those
-        features (None when that is all of them); one form is kept at a time."""
-        if self._tensors is None or self._tensors[0] != cut:
-            ds = self.client_fn.dataset
+        features (None when that is all of them, and then the plain form); one form is kept at a time."""
+        ds = self.client_fn.dataset
+        columns = self._used_features() if cut else None
+        if self._tensors is None or self._tensors[0] != (columns is not None):
             self._tensors = None  # the old form goes before the new one is made
-            rows = ds.x.reshape(len(ds.x), -1)  # zero before scaling is zero after
-            columns = used_columns(rows) if cut else None
-            x, y = to_tensors(ds.x if columns is None else np.take(rows, columns, axis=1), ds.y, ds.x_scale)
-            self._tensors = (cut, x, y, columns)
-        return self._tensors[1:]
+            x = ds.x if columns is None else np.take(ds.x.reshape(len(ds.x), -1), columns, axis=1)
+            self._tensors = (columns is not None, *to_tensors(x, ds.y, ds.x_scale))
+        return self._tensors[1], self._tensors[2], columns
 
     def _train(self, message: Message, chunk: list[Instruction], configs: list[dict]) -> list[Outcome]:
         f: TorchClientFactory = self.client_fn
@@ -134,27 +141,27 @@ class VectorizedChannel(InProcessChannel):
 
         names = [n for n, _ in model.named_parameters()]
         stack = DenseStack.of(model) if f.loss in ("cross_entropy", "mse") else None
-        if stack is not None and not stack.fits(*to_tensors(f.dataset.x[:1], f.dataset.y[:1], f.dataset.x_scale), f.loss):
+        if stack is not None and not stack.fits(f.dataset.x, f.dataset.y, f.loss):
             stack = None
         fused = stack is not None and not settings.momentum and not settings.weight_decay  # the update inside the step
-        x_all, y_all, columns = self._data(cut=fused)
+        first = stack.layers[0][0] if stack is not None else None
+        x_all, y_all, columns = self._data(cut=fused and _finite_outside(arrays[first], self._used_features()))
         start = dict(arrays)
         if columns is not None:  # the first layer's weights for the features the data uses (used_columns)
-            first = stack.layers[0][0]
-            start[first] = np.ascontiguousarray(arrays[first][:, columns])
-        params = {n: torch.from_numpy(np.array(start[n], copy=True)).unsqueeze(0).repeat(k, *[1] * start[n].ndim)
-                  .requires_grad_(stack is None) for n in names}
+            start[first] = np.take(arrays[first], columns, axis=1)
+        base = {n: torch.from_numpy(np.array(start[n], order="C", copy=True)) for n in names}  # any strides, writable
+        params = {n: base[n].unsqueeze(0).repeat(k, *[1] * base[n].ndim).requires_grad_(stack is None) for n in names}
         model.train()
         if stack is not None:
-            totals = _dense_steps(stack.steps(params, f.loss, settings.lr if fused else None), params, names, settings,
-                                  x_all, y_all, index_t, mask_t, scale_t, active)
+            totals = _dense_steps(DenseSteps(stack, params, f.loss, settings.lr if fused else None), params, names,
+                                  settings, x_all, y_all, index_t, mask_t, scale_t, active)
         else:
             with torch.random.fork_rng(devices=[]):
                 seed_torch(int(configs[0].get("seed", f.seed)) ^ int(configs[0].get("round", 0)))  # dropout draws
                 totals = _vmap_steps(model, f.loss, params, names, settings, x_all, y_all, index_t, mask_t, counts_t, active)
         with torch.no_grad():
-            deltas = {n: (params[n] - torch.from_numpy(start[n])).numpy() for n in names}  # (k, ...) each
-            # a float64 sum of float32 weights is finite exactly when they all are, in one read of them
+            deltas = {n: (params[n] - base[n]).numpy() for n in names}  # (k, ...) each
+            # a client's new weights are finite exactly when the float64 sum of its float32 weights is
             finite = torch.isfinite(sum(params[n].flatten(1).sum(dim=1, dtype=torch.float64) for n in names))
         if columns is not None:  # the other columns have not moved
             deltas[first] = _uncut(deltas[first], columns, arrays[first].shape[1])
@@ -164,15 +171,17 @@ class VectorizedChannel(InProcessChannel):
                 out.append(ClientFailure(ins.client_id, FailureStage.FIT, "the local training diverged (non-finite weights)"))
                 continue
             metrics = {"train_loss": float(totals[c]) / (sizes[c] * settings.epochs)}
-            out.append(Reply({MODEL: {n: deltas[n][c].astype(arrays[n].dtype, copy=False) for n in names}}, sizes[c],
+            # each client's own arrays: a reply kept (FedBuff's buffer) does not keep the whole slice's
+            out.append(Reply({MODEL: {n: np.array(deltas[n][c], dtype=arrays[n].dtype) for n in names}}, sizes[c],
                              metrics, message.version))
         return out
 
 
 def _plan(f: TorchClientFactory, chunk: list[Instruction], configs: list[dict], settings) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Every client's batches, as TorchClient draws them (a seeded order per epoch, its own batch size, a
-    last partial batch): rows (steps, clients, width) into the training set, padded with row 0, the
-    mask of real rows, and each client's size."""
+    last partial batch): rows (steps, clients, width) into the training set, padded with the client's own
+    first row (masked out; a row of another client's, if not finite, would make NaN of the mask's zeros),
+    the mask of real rows, and each client's size."""
     orders, sizes = [], []
     for ins, config in zip(chunk, configs):  # each client's own round and seed (FedBuff dispatches per client)
         idx = np.asarray(f.train[ins.client_id])
@@ -190,7 +199,8 @@ def _plan(f: TorchClientFactory, chunk: list[Instruction], configs: list[dict], 
     mask = np.zeros((steps, len(chunk), width), np.float32)
     for c, (idx, at) in enumerate(orders):
         real = at >= 0
-        index[:at.shape[0], c, :at.shape[1]] = np.where(real, idx[np.maximum(at, 0)], 0)
+        index[:, c, :] = idx[0]
+        index[:at.shape[0], c, :at.shape[1]] = np.where(real, idx[np.maximum(at, 0)], idx[0])
         mask[:at.shape[0], c, :at.shape[1]] = real
     return index, mask, sizes
 
@@ -202,16 +212,28 @@ def _uncut(delta: np.ndarray, columns: np.ndarray, features: int) -> np.ndarray:
     return np.take(np.concatenate([delta, np.zeros((*delta.shape[:2], 1), delta.dtype)], axis=2), where, axis=2)
 
 
-def _dense_steps(steps, params, names, settings, x_all, y_all, index, mask, scale, active) -> torch.Tensor:
+def _dense_steps(steps: DenseSteps, params, names, settings, x_all, y_all, index, mask, scale, active) -> torch.Tensor:
     """The written-out steps (client/torch_dense.py) over every block of the plan; each client's summed loss."""
     momentum: dict[str, torch.Tensor | None] = {n: None for n in names}
-    for start, xs, ys in _blocks(x_all, y_all, index):
+    totals = torch.zeros(index.shape[1], dtype=torch.float64)
+    for start, xs, ys in _blocks(x_all, y_all, index, outputs=steps.stack.outputs):
         targets = steps.targets(ys, scale[start:start + len(xs)])
         for j in range(len(xs)):
             grads = steps.step(xs[j], targets[j], scale[start + j])
             if grads is not None:
                 _sgd_step(params, names, [grads.get(n) for n in names], momentum, settings, active[start + j])
-    return steps.losses(y_all.index_select(0, index.reshape(-1)).view(*index.shape, *y_all.shape[1:]), mask)
+        totals += steps.losses(ys, mask[start:start + len(xs)])
+    return totals
+
+
+def _finite_outside(weight: np.ndarray, columns: np.ndarray | None) -> bool:
+    """Whether the first layer's weights outside ``columns`` are all finite: a non-finite one times a zero
+    feature is NaN in the sequential client, so no column is left out then."""
+    if columns is None:
+        return True
+    outside = np.ones(weight.shape[1], bool)
+    outside[columns] = False
+    return bool(np.isfinite(weight[:, outside]).all())
 
 
 def _vmap_steps(model, loss, params, names, settings, x_all, y_all, index, mask, counts, active) -> torch.Tensor:
@@ -229,11 +251,12 @@ def _vmap_steps(model, loss, params, names, settings, x_all, y_all, index, mask,
     return totals
 
 
-def _blocks(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, budget: int = 32 << 20):
+def _blocks(x_all: torch.Tensor, y_all: torch.Tensor, index: torch.Tensor, outputs: int = 0, budget: int = 32 << 20):
     """(first step, features, labels) for blocks of the steps of ``index`` (steps, clients, width): gathered
-    a block at a time (up to ``budget`` bytes of features), as one gather per step costs more than its rows."""
+    a block at a time (up to ``budget`` bytes of features, and of ``outputs`` a row kept with them: the
+    targets and outputs of DenseSteps), as one gather per step costs more than its rows."""
     steps = index.shape[0]
-    row = x_all[0].numel() * x_all.element_size() * index[0].numel()
+    row = (x_all[0].numel() + 2 * outputs) * x_all.element_size() * index[0].numel()
     block = max(1, min(steps, budget // max(row, 1)))
     for start in range(0, steps, block):
         at = index[start:start + block]

@@ -209,7 +209,13 @@ class TorchEvaluator:
     def __call__(self, arrays: NamedArrays) -> dict[str, float]:
         if self.cut is not None:
             weight, columns = self.cut
-            arrays = {**arrays, weight: np.take(arrays[weight], columns, axis=1)}
+            w = arrays[weight]
+            cut = np.take(w, columns, axis=1)
+            outside = np.ones(w.shape[1], bool)
+            outside[columns] = False
+            broken = ~np.isfinite(w[:, outside]).all(axis=1)  # 0 × inf is NaN: such a unit is NaN on every row
+            cut[broken, 0] = np.nan
+            arrays = {**arrays, weight: cut}
         load_arrays(self.model, arrays)
         loss, n, metrics = evaluate_model(self.model, self.x, self.y, self.loss, self.batch_size)
         return {"loss": loss, **metrics}

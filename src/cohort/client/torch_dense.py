@@ -13,6 +13,7 @@ stored. Anything else goes through ``vmap``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,7 @@ class DenseStack:
 
     layers: tuple[tuple[str, str | None, tuple[type, ...]], ...]  # (weight name, bias name or None, activations)
     flatten: bool
+    inputs: int  # the first layer's width
     outputs: int  # the last layer's width
 
     @classmethod
@@ -77,12 +79,13 @@ class DenseStack:
                 return None
             flatten, modules = True, modules[1:]
         layers: list[tuple[str, str | None, list[type]]] = []
-        outputs = 0
+        inputs = outputs = 0
         for name, m in modules:
             if type(m) is nn.Linear:
                 w, b = f"{name}.weight", f"{name}.bias" if m.bias is not None else None
                 if params.get(w) is not m.weight or (b is not None and params.get(b) is not m.bias):
                     return None
+                inputs = inputs or m.in_features
                 layers.append((w, b, []))
                 outputs = m.out_features
             elif type(m) in ACTIVATIONS and layers:
@@ -92,18 +95,15 @@ class DenseStack:
                 return None
         if not layers or any(len(acts) > 1 for _, _, acts in layers):
             return None
-        return cls(tuple((w, b, tuple(acts)) for w, b, acts in layers), flatten, outputs)
+        return cls(tuple((w, b, tuple(acts)) for w, b, acts in layers), flatten, inputs, outputs)
 
-    def fits(self, x: torch.Tensor, y: torch.Tensor, loss: str) -> bool:
-        """Whether the data is what the written-out step assumes: rows of features (flattened, or one
-        dimension already), and for mse one output per target value."""
-        if not self.flatten and x.ndim != 2:
+    def fits(self, x, y, loss: str) -> bool:
+        """Whether the data (numpy arrays or tensors) is what the written-out step assumes: rows of as many
+        features as the first layer takes (flattened, or one dimension already), and for mse one output
+        per target value. Data that does not fit goes to ``vmap``, which fails as the model would."""
+        if x.ndim < 2 or (not self.flatten and x.ndim != 2) or math.prod(x.shape[1:]) != self.inputs:
             return False
         return loss != "mse" or (y.ndim == 1 and self.outputs == 1) or (y.ndim == 2 and y.shape[1] == self.outputs)
-
-    def steps(self, params: dict[str, torch.Tensor], loss: str, lr: float | None) -> DenseSteps:
-        """The written-out steps on ``params`` (stacked: clients first), for one slice of clients."""
-        return DenseSteps(self, params, loss, lr)
 
 
 class DenseSteps:
@@ -114,9 +114,10 @@ class DenseSteps:
 
     def __init__(self, stack: DenseStack, params: dict[str, torch.Tensor], loss: str, lr: float | None) -> None:
         self.stack, self.params, self.loss, self.lr = stack, params, loss, lr
+        # (weight name, bias name, their views for the forward pass, activation); the views follow the updates
         self.layers = [(w, b, params[w].transpose(1, 2), params[b].unsqueeze(1) if b else None, kinds[0] if kinds else None)
-                       for w, b, kinds in stack.layers]  # views: they follow the in-place updates
-        self.outputs: list[torch.Tensor] = []
+                       for w, b, kinds in stack.layers]
+        self.outputs: list[torch.Tensor] = []  # each step's output since the last call of losses
 
     def targets(self, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """What a block of steps' output is compared with, from y (steps, clients, batch[, targets]) and
@@ -133,8 +134,8 @@ class DenseSteps:
         k, b = scale.shape[:2]
         a = x.reshape(k, b, -1) if self.stack.flatten else x
         acts = [a]
-        for _, _, wt, bias, kind in self.layers:
-            a = _activate_(kind, torch.baddbmm(bias, a, wt) if bias is not None else torch.bmm(a, wt))
+        for _, _, wt, bias_row, kind in self.layers:
+            a = _activate_(kind, torch.baddbmm(bias_row, a, wt) if bias_row is not None else torch.bmm(a, wt))
             acts.append(a)
         self.outputs.append(a)
         if self.loss == "cross_entropy":
@@ -143,7 +144,7 @@ class DenseSteps:
             dz = (a - target).mul_(scale).mul_(2.0 / a.shape[2])
         grads: dict[str, torch.Tensor] | None = None if self.lr is not None else {}
         for i in range(len(self.layers) - 1, -1, -1):
-            w, bias, wt, _, kind = self.layers[i]
+            w, bias, _, _, kind = self.layers[i]
             dz = _through(kind, acts[i + 1], dz)  # back through the activation
             da = torch.bmm(dz, self.params[w]) if i > 0 else None  # before the weight moves
             if grads is None:
@@ -158,15 +159,18 @@ class DenseSteps:
         return grads
 
     def losses(self, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Each client's summed loss over its real rows of every step so far, in float64, from y
-        (steps, clients, batch[, targets]) and mask (steps, clients, batch)."""
+        """Each client's summed loss over its real rows of the steps since the last call (a block's, so
+        that the kept outputs stay as small as its rows), in float64, from those steps' y (steps, clients,
+        batch[, targets]) and mask (steps, clients, batch)."""
         out = torch.stack(self.outputs)  # (steps, clients, batch, outputs)
+        self.outputs.clear()
         if self.loss == "cross_entropy":
             each = -out.log_softmax(dim=3).gather(3, y.unsqueeze(3)).squeeze(3)
         else:
             target = y.unsqueeze(3) if y.ndim == 3 else y
             each = (out - target).square_().mean(dim=3)
         return (each.double() * mask).sum(dim=(0, 2))
+
 
 def used_columns(x: np.ndarray, align: int = 16) -> np.ndarray | None:
     """The input features some row of ``x`` (rows, features) has non-zero, as an index, padded with

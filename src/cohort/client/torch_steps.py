@@ -48,9 +48,10 @@ def loss_for_task(task: str) -> str:
 def to_tensors(x: np.ndarray, y: np.ndarray, x_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 features (times ``x_scale``) and labels (int64) or targets (float32) as torch tensors."""
     x, y = (a if a.flags.writeable else a.copy() for a in (x, y))  # torch cannot view read-only memory
-    xt = torch.from_numpy(np.asarray(x, order="C")).to(torch.float32)
-    if x_scale != 1.0:
-        xt.mul_(x_scale)
+    viewed = torch.from_numpy(np.asarray(x, order="C"))
+    xt = viewed.to(torch.float32)
+    if x_scale != 1.0:  # in place only on a copy: float32 x is viewed, and the caller's array must not change
+        xt = xt * x_scale if xt is viewed else xt.mul_(x_scale)
     yt = torch.from_numpy(np.asarray(y, order="C"))
     yt = yt.to(torch.int64) if yt.dtype in (torch.int32, torch.int64, torch.uint8, torch.int16) else yt.to(torch.float32)
     return xt, yt
