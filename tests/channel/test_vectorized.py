@@ -140,11 +140,16 @@ def _with_dead_features(dead):
     return dataclasses.replace(exp.train, x=x)
 
 
-def test_features_no_row_uses_are_left_out_of_the_first_layer_and_do_not_move():
+def test_features_no_row_uses_are_left_out_of_the_first_layer_and_do_not_move(monkeypatch):
+    import cohort.channel.vectorized as vectorized
+
+    decided, worth = [], vectorized._worth_cutting
+    monkeypatch.setattr(vectorized, "_worth_cutting", lambda *a: decided.append(worth(*a)) or decided[-1])
     dead = [0, 3, 4, 11, 12, 13, 20, 29]  # 22 of 30 used: the cut takes 32 columns, which is all: no cut
     data = _with_dead_features(dead + list(range(21, 29)))  # 14 used: 16 columns
     make = lambda: torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-    seq, vec = _run_both(make, {}, data=data)
+    seq, vec = _run_both(make, {"batch_size": 2}, data=data)  # enough steps for the cut to pay
+    assert decided == [True]
     for a, b in zip(seq, vec):
         assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], rel=1e-5)
         for k in a.arrays[MODEL]:
@@ -159,6 +164,19 @@ def test_features_no_row_uses_are_left_out_of_the_first_layer_and_do_not_move():
     x, _, columns = channel._data(cut=True)
     assert columns is not None and len(columns) == 16 and x.shape == (len(data), 16)
     assert set(columns[:14].tolist()) == set(range(30)) - set(dead) - set(range(21, 29))
+
+
+def test_the_cut_is_taken_only_where_the_steps_pay_for_it_and_the_weights_left_out_are_finite():
+    from cohort.channel.vectorized import _worth_cutting
+
+    columns = np.arange(16)  # 14 of 30 features left out
+    weight = np.ones((4, 30), np.float32)
+    assert _worth_cutting(columns, weight, steps=5) and not _worth_cutting(columns, weight, steps=4)
+    assert not _worth_cutting(None, weight, steps=100)
+    weight[2, 20] = np.nan
+    assert not _worth_cutting(columns, weight, steps=100)
+    weight[2, 20], weight[2, 3] = 1.0, np.inf  # a kept column: it trains as the sequential client's would
+    assert _worth_cutting(columns, weight, steps=100)
 
 
 def test_used_columns_pads_to_aligned_widths_and_declines_when_nothing_is_cut():
