@@ -372,3 +372,22 @@ def test_a_non_finite_row_of_one_client_leaves_the_others_alone():
         assert type(a) is type(b)
         for k in a.arrays[MODEL]:
             np.testing.assert_allclose(b.arrays[MODEL][k], a.arrays[MODEL][k], rtol=1e-4, atol=2e-6, err_msg=k)
+
+
+def test_slices_of_different_sizes_reuse_the_kept_parameters_without_mixing_them():
+    from cohort.channel.inprocess import InProcessChannel
+    from cohort.client.torch import TorchClientFactory
+    from cohort.core.types import Instruction
+
+    exp = build(load_config(None, ["data.partition=quantity", "data.alpha=0.5"]))
+    torch.manual_seed(1)
+    start = {k: v.detach().numpy().copy() for k, v in _small().state_dict().items()}
+    make = lambda cls: cls(TorchClientFactory(_small, exp.train, exp.partition, settings=exp.config.client, seed=0))
+    seq, vec = make(InProcessChannel), make(VectorizedChannel)
+    for round_, clients in ((1, range(6)), (2, range(3, 6)), (3, range(8))):  # larger, smaller, larger again
+        message = Message("fit", {MODEL: start}, {"round": round_, "seed": 0})
+        ins = [Instruction(c, {}) for c in clients]
+        for a, b in zip([r for _, r in seq.run(message, ins)], [r for _, r in vec.run(message, ins)]):
+            for k in a.arrays[MODEL]:
+                np.testing.assert_allclose(b.arrays[MODEL][k], a.arrays[MODEL][k], rtol=1e-4, atol=2e-6, err_msg=k)
+    assert len(vec._buffers["0.weight"]) == 8
