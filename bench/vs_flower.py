@@ -16,7 +16,9 @@ accuracy after the last round, and the peak proportional set size (PSS) of the w
 
     python bench/vs_flower.py [--rounds-2nn 10] [--rounds-cnn 3] [--repeats 2] [--models mnist_2nn mnist_cnn] [--out NAME]
 
-Writes bench/results/vs_flower.json and bench/results/vs_flower.md.
+Writes bench/results/NAME.json and NAME.md (NAME: --out, vs_flower by default; the README's figures are from
+`--models mnist_2nn --rounds-2nn 20 --repeats 5 --out vs_flower_2nn` and `--models mnist_cnn --repeats 3 --out
+vs_flower_cnn`).
 """
 
 from __future__ import annotations
