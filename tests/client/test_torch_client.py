@@ -321,3 +321,61 @@ def test_the_cut_evaluator_keeps_a_non_finite_weight_in_a_left_out_column_visibl
     evaluator = TorchEvaluator(make, test)
     assert evaluator.cut is not None and np.isnan(evaluator(arrays)["loss"])
     assert np.isinf(arrays["0.weight"][1, 29])  # the caller's array is untouched
+
+
+class TrainViewCNN(nn.Module):
+    """Needs the plain layout only when training: the trial must run in train mode to see it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(len(x), -1) if self.training else h.flatten(1))
+
+
+def test_channels_last_is_refused_where_it_would_change_the_draws_or_fail_in_training():
+    import cohort.client.torch_steps as steps
+
+    x = torch.randn(6, 1, 8, 8)
+    dropout = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    assert not steps.takes_channels_last(dropout, x)  # its mask is filled in memory order
+    assert steps.takes_channels_last(dropout, x, training=False)  # evaluation draws nothing
+    assert not steps.takes_channels_last(TrainViewCNN(), x) and steps.takes_channels_last(TrainViewCNN(), x, training=False)
+    small = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 3))  # a 3x3 image: one pixel out, any layout
+    x3, x5 = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 5, 5)
+    state = torch.get_rng_state()
+    assert steps.takes_channels_last(small, x3)
+    assert not steps.takes_channels_last(small, x5)  # another size is another trial (this one fails in any layout)
+    assert torch.equal(state, torch.get_rng_state())  # the trials drew from a stream of their own
+    arrays = initial_arrays(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Dropout(0.5), nn.Flatten(),
+                                                  nn.Linear(4 * 8 * 8, 3)), seed=0)
+    y = torch.randint(0, 3, (6,))
+    got = TorchClient(dropout, x, y).fit(arrays, {"round": 1}).delta
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    again = TorchClient(plain, x, y).fit(arrays, {"round": 1}).delta
+    for k in got:
+        assert got[k].tobytes() == again[k].tobytes(), k  # the same draws, the same bits
+    res = TorchClient(TrainViewCNN(), x, y).fit(initial_arrays(TrainViewCNN, seed=0), {"round": 1})
+    assert np.abs(res.delta["conv.weight"]).max() > 0
+
+
+def test_the_evaluator_cut_leaves_alone_what_it_cannot_read():
+    from cohort.client.torch import TorchEvaluator
+
+    g = np.random.default_rng(6)
+    y = g.integers(0, 3, 20).astype(np.int64)
+    blank = ArrayDataset(np.zeros((20, 36), np.float32), y, "classification", num_classes=3)  # no feature used
+    make = lambda: nn.Sequential(nn.Linear(36, 3))
+    got = TorchEvaluator(make, blank)(initial_arrays(make, seed=0))
+    assert TorchEvaluator(make, blank).cut is None and np.isfinite(got["loss"])
+    x = g.normal(size=(20, 36)).astype(np.float32)
+    x[:, 5:] = 0
+    wide = lambda: nn.Sequential(nn.Linear(40, 3))  # wider than the rows: the model's own error, not a quiet answer
+    evaluator = TorchEvaluator(wide, ArrayDataset(x, y, "classification", num_classes=3))
+    assert evaluator.cut is None
+    with pytest.raises(RuntimeError):
+        evaluator(initial_arrays(wide, seed=0))
+    empty = ArrayDataset(np.zeros((0, 36), np.float32), np.zeros(0, np.int64), "classification", num_classes=3)
+    assert TorchEvaluator(make, empty).cut is None

@@ -192,16 +192,17 @@ class TorchEvaluator:
     def __init__(self, model_fn: Callable[[], torch.nn.Module], dataset, batch_size: int | None = None) -> None:
         self.model = model_fn()
         self.cut: tuple[str, np.ndarray] | None = None  # (first weight, the test set's used features): see _cut
-        rows = np.asarray(dataset.x).reshape(len(dataset.x), -1)
-        stack = DenseStack.of(self.model)
-        flat = stack is not None and (stack.flatten or np.ndim(dataset.x) == 2)  # rows of features, as the stack reads them
-        columns = used_columns(rows) if flat and len(rows) else None
+        stack = DenseStack.of(self.model) if len(dataset.x) else None
+        if stack is not None and not stack.fits(dataset.x, dataset.y, loss_for_task(dataset.task)):
+            stack = None  # rows the stack cannot read: the model says so when it evaluates
+        rows = np.asarray(dataset.x).reshape(len(dataset.x), -1) if stack is not None else None
+        columns = used_columns(rows) if stack is not None else None
         if columns is not None:
             self.model, self.cut = _cut(self.model, stack.layers[0][0], len(columns)), (stack.layers[0][0], columns)
             self.x, self.y = to_tensors(np.take(rows, columns, axis=1), dataset.y, dataset.x_scale)
         else:
             self.x, self.y = to_tensors(dataset.x, dataset.y, dataset.x_scale)
-        if takes_channels_last(self.model, self.x):  # oneDNN's fast layout here: mnist_cnn's test set in 2.5x less time
+        if takes_channels_last(self.model, self.x, training=False):  # oneDNN's fast layout here: mnist_cnn's test set in 2.5x less time
             self.model.to(memory_format=torch.channels_last)  # for good: this model only evaluates
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.loss, self.batch_size = loss_for_task(dataset.task), batch_size

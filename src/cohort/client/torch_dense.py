@@ -174,7 +174,7 @@ class DenseSteps:
 
 def used_columns(x: np.ndarray, align: int = 16) -> np.ndarray | None:
     """The input features some row of ``x`` (rows, features) has non-zero, as an index, padded with
-    unused ones to a multiple of ``align``; None when that is every feature.
+    unused ones to a multiple of ``align``; None when that is every feature, or none.
 
     A feature that is zero in every training row adds nothing to a dense first layer's output and gets
     a zero gradient, so under plain SGD its weight column never moves: the step can leave it out
@@ -183,6 +183,6 @@ def used_columns(x: np.ndarray, align: int = 16) -> np.ndarray | None:
     used = (x != 0).any(axis=0)
     keep = np.flatnonzero(used)
     pad = (-len(keep)) % align
-    if len(keep) + pad >= len(used):
+    if len(keep) == 0 or len(keep) + pad >= len(used):  # nothing used: no model to speak of, left as it is
         return None
     return np.concatenate([keep, np.flatnonzero(~used)[:pad]])

@@ -5,6 +5,7 @@ model. :mod:`cohort.client.torch` builds the client, its factories and the evalu
 
 from __future__ import annotations
 
+import copy
 import warnings
 import weakref
 from collections.abc import Callable
@@ -130,30 +131,37 @@ def full_gradient(model, x, y, loss_fn, batch_size: int) -> tuple[dict[str, torc
     return grads, total / n
 
 
-_TAKES_CHANNELS_LAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> bool, tried once
+_TAKES_CHANNELS_LAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(training, image shape): bool}
 
 
-def takes_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``model`` runs on images ``x`` (N, C, H, W) in the channels-last layout: convolutions over
-    images only, and a forward that accepts it (``x.view(len(x), -1)`` after a convolution does not).
-    Tried once per model, in eval mode without gradients: no running statistic moves, no random draw."""
+def takes_channels_last(model: torch.nn.Module, x: torch.Tensor, training: bool = True) -> bool:
+    """Whether ``model`` runs on images ``x`` (N, C, H, W) in the channels-last layout, in training (a
+    forward and a backward) or in evaluation: convolutions over images only, a pass that accepts the
+    layout (``x.view(len(x), -1)`` after a convolution does not) and draws no random number (dropout
+    fills its mask in memory order, so the layout would change the draws). Tried once per model, mode
+    and image shape, on a copy of the model in a random stream of its own: nothing of the model's or of
+    the client's stream moves."""
     if x.ndim != 4 or len(x) == 0 or not is_image_model(model):
         return False
-    known = _TAKES_CHANNELS_LAST.get(model)
-    if known is None:
-        was_training = model.training
-        model.to(memory_format=torch.channels_last)
+    tried = _TAKES_CHANNELS_LAST.setdefault(model, {})
+    key = (training, tuple(x.shape[1:]))
+    if key not in tried:
+        tried[key] = _try_channels_last(model, x[:2], training)
+    return tried[key]
+
+
+def _try_channels_last(model: torch.nn.Module, x: torch.Tensor, training: bool) -> bool:
+    with torch.random.fork_rng(devices=[]):
+        before = torch.get_rng_state()
         try:
-            with torch.no_grad():
-                model.eval()(x[:2].contiguous(memory_format=torch.channels_last))
-            known = True
-        except RuntimeError:
-            known = False
-        finally:
-            model.train(was_training)
-            model.to(memory_format=torch.contiguous_format)
-        _TAKES_CHANNELS_LAST[model] = known
-    return known
+            trial = copy.deepcopy(model).to(memory_format=torch.channels_last).train(training)
+            with torch.set_grad_enabled(training):
+                out = trial(x.contiguous(memory_format=torch.channels_last))
+                if training:
+                    out.float().sum().backward()
+        except Exception:  # whatever it is, the plain layout is what the model was written for
+            return False
+        return torch.equal(before, torch.get_rng_state())
 
 
 @contextmanager
