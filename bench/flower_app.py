@@ -3,7 +3,9 @@
 Runs in Flower's own virtual environment (bench/vs_flower.py makes it), so it imports no cohort: it
 reads MNIST from the same files, splits it IID among the clients, and builds McMahan's 2NN or CNN as
 cohort's model zoo does. E = 1, B = 10, SGD lr 0.1; FedAvg weighted by examples; the global model is
-evaluated on the test set after every round (Flower's evaluate_fn). Prints one JSON line: the wall
+evaluated on the test set after every round (Flower's evaluate_fn). Training and evaluation are written
+in cohort's arrangement (see evaluate and train), so that the rounds compare the frameworks, not two
+ways to write the user's code. Prints one JSON line: the wall
 time at which each round's evaluation ended, and the accuracies.
 
     python flower_app.py MODEL CLIENTS PER_ROUND ROUNDS DATA_DIR ACTORS
@@ -82,15 +84,18 @@ def train(msg: Message, context: Context) -> Message:
     model = _cache["model"]
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     model.train()
+    layout = torch.channels_last if MODEL == "mnist_cnn" else torch.contiguous_format  # as cohort's client trains it
+    model.to(memory_format=layout)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     round_ = int(msg.content["config"]["server-round"])
     perm = torch.from_numpy(np.random.default_rng((cid, round_)).permutation(len(x)))
     for s in range(0, len(x), 10):
         b = perm[s:s + 10]
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[b]), y[b]).backward()
+        F.cross_entropy(model(x[b].contiguous(memory_format=layout)), y[b]).backward()
         opt.step()
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": len(x)})})
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({"num-examples": len(x)})})
     return Message(content=content, reply_to=msg)
 
 
@@ -103,14 +108,25 @@ accuracies: list[float] = []
 def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
     # the arrangement cohort's evaluator uses, so that the rounds compare the frameworks, not two ways to
     # evaluate: both cores (the actors wait meanwhile), and for the CNN channels-last images in batches of 64
+    # (for the 2NN: without the pixels no test image uses, padded to 16 columns)
     torch.set_num_threads(EVAL_THREADS)
     model = build()
-    model.load_state_dict(arrays.to_torch_state_dict())
-    model.eval()
+    state = arrays.to_torch_state_dict()
     tx, ty = data("test")
     b = 1024
     if MODEL == "mnist_cnn":
         model, tx, b = model.to(memory_format=torch.channels_last), tx.contiguous(memory_format=torch.channels_last), 64
+    else:
+        if "cut" not in _cache:  # once, as cohort's evaluator does it
+            used = tx.reshape(len(tx), -1).ne(0).any(0)
+            keep = used.nonzero().squeeze(1)
+            cols = torch.cat([keep, (~used).nonzero().squeeze(1)[:(-len(keep)) % 16]])
+            _cache["cut"] = (cols, tx.reshape(len(tx), -1)[:, cols].contiguous())
+        cols, tx = _cache["cut"]
+        model[1] = nn.Linear(len(cols), 200)
+        state["1.weight"] = state["1.weight"][:, cols]
+    model.load_state_dict(state)
+    model.eval()
     with torch.no_grad():
         correct = sum(int((model(tx[s:s + b]).argmax(1) == ty[s:s + b]).sum()) for s in range(0, len(tx), b))
     accuracies.append(correct / len(tx))
