@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cohort.client.torch_dense import DenseStack, used_columns
-
 from cohort.client.base import FrameworkClient, Hooks, Trained
 from cohort.client.settings import TrainSettings
+from cohort.client.torch_dense import DenseStack, used_columns
 from cohort.client.torch_steps import (  # noqa: F401 (the functions are cohort.client.torch's API too)
     LOSSES, evaluate_model, evaluation_batch, full_gradient, is_convolutional, is_image_model, load_arrays, loss_for_task,
     make_optimizer, seed_torch, takes_channels_last, to_tensors, train_epochs)
@@ -191,29 +190,29 @@ class TorchEvaluator:
 
     def __init__(self, model_fn: Callable[[], torch.nn.Module], dataset, batch_size: int | None = None) -> None:
         self.model = model_fn()
-        self.cut: tuple[str, np.ndarray] | None = None  # (first weight, the test set's used features): see _cut
+        self.cut: tuple[str, np.ndarray, np.ndarray] | None = None  # (first weight, used features, the others): _cut
         stack = DenseStack.of(self.model) if len(dataset.x) else None
         if stack is not None and not stack.fits(dataset.x, dataset.y, loss_for_task(dataset.task)):
             stack = None  # rows the stack cannot read: the model says so when it evaluates
         rows = np.asarray(dataset.x).reshape(len(dataset.x), -1) if stack is not None else None
         columns = used_columns(rows) if stack is not None else None
         if columns is not None:
-            self.model, self.cut = _cut(self.model, stack.layers[0][0], len(columns)), (stack.layers[0][0], columns)
+            outside = np.ones(rows.shape[1], bool)
+            outside[columns] = False
+            self.model, self.cut = _cut(self.model, stack.layers[0][0], len(columns)), (stack.layers[0][0], columns, outside)
             self.x, self.y = to_tensors(np.take(rows, columns, axis=1), dataset.y, dataset.x_scale)
         else:
             self.x, self.y = to_tensors(dataset.x, dataset.y, dataset.x_scale)
-        if takes_channels_last(self.model, self.x, training=False):  # oneDNN's fast layout here: mnist_cnn's test set in 2.5x less time
-            self.model.to(memory_format=torch.channels_last)  # for good: this model only evaluates
+        if takes_channels_last(self.model, self.x, training=False):  # oneDNN's fast layout here: mnist_cnn's
+            self.model.to(memory_format=torch.channels_last)  # test set in 2.5x less time; for good: it only evaluates
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.loss, self.batch_size = loss_for_task(dataset.task), batch_size
 
     def __call__(self, arrays: NamedArrays) -> dict[str, float]:
         if self.cut is not None:
-            weight, columns = self.cut
+            weight, columns, outside = self.cut
             w = arrays[weight]
             cut = np.take(w, columns, axis=1)
-            outside = np.ones(w.shape[1], bool)
-            outside[columns] = False
             broken = ~np.isfinite(w[:, outside]).all(axis=1)  # 0 × inf is NaN: such a unit is NaN on every row
             cut[broken, 0] = np.nan
             arrays = {**arrays, weight: cut}

@@ -8,7 +8,8 @@ graph costing more than the small products themselves. For a ``Sequential`` of `
 and elementwise activations the gradient is three lines per layer, so it is written out: each step is
 one ``baddbmm`` forward and two ``bmm`` backward per layer for every client at once, and plain SGD folds
 the update into the weight gradient's product (``W.baddbmm_(dzᵀ, a, alpha=-lr)``), so no gradient is
-stored. Anything else goes through ``vmap``.
+stored. Anything else goes through ``vmap``. ``used_columns`` (the input features some row uses) serves
+this path's first layer and the torch evaluator's.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class DenseStack:
 class DenseSteps:
     """One slice's steps: every client's forward and backward pass at once. With ``lr``, plain SGD is
     applied in place inside the step and no gradient is kept; without, ``step`` returns the gradients
-    of each client's mean loss. The outputs are kept, so the losses are worked out once at the end:
+    of each client's mean loss. The outputs are kept, so the losses are worked out once a block of steps:
     a step is as few small tensor operations as it can be, which is most of its time at these sizes."""
 
     def __init__(self, stack: DenseStack, params: dict[str, torch.Tensor], loss: str, lr: float | None) -> None:
