@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from cohort.algorithms.fedavg import LocalSteps
-from cohort.client.torch_dense import DenseStack, DenseSteps, used_columns
+from cohort.client.torch_dense import DenseStack, DenseSteps, left_out, used_columns
 from cohort.channel.inprocess import InProcessChannel, torch_threads
 from cohort.channel.runtime import Outcome
 from cohort.client.torch import LazyTorchClients, TorchClientFactory, seed_torch, to_tensors
@@ -239,9 +239,7 @@ def _worth_cutting(columns: np.ndarray | None, weight: np.ndarray, steps: int) -
     NaN in the sequential client)."""
     if columns is None or steps * (weight.shape[1] - len(columns)) < 2 * weight.shape[1]:
         return False
-    outside = np.ones(weight.shape[1], bool)
-    outside[columns] = False
-    return bool(np.isfinite(weight[:, outside]).all())
+    return bool(np.isfinite(weight[:, left_out(columns, weight.shape[1])]).all())
 
 
 def _dense_steps(steps: DenseSteps, params, names, settings, x_all, y_all, index, mask, scale, active) -> torch.Tensor:

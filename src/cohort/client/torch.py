@@ -18,7 +18,7 @@ import torch
 
 from cohort.client.base import FrameworkClient, Hooks, Trained
 from cohort.client.settings import TrainSettings
-from cohort.client.torch_dense import DenseStack, used_columns
+from cohort.client.torch_dense import DenseStack, left_out, used_columns
 from cohort.client.torch_steps import (  # noqa: F401 (the functions are cohort.client.torch's API too)
     LOSSES, evaluate_model, evaluation_batch, full_gradient, is_convolutional, is_image_model, load_arrays, loss_for_task,
     make_optimizer, seed_torch, takes_channels_last, to_tensors, train_epochs)
@@ -197,9 +197,8 @@ class TorchEvaluator:
         rows = np.asarray(dataset.x).reshape(len(dataset.x), -1) if stack is not None else None
         columns = used_columns(rows) if stack is not None else None
         if columns is not None:
-            outside = np.ones(rows.shape[1], bool)
-            outside[columns] = False
-            self.model, self.cut = _cut(self.model, stack.layers[0][0], len(columns)), (stack.layers[0][0], columns, outside)
+            first = stack.layers[0][0]
+            self.model, self.cut = _cut(self.model, first, len(columns)), (first, columns, left_out(columns, rows.shape[1]))
             self.x, self.y = to_tensors(np.take(rows, columns, axis=1), dataset.y, dataset.x_scale)
         else:
             self.x, self.y = to_tensors(dataset.x, dataset.y, dataset.x_scale)

@@ -187,3 +187,10 @@ def used_columns(x: np.ndarray, align: int = 16) -> np.ndarray | None:
     if len(keep) == 0 or len(keep) + pad >= len(used):  # nothing used: no model to speak of, left as it is
         return None
     return np.concatenate([keep, np.flatnonzero(~used)[:pad]])
+
+
+def left_out(columns: np.ndarray, features: int) -> np.ndarray:
+    """The mask of the ``features`` that ``columns`` (from :func:`used_columns`) leaves out."""
+    outside = np.ones(features, bool)
+    outside[columns] = False
+    return outside
