@@ -89,6 +89,9 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
                   highlight=False, soft_wrap=True)
     for line in experiment.describe_clients().splitlines()[1:3]:  # sizes, and labels per client
         console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    from cohort.recipe import protections
+
+    console.print(protections(config), highlight=False, markup=False, soft_wrap=True)
     if channel_for is not None and channel is None:
         channel = channel_for(config, experiment.num_clients, console)
     progress = None if args.quiet else ConsoleProgress(config.rounds, console=console,

@@ -22,7 +22,7 @@ from cohort.algorithms.personal import DittoSettings, FedPerSettings
 from cohort.algorithms.scaffold import ScaffoldSettings
 from cohort.client.settings import TrainSettings
 from cohort.core.errors import ConfigError
-from cohort.core.limits import MAX_ROUNDS, MAX_SEED, MAX_TIMEOUT_S
+from cohort.core.limits import MAX_LR, MAX_ROUNDS, MAX_SEED, MAX_TIMEOUT_S
 from cohort.options import (  # the optional sections, and the check every section shares
     AttackConfig, CompressionConfig, FedAsyncConfig, NetworkConfig, PrivacyConfig, SecAggConfig, _check,
 )
@@ -150,13 +150,15 @@ class ServerConfig:
     tau: float = 1e-3  # adam, yogi, adagrad: adaptivity (v starts at tau²)
     min_successful_clients: int = 1  # a round stands only with this many accepted updates
     max_failed_rounds: int = 3  # consecutive rounds that do not stand before the run stops
-    round_timeout_s: float = 0.0  # deadline of a round; 0: none
+    round_timeout_s: float | None = None  # deadline of a round; unset: none in simulation, 600 s under `cohort server`; 0: none
     over_selection: float = 0.0  # sample this share more clients than a round needs and close it when enough reported
     aggregator: str = "mean"  # mean | median | trimmed_mean | krum (the model group's combine)
     trim_fraction: float = 0.1  # trimmed_mean: the share cut from each end of every coordinate
     krum_byzantine: int = 1  # krum: f, the attackers tolerated (needs clients per round >= 2f + 3)
     krum_select: int = 1  # krum: m, the best-scored updates averaged (1: Krum; more: Multi-Krum)
-    norm_bound: float = 0.0  # scale every update down to this L2 norm first; 0: off
+    norm_bound: float | str = "auto"  # "auto": every update within norm_bound_multiplier × the median norm of recent ones (and its weight likewise); a number: a fixed L2 bound; 0: off (the run says so)
+    norm_bound_multiplier: float = 4.0  # auto: how many times the recent updates' median norm an update may reach
+    weight_bound_multiplier: float = 10.0  # auto: how many times their median weight (claimed examples) it may carry
 
     def server_optimizer(self):
         """The model's server optimizer for ``optimizer`` other than sgd (None: the algorithm's own SGD)."""
@@ -165,6 +167,14 @@ class ServerConfig:
         from cohort.aggregation.server_opt import adaptive
 
         return adaptive(self.optimizer, self.lr, self.beta1, self.beta2, self.tau)
+
+    def bound(self):
+        """The adaptive update bound of ``norm_bound = "auto"`` (None otherwise)."""
+        if self.norm_bound != "auto":
+            return None
+        from cohort.aggregation.bound import adaptive_bound
+
+        return adaptive_bound(self.norm_bound_multiplier, self.weight_bound_multiplier)
 
     def combine(self):
         """The model group's combine for ``aggregator`` (None: the weighted mean)."""
@@ -185,12 +195,12 @@ class ServerConfig:
         _check(self.policy in POLICIES, "server.policy", self.policy, f"one of {', '.join(POLICIES)}")
         _check(0 < self.fraction <= 1, "server.fraction", self.fraction, "0 < fraction <= 1")
         _check(self.min_clients >= 1, "server.min_clients", self.min_clients, "an integer >= 1")
-        _check(0 < self.lr < math.inf, "server.lr", self.lr, "a finite number > 0")
+        _check(0 < self.lr <= MAX_LR, "server.lr", self.lr, f"a number in (0, {MAX_LR:g}] (larger rates overflow)")
         _check(0 <= self.momentum < 1, "server.momentum", self.momentum, "0 <= momentum < 1")
         _check(self.min_successful_clients >= 1, "server.min_successful_clients", self.min_successful_clients, "an integer >= 1")
         _check(self.max_failed_rounds >= 1, "server.max_failed_rounds", self.max_failed_rounds, "an integer >= 1")
-        _check(0 <= self.round_timeout_s <= MAX_TIMEOUT_S, "server.round_timeout_s", self.round_timeout_s,
-               f"0 (no deadline) or a number of seconds up to {MAX_TIMEOUT_S:.0f}")
+        _check(self.round_timeout_s is None or 0 <= self.round_timeout_s <= MAX_TIMEOUT_S, "server.round_timeout_s",
+               self.round_timeout_s, f"0 (no deadline) or a number of seconds up to {MAX_TIMEOUT_S:.0f}")
         _check(0 <= self.over_selection <= 10, "server.over_selection", self.over_selection,
                "0 (none) to 10, e.g. 0.3 for 30% more clients than a round needs")
         _check(self.over_selection == 0 or self.policy == "sync", "server.over_selection", self.over_selection,
@@ -202,7 +212,11 @@ class ServerConfig:
         if self.optimizer != "sgd":
             self.server_optimizer()  # checks beta1, beta2 and tau, naming their keys
         _check(self.aggregator in AGGREGATORS, "server.aggregator", self.aggregator, f"one of {', '.join(AGGREGATORS)}")
-        _check(0 <= self.norm_bound < math.inf, "server.norm_bound", self.norm_bound, "0 (off) or a finite number > 0")
+        _check(self.norm_bound == "auto" or (not isinstance(self.norm_bound, str) and 0 <= self.norm_bound < math.inf),
+               "server.norm_bound", self.norm_bound,
+               "\"auto\" (the default: bounded by the recent updates' median), a finite number > 0 (a fixed L2 bound) "
+               "or 0 (off)")
+        self.bound()  # checks the multipliers, naming their keys
         self.combine()  # checks the aggregator's own settings, naming their keys
 
 

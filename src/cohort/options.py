@@ -56,12 +56,15 @@ class PrivacyConfig:
             self.mechanism()  # checks every value, naming its key
 
     def mechanism(self):
+        """The mechanism, its noise under a secret key of its own (``$COHORT_INSECURE_NOISE_KEY``, a
+        reproducible test mode, stands in for it with a warning)."""
         from cohort.privacy import central_dp
+        from cohort.privacy.central import insecure_key
 
         return central_dp(self.noise_multiplier, self.clip, delta=self.delta, epsilon_max=self.epsilon_max or None,
                           accountant=self.accountant, adaptive=self.adaptive_clip,
                           target_quantile=self.target_quantile, clip_lr=self.clip_lr,
-                          count_stddev=self.count_stddev or None)
+                          count_stddev=self.count_stddev or None, noise_key=insecure_key())
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,11 @@ def make_algorithm(config: RunConfig) -> Algorithm:
     """The algorithm ``server.algorithm`` names, with its settings."""
     algorithm = ALGORITHMS[config.server.algorithm](**algorithm_settings(config))
     s = config.server
-    if s.aggregator != "mean" or s.norm_bound:
+    fixed = s.norm_bound if s.norm_bound != "auto" else 0
+    if s.aggregator != "mean" or fixed:
         from cohort.aggregation.robust import norm_bound
 
-        algorithm = algorithm.with_model_pipeline(s.combine(), (norm_bound(s.norm_bound),) if s.norm_bound else ())
+        algorithm = algorithm.with_model_pipeline(s.combine(), (norm_bound(fixed),) if fixed else ())
     if s.optimizer != "sgd":  # FedAdam, FedYogi, FedAdagrad
         algorithm = algorithm.with_model_pipeline(server_optimizer=s.server_optimizer())
     if config.privacy.mode == "central":
@@ -55,7 +56,49 @@ def make_algorithm(config: RunConfig) -> Algorithm:
         from cohort.secagg.settings import with_secure_aggregation
 
         algorithm = with_secure_aggregation(algorithm, config.secagg.settings())
+    if bound_mode(config) == "auto":
+        algorithm = algorithm.with_bound(s.bound())
     return algorithm
+
+
+def bound_mode(config: RunConfig) -> str:
+    """How this run bounds each client's update: "auto" (the server's adaptive bound), "fixed"
+    (server.norm_bound), "dp" (central DP's clip is the bound), "secagg" (the server never sees an
+    update: each client clips every coordinate to secagg.clip_range before masking) or "off"."""
+    s = config.server
+    if config.secagg.mode != "none":
+        return "secagg"
+    if config.privacy.mode == "central":
+        return "dp"
+    if s.norm_bound == "auto":
+        return "auto"
+    return "fixed" if s.norm_bound else "off"
+
+
+def protections(config: RunConfig) -> str:
+    """One line: which protections this run has on (the start line of `cohort run` and `cohort server`)."""
+    s = config.server
+    mode = bound_mode(config)
+    bound = {"auto": lambda: f"updates bounded at {s.norm_bound_multiplier:g}× the recent median norm and "
+                             f"{s.weight_bound_multiplier:g}× the median weight",
+             "fixed": lambda: f"updates bounded at norm {s.norm_bound:g}",
+             "dp": lambda: f"updates clipped at norm {config.privacy.clip:g} (central DP)",
+             "secagg": lambda: f"updates clipped by each client to ±{config.secagg.clip_range:g} a coordinate",
+             "off": lambda: "updates NOT bounded (server.norm_bound = 0): one client can ruin the model"}[mode]()
+    parts = [bound]
+    if s.aggregator != "mean":
+        parts.append(f"robust combine {s.aggregator}")
+    if config.privacy.mode == "central":
+        p = config.privacy
+        from cohort.privacy.central import INSECURE_KEY_ENV, insecure_key
+
+        parts.append(f"central DP (z = {p.noise_multiplier:g}, δ = {p.delta:g}"
+                     + (f", ε ≤ {p.epsilon_max:g}" if p.epsilon_max else "") + ", noise under a secret key"
+                     + (f" — NO: TEST MODE, the key comes from ${INSECURE_KEY_ENV} and anyone who knows it can "
+                        "remove the noise" if insecure_key() else "") + ")")
+    if config.secagg.mode != "none":
+        parts.append(f"{config.secagg.mode} (threshold {config.secagg.threshold:g} of the cohort)")
+    return "protections: " + "; ".join(parts)
 
 
 def check_client_privacy(config: RunConfig) -> None:

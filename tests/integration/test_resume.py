@@ -37,11 +37,15 @@ def cohort_cmd(*args):
     return [sys.executable, "-m", "cohort.cli", *args]
 
 
+NOISE_KEY = {"COHORT_INSECURE_NOISE_KEY": "test-resume"}  # both runs draw the same DP noise (the test mode)
+
+
 def start(out: Path, name: str, sets: list[str]):
     args = ["run", "--out", str(out), "--no-progress", "--quiet", "--set", f"rounds={ROUNDS}", "--set", f"name={name}"]
     for s in sets:
         args += ["--set", s]
-    return subprocess.Popen(cohort_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cohort_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **NOISE_KEY})
 
 
 def folder_of(out: Path, name: str) -> Path:
@@ -103,8 +107,10 @@ def test_sigkill_then_resume_is_byte_identical(setup, backend, references, tmp_p
             proc.kill()
             proc.wait()
     assert not (folder / "summary.json").exists()  # it really died mid-run
+    # without the test key: the resumed run's noise key comes from the checkpoint alone
+    env = {k: v for k, v in os.environ.items() if k not in NOISE_KEY}
     resumed = subprocess.run(cohort_cmd("run", "--resume", str(folder), "--no-progress", "--quiet"),
-                             capture_output=True, text=True, timeout=180)
+                             capture_output=True, text=True, timeout=180, env=env)
     assert resumed.returncode == 0, resumed.stderr
     ref = references[setup]
     a, b = load_safetensors(ref / "model.safetensors"), load_safetensors(folder / "model.safetensors")

@@ -67,13 +67,16 @@ def test_the_noise_on_the_aggregate_has_the_configured_standard_deviation():
     assert report["dp_noise_std"] == pytest.approx(expected) and report["dp_clip"] == clip
 
 
-def test_the_noise_is_seeded_from_the_run():
-    agg = process(privacy=central_dp(1.0, 1.0))
+def test_the_noise_follows_its_secret_key_not_the_run_seed():
     ups = [upd(c, np.ones(1000)) for c in range(4)]
-    a, _ = run_round(agg, agg.init(START), ups, 3, 4, seed=7)
-    b, _ = run_round(agg, agg.init(START), ups, 3, 4, seed=7)
-    c, _ = run_round(agg, agg.init(START), ups, 3, 4, seed=8)
-    assert a["w"].tobytes() == b["w"].tobytes() and a["w"].tobytes() != c["w"].tobytes()
+    keyed = process(privacy=central_dp(1.0, 1.0, noise_key="ab" * 32))
+    a, _ = run_round(keyed, keyed.init(START), ups, 3, 4, seed=7)
+    b, _ = run_round(keyed, keyed.init(START), ups, 3, 4, seed=8)
+    assert a["w"].tobytes() == b["w"].tobytes()  # the same key: the same noise, whatever the public seed
+    fresh = process(privacy=central_dp(1.0, 1.0))  # a key of its own from the OS at every init
+    c, _ = run_round(fresh, fresh.init(START), ups, 3, 4, seed=7)
+    d, _ = run_round(fresh, fresh.init(START), ups, 3, 4, seed=7)
+    assert c["w"].tobytes() != d["w"].tobytes() and c["w"].tobytes() != a["w"].tobytes()
 
 
 def test_updates_are_clipped_weigh_one_and_the_sum_is_divided_by_the_expected_cohort():

@@ -24,7 +24,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from cohort.aggregation.bound import Bound
 from cohort.core.arrays import NamedArrays, add
+from cohort.core.limits import MAX_MODEL_ABS
 from cohort.core.errors import UpdateRejected
 from cohort.core.types import ClientUpdate, RoundContext
 
@@ -110,6 +112,7 @@ class AggregatorState(NamedTuple):
     post: Any
     server_optimizer: Any
     privacy: Any = None  # the Mechanism's state; None without one
+    bound: Any = None  # the update bound's state (recent norms and weights); None without one
 
 
 class RoundAccumulator(NamedTuple):
@@ -120,6 +123,8 @@ class RoundAccumulator(NamedTuple):
     state: AggregatorState
     acc: Any
     count: int
+    seen: tuple = ()  # the bound's notes on each update folded or held this round (norm, weight)
+    held: tuple = ()  # updates over the provisional bound: folded, bounded, when the round ends
 
 
 @dataclass(frozen=True)
@@ -131,14 +136,19 @@ class Aggregator:
     post: Step  # global steps on the sum
     server_optimizer: Step  # mean delta -> step added to the global arrays
     privacy: Mechanism | None = None  # clips each update and noises the sum (central DP)
+    bound: Bound | None = None  # bounds each update's norm and weight by the recent updates' medians
 
     def init(self, arrays: NamedArrays) -> AggregatorState:
         return AggregatorState(self.pre.init(arrays), self.post.init(arrays), self.server_optimizer.init(arrays),
-                               self.privacy.init(arrays) if self.privacy is not None else None)
+                               self.privacy.init(arrays) if self.privacy is not None else None,
+                               self.bound.init(arrays) if self.bound is not None else None)
 
     def report(self, state: AggregatorState) -> dict[str, float]:
-        """What the pipeline's state says about the last round (the privacy spent)."""
-        return self.privacy.report(state.privacy) if self.privacy is not None else {}
+        """What the pipeline's state says about the last round (the privacy spent, the update bound)."""
+        out = self.privacy.report(state.privacy) if self.privacy is not None else {}
+        if self.bound is not None and state.bound is not None:
+            out = {**out, **self.bound.report(state.bound)}
+        return out
 
     def refusal(self, state: AggregatorState, ctx: RoundContext) -> str | None:
         return self.privacy.refusal(state.privacy, ctx) if self.privacy is not None else None
@@ -147,21 +157,28 @@ class Aggregator:
         """A round over ``arrays`` (the group's global arrays, which steps see as ``ctx.arrays``)."""
         return RoundAccumulator(arrays, replace(ctx, arrays=arrays), state, self.combine.init(arrays), 0)
 
-    def prepare(self, round_acc: RoundAccumulator, update: ClientUpdate) -> tuple[ClientUpdate, Any, Any]:
-        """Run the per-client steps (validation first), then the privacy clip. Raises
-        ``UpdateRejected`` and changes nothing if a step refuses the update; :meth:`fold` then takes
-        what this returns."""
+    def prepare(self, round_acc: RoundAccumulator, update: ClientUpdate) -> tuple[ClientUpdate, Any, Any, Any]:
+        """Run the per-client steps (validation first), then the privacy clip, then measure the update
+        for the bound. Raises ``UpdateRejected`` and changes nothing if a step refuses the update;
+        :meth:`fold` then takes what this returns."""
         update, pre_state = self.pre.update(update, round_acc.state.pre, round_acc.ctx)
         privacy_state = round_acc.state.privacy
         if self.privacy is not None:
             update, privacy_state = self.privacy.clip(update, privacy_state, round_acc.ctx)
-        return update, pre_state, privacy_state
+        measured = self.bound.measure(update, round_acc.state.bound) if self.bound is not None else None
+        return update, pre_state, privacy_state, measured
 
-    def fold(self, round_acc: RoundAccumulator, prepared: tuple[ClientUpdate, Any, Any]) -> RoundAccumulator:
-        update, pre_state, privacy_state = prepared
-        acc = self.combine.add(round_acc.acc, update)
-        return round_acc._replace(state=round_acc.state._replace(pre=pre_state, privacy=privacy_state), acc=acc,
-                                  count=round_acc.count + 1)
+    def fold(self, round_acc: RoundAccumulator, prepared: tuple[ClientUpdate, Any, Any, Any]) -> RoundAccumulator:
+        update, pre_state, privacy_state, measured = prepared
+        state = round_acc.state._replace(pre=pre_state, privacy=privacy_state)
+        seen, held, acc = round_acc.seen, round_acc.held, round_acc.acc
+        if measured is not None:
+            seen = (*seen, measured[0])
+            if measured[1]:  # over the provisional bound: it waits for the round's own
+                held = (*held, update)
+        if measured is None or not measured[1]:
+            acc = self.combine.add(acc, update)
+        return round_acc._replace(state=state, acc=acc, count=round_acc.count + 1, seen=seen, held=held)
 
     def precombined(self, round_acc: RoundAccumulator, aggregate: "Aggregate") -> RoundAccumulator:
         """The round's sum, made elsewhere (secure aggregation); :meth:`finish` goes on from it."""
@@ -178,6 +195,12 @@ class Aggregator:
             raise ValueError("finish() needs at least one accepted update")
         arrays, state, ctx = round_acc.arrays, round_acc.state, round_acc.ctx
         acc = round_acc.acc
+        bound_state = state.bound
+        if self.bound is not None and not isinstance(acc, Precombined):
+            b, w, bound_state = self.bound.settle(state.bound, round_acc.seen)
+            for update in round_acc.held:  # in the order they came: the same bits in every backend
+                acc = self.combine.add(acc, self.bound.apply(update, b, w))
+            bound_state = self.bound.close(bound_state, b, w, round_acc.seen)
         aggregate = acc.aggregate if isinstance(acc, Precombined) else self.combine.result(acc)
         privacy_state = state.privacy
         if self.privacy is not None:
@@ -190,7 +213,12 @@ class Aggregator:
         bad = [name for name, a in new.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
         if bad:  # valid updates can still overflow together: the model must never take NaN or inf
             raise UpdateRejected(f"round {ctx.round}: the combined step makes {bad[:3]} non-finite; the model is kept")
-        return new, AggregatorState(state.pre, post_state, opt_state, privacy_state)
+        huge = [name for name, a in new.items() if a.dtype.kind == "f" and a.size
+                and float(np.abs(a).max()) > MAX_MODEL_ABS and float(np.abs(a).max()) > float(np.abs(arrays[name]).max())]
+        if huge:  # no model trains with weights this large: a poisoned sum got through
+            raise UpdateRejected(f"round {ctx.round}: the combined step makes {huge[:3]} absurdly large (a value over "
+                                 f"{MAX_MODEL_ABS:g}); the model is kept")
+        return new, AggregatorState(state.pre, post_state, opt_state, privacy_state, bound_state)
 
     def aggregate(self, arrays: NamedArrays, state: AggregatorState, updates: Sequence[ClientUpdate], ctx: RoundContext):
         """Batch form of start/add/finish, for tests and scripts."""

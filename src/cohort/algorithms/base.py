@@ -123,6 +123,16 @@ class Algorithm:
                       server_optimizer=server_optimizer if server_optimizer is not None else agg.server_optimizer)
         return replace(self, aggregators={**self.aggregators, MODEL: agg})
 
+    def with_bound(self, bound) -> "Algorithm":
+        """This algorithm with ``bound`` (:func:`cohort.aggregation.bound.adaptive_bound`) on every group
+        the clients send back: no update is folded beyond what the recent ones look like."""
+        return replace(self, aggregators={g: replace(agg, bound=bound) for g, agg in self.aggregators.items()})
+
+    @property
+    def bounded(self) -> bool:
+        """An update bound is on every group's pipeline."""
+        return all(agg.bound is not None for agg in self.aggregators.values())
+
     @property
     def private(self) -> bool:
         """A privacy mechanism is on some group's pipeline (central DP)."""
@@ -131,8 +141,8 @@ class Algorithm:
     def report(self, steps: Mapping[str, AggregatorState]) -> dict[str, float]:
         """What the pipelines' states say about the last round (ε spent, the clip), for its record."""
         out: dict[str, float] = {}
-        for g, agg in self.aggregators.items():
-            out.update(agg.report(steps[g]))
+        for g, agg in self.aggregators.items():  # the model's figures as they are, other groups' prefixed
+            out.update({k if g == MODEL else f"{g}_{k}": v for k, v in agg.report(steps[g]).items()})
         return out
 
     def refusal(self, steps: Mapping[str, AggregatorState], ctx: RoundContext) -> str | None:

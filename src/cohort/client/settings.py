@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 from numbers import Integral, Real
 
 from cohort.core.errors import ConfigError
+from cohort.core.limits import MAX_CLIP, MAX_LR, MAX_NOISE_MULTIPLIER
 from cohort.core.types import Config
 
 OPTIMIZERS = ("sgd", "adam")
@@ -40,8 +41,8 @@ class TrainSettings:
             raise ConfigError(f"client.batch_size is {self.batch_size!r}; expected an integer >= 1, or 0 for the whole dataset")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"client.optimizer is {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-        if not (_is_real(self.lr) and 0 < self.lr < math.inf):
-            raise ConfigError(f"client.lr is {self.lr!r}; expected a finite number > 0")
+        if not (_is_real(self.lr) and 0 < self.lr <= MAX_LR):
+            raise ConfigError(f"client.lr is {self.lr!r}; expected a number in (0, {MAX_LR:g}] (larger rates overflow)")
         if not (_is_real(self.momentum) and 0 <= self.momentum < 1):
             raise ConfigError(f"client.momentum is {self.momentum!r}; expected 0 <= momentum < 1")
         if not (_is_real(self.weight_decay) and 0 <= self.weight_decay < math.inf):
@@ -49,10 +50,11 @@ class TrainSettings:
         for name in ("dp_sgd", "ldp"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"client.{name} is {getattr(self, name)!r}; expected true or false")
-        for name in ("dp_noise_multiplier", "dp_max_grad_norm", "ldp_clip", "ldp_noise_multiplier"):
+        for name, top in (("dp_noise_multiplier", MAX_NOISE_MULTIPLIER), ("dp_max_grad_norm", MAX_CLIP),
+                          ("ldp_clip", MAX_CLIP), ("ldp_noise_multiplier", MAX_NOISE_MULTIPLIER)):
             v = getattr(self, name)
-            if not (_is_real(v) and 0 < v < math.inf):
-                raise ConfigError(f"client.{name} is {v!r}; expected a finite number > 0")
+            if not (_is_real(v) and 0 < v <= top):
+                raise ConfigError(f"client.{name} is {v!r}; expected a number in (0, {top:g}]")
         for name in ("dp_delta", "ldp_delta"):
             if not (_is_real(getattr(self, name)) and 0 < getattr(self, name) < 1):
                 raise ConfigError(f"client.{name} is {getattr(self, name)!r}; expected 0 < δ < 1, e.g. 1e-5")

@@ -5,7 +5,12 @@ The server is trusted to see each update; what it releases (the new global model
 private with respect to any one client's whole data. Each round:
 
 1. every accepted update is clipped to L2 norm ``C`` over all its arrays and weighs 1;
-2. Gaussian noise of standard deviation ``z·C`` is added to the *sum*, from the run's seeded stream;
+2. Gaussian noise of standard deviation ``z·C`` is added to the *sum*, from a **secret** stream: its
+   key is drawn from the OS's entropy when the run starts and kept only in the mechanism's state,
+   which the server writes to its own checkpoint (mode 0600) and nowhere else. The run seed is
+   public (every client's config holds it), so noise drawn from it could be regenerated and
+   subtracted from the released model, undoing the guarantee. A resume reads the key back, so a
+   resumed run still draws the same noise;
 3. the sum is divided by the expected number of clients (the cohort size), not by how many came, so
    the denominator does not depend on anyone's data;
 4. the accountant records one sampled Gaussian round (rate ``q``, multiplier ``z``).
@@ -21,14 +26,17 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from dataclasses import replace
 from typing import NamedTuple
 
+import numpy as np
 
 from cohort.aggregation.pipeline import Aggregate, Mechanism
 from cohort.core.arrays import NamedArrays, clip_to
 from cohort.core.errors import ConfigError
-from cohort.core.seeding import Stage, rng
+from cohort.core.limits import MAX_CLIP, MAX_NOISE_MULTIPLIER
+from cohort.core.seeding import Stage
 from cohort.core.types import ClientUpdate, RoundContext
 from cohort.privacy import accountant as acct
 
@@ -45,25 +53,53 @@ class DpState(NamedTuple):
     last_clip: float = 0.0  # the last round's clip,
     last_clipped: float = 0.0  # the share of its updates that were clipped,
     last_std: float = 0.0  # and the standard deviation of the noise on its mean
+    key: str = ""  # the noise's secret key (hex, 256 bits from the OS): in the checkpoint only, never in a record
 
 
 def ledger_of(state: DpState) -> acct.Ledger:
     return tuple((float(q), float(z), int(n)) for q, z, n in json.loads(state.ledger))
 
 
-def _positive(name: str, v, upper: float = math.inf) -> None:
-    if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < upper and math.isfinite(v)):
-        raise ConfigError(f"privacy.{name} is {v!r}; expected a finite number > 0" + (f" and < {upper:g}" if upper < math.inf else ""))
+def _positive(name: str, v, upper: float = math.inf, most: float = math.inf) -> None:
+    if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < upper and v <= most and math.isfinite(v)):
+        raise ConfigError(f"privacy.{name} is {v!r}; expected a finite number > 0" + (f" and < {upper:g}" if upper < math.inf else "")
+                          + (f" and at most {most:g}" if most < math.inf else ""))
+
+
+INSECURE_KEY_ENV = "COHORT_INSECURE_NOISE_KEY"  # a reproducible test mode: the noise key from this variable
+
+
+def insecure_key() -> str | None:
+    """The noise key of the reproducible test mode (``$COHORT_INSECURE_NOISE_KEY``, any text), or None.
+    Whoever knows it can regenerate the noise: never for a real release."""
+    import os
+
+    text = os.environ.get(INSECURE_KEY_ENV)
+    if not text:
+        return None
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _secret_rng(key: str, round_: int, stage: Stage) -> np.random.Generator:
+    """The noise stream of ``round_`` and ``stage`` under the secret ``key``; seeded, but not from the run seed."""
+    return np.random.default_rng(np.random.SeedSequence(int(key, 16), spawn_key=(int(round_), int(stage))))
 
 
 def central_dp(noise_multiplier: float, clip: float, *, delta: float = 1e-5, epsilon_max: float | None = None,
                accountant: str = "rdp", adaptive: bool = False, target_quantile: float = 0.5, clip_lr: float = 0.2,
-               count_stddev: float | None = None) -> Mechanism:
+               count_stddev: float | None = None, noise_key: str | None = None) -> Mechanism:
     """DP-FedAvg's clip and noise as one :class:`Mechanism`; put it on an algorithm with
     :func:`cohort.privacy.with_privacy`. ``epsilon_max``: the round that would take ε (at ``delta``)
-    over it is refused and the run ends."""
-    _positive("noise_multiplier", noise_multiplier)
-    _positive("clip", clip)
+    over it is refused and the run ends. ``noise_key`` (64 hex digits): only for reproducible tests,
+    since whoever knows it can remove the noise; by default each run draws its own from the OS."""
+    if noise_key is not None and not (isinstance(noise_key, str) and len(noise_key) == 64
+                                      and all(c in "0123456789abcdef" for c in noise_key)):
+        raise ConfigError(f"noise_key is {noise_key!r}; expected 64 lowercase hex digits (256 bits), or None for a "
+                          "secret key drawn from the OS")
+    _positive("noise_multiplier", noise_multiplier, most=MAX_NOISE_MULTIPLIER)
+    _positive("clip", clip, most=MAX_CLIP)
     acct.check(delta, accountant)
     if epsilon_max is not None:
         _positive("epsilon_max", epsilon_max)
@@ -86,7 +122,7 @@ def central_dp(noise_multiplier: float, clip: float, *, delta: float = 1e-5, eps
         return sigma_b, (z ** -2 - (2 * sigma_b) ** -2) ** -0.5
 
     def init(arrays: NamedArrays) -> DpState:
-        return DpState(float(clip))
+        return DpState(float(clip), key=noise_key if noise_key is not None else secrets.token_hex(32))
 
     def clip_step(u: ClientUpdate, state: DpState, ctx: RoundContext):
         clipped_delta, was = clip_to(u.delta, state.clip)
@@ -97,17 +133,20 @@ def central_dp(noise_multiplier: float, clip: float, *, delta: float = 1e-5, eps
         m = max(1, ctx.cohort_size)
         sigma_b, z_delta = split(m)
         std = z_delta * state.clip
-        g = rng(ctx.seed, ctx.round, Stage.DP_NOISE)
+        if not state.key:
+            raise ConfigError("the central DP state has no noise key (a checkpoint from an older version?); "
+                              "start the run anew")
+        g = _secret_rng(state.key, ctx.round, Stage.DP_NOISE)
         sums = {k: s + g.normal(0.0, std, s.shape) for k, s in agg.delta_sum.items()}
         new_clip = state.clip
         if adaptive:
             unclipped = state.clients - state.clipped
-            b = (unclipped + rng(ctx.seed, ctx.round, Stage.DP_CLIP).normal(0.0, sigma_b)) / m
+            b = (unclipped + _secret_rng(state.key, ctx.round, Stage.DP_CLIP).normal(0.0, sigma_b)) / m
             new_clip = float(state.clip * math.exp(-clip_lr * (b - target_quantile)))
         ledger = json.dumps(acct.record(ledger_of(state), ctx.sampling_rate, z))
         clipped = state.clipped / state.clients if state.clients else 0.0
         return (replace(agg, delta_sum=sums, total_weight=float(m)),
-                DpState(new_clip, ledger, 0, 0, float(state.clip), float(clipped), float(std / m)))
+                DpState(new_clip, ledger, 0, 0, float(state.clip), float(clipped), float(std / m), state.key))
 
     def report(state: DpState) -> dict[str, float]:
         ledger = ledger_of(state)

@@ -24,6 +24,7 @@ from cohort.server.state import ServerState
 
 FORMAT = 1
 KEEP = 2
+PRIVATE = 0o600  # checkpoints hold secrets (central DP's noise key): only the server's own user reads them
 _NAME = re.compile(r"^round-(\d{8,})\.json$")
 
 
@@ -35,10 +36,13 @@ class Checkpoint:
     skipped: tuple[str, ...] = ()  # why newer checkpoints were not usable
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` through a synced temporary file and a rename (then the folder is synced)."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """``data`` to ``path`` through a synced temporary file and a rename (then the folder is synced).
+    ``mode``: the file's permissions from its first byte on (0o600: only the owner reads it)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    tmp.unlink(missing_ok=True)  # a leftover of a killed write may have other permissions
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with open(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -60,15 +64,16 @@ def save(folder: str | Path, state: ServerState, clients: Mapping[int, Groups] |
     from safetensors.numpy import save as to_bytes
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)  # the server's private state: the DP noise key, the per-client state
     arrays: dict = {}
     tree = {"state": encode(state, arrays), "clients": encode(dict(clients or {}), arrays)}
     blob = to_bytes(arrays) if arrays else b""
     stem = f"round-{state.round:08d}"
-    write_atomic(folder / f"{stem}.safetensors", blob)
+    write_atomic(folder / f"{stem}.safetensors", blob, PRIVATE)
     meta = {"format": FORMAT, "round": state.round, "arrays_sha256": hashlib.sha256(blob).hexdigest(),
             "tree_sha256": _tree_digest(tree), **tree}
-    write_atomic(folder / f"{stem}.json", json.dumps(meta).encode("utf-8"))
+    write_atomic(folder / f"{stem}.json", json.dumps(meta).encode("utf-8"), PRIVATE)
     for old in _listed(folder)[KEEP:]:
         for suffix in (".json", ".safetensors"):
             old.with_suffix(suffix).unlink(missing_ok=True)
