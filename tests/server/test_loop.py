@@ -78,11 +78,11 @@ def test_huge_counts_exits_and_odd_metrics_cannot_hurt_the_run():
 
 
 def test_an_aggregate_that_overflows_the_model_is_refused():
-    # each client moves w by 3e38: round 1 reaches 3e38 (float32 holds it), round 2 would be inf
+    # each client moves w by 3e38: finite in float32, but no model has weights that large; never kept
     state, _ = go({0: "overflow", 1: "overflow"}, num_clients=2, rounds=3, max_failed_rounds=5)
-    assert [r["status"] for r in state.history] == ["ok", "skipped", "skipped"]
-    assert "non-finite" in state.history[1]["aggregate_error"]
-    np.testing.assert_array_equal(state.model["w"], np.full(2, 3e38, np.float32))
+    assert [r["status"] for r in state.history] == ["skipped", "skipped", "skipped"]
+    assert "absurdly large" in state.history[0]["aggregate_error"]
+    assert np.abs(state.model["w"]).max() < 1e9
 
 
 def test_a_round_without_enough_updates_is_skipped_then_the_run_stops_with_its_state():
