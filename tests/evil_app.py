@@ -10,12 +10,20 @@ attacks replace the client process's own ``_answer`` (run a task, send its resul
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
 
 ATTACKS = {2: "finite 3e38", 3: "x10", 4: "x1e6", 5: "sign flip", 6: "nan", 7: "never replies", 8: "slow drip",
            9: "oversize announcement"}
+ONE = os.environ.get("EVIL_ATTACK", "")  # bench/hostile.py: this one attack in every round from 2 on
+
+
+def attack_of(round_: int) -> str:
+    if ONE:
+        return ONE if round_ >= 2 else ""
+    return ATTACKS.get(round_, "")
 NUM_CLIENTS = 4
 DRIP_S = 25.0  # how long the slow drip goes on before it gives up (its result is never finished)
 
@@ -56,7 +64,7 @@ def client_fn(cid: int):
 
     def evil_train(arrays, config, hooks):
         trained = train(arrays, config, hooks)
-        attack = ATTACKS.get(int(config.get("round", 0)), "")
+        attack = attack_of(int(config.get("round", 0)))
         if attack in ("finite 3e38", "x10", "x1e6", "sign flip", "nan"):
             from dataclasses import replace
 
@@ -79,7 +87,7 @@ def _install() -> None:
 
     def answer(header, parts, half, fn, client_id, kept, link):
         config = json.loads(header.meta or "{}").get("config", {})
-        attack = ATTACKS.get(int(config.get("round", 0)), "") if header.task == "fit" else ""
+        attack = attack_of(int(config.get("round", 0))) if header.task == "fit" else ""
         if attack == "never replies":  # it heartbeats on, and never answers this task
             return
         if attack == "oversize announcement":  # 1 GiB announced for a model of a few hundred bytes
@@ -87,8 +95,14 @@ def _install() -> None:
             link.outgoing.put(pb.ClientMessage(result=pb.Header(
                 task_id=header.task_id, task=header.task, version=header.version, meta="{}", payload_bytes=2**30,
                 seq=link.seq, bulk=False)))
-            for _ in range(64):  # and it starts sending, as if the server would take it
-                link.outgoing.put(pb.ClientMessage(chunk=pb.Chunk(data=bytes(2**16), last=False)))
+            piece, sent, stuck = bytes(2**16), 0, time.monotonic()
+            while sent < 2**30 and time.monotonic() - stuck < 5:  # and it sends it all, if the server takes it
+                if link.outgoing.qsize() > 64:  # the stream is not being read (refused): it gives up after 5 s
+                    time.sleep(0.01)  # pacing of the attacker's own sending, not a synchronisation
+                    continue
+                sent += len(piece)
+                link.outgoing.put(pb.ClientMessage(chunk=pb.Chunk(data=piece, last=sent >= 2**30)))
+                stuck = time.monotonic()
             return
         if attack == "slow drip":  # a real result's bytes, a few at a time, never finished
             from cohort.channel.grpc.serde import encode
