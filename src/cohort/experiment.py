@@ -98,7 +98,12 @@ class Experiment:
         return self.framework.evaluator(self.model_fn, self.test)
 
     def describe_clients(self) -> str:
-        """Clients, their sizes and, for classification, their label histograms."""
+        """Clients, their sizes and, for classification, their label histograms; under secure
+        aggregation only their number and total, since the server records no client's figures."""
+        if self.algorithm.secure is not None:
+            total = "" if hasattr(self.partition, "federation") else f", {int(self.partition.sizes().sum())} examples"
+            return (f"{self.num_clients} clients{total}\nexamples per client: not recorded (secure aggregation: the "
+                    "server sees sums only)\nlabels per client: not recorded (secure aggregation)")
         if hasattr(self.partition, "federation"):  # generated on demand: describe a sample
             sizes = self.partition.sizes(limit=1000)
             return (f"{self.num_clients} clients, generated on demand from (seed, client id); sizes of the first "
@@ -391,6 +396,7 @@ def _summary(exp: Experiment, state: ServerState, stopped_by: str, seconds: floa
         "simulated_time": state.clock,
         "num_clients": exp.num_clients,
         "num_parameters": num_parameters(state.model),
-        "examples_per_client": {k: int(f(exp.partition.sizes())) for k, f in
-                                (("min", np.min), ("median", np.median), ("max", np.max))},
+        **({} if exp.algorithm.secure is not None else  # under secure aggregation no client's count is recorded
+           {"examples_per_client": {k: int(f(exp.partition.sizes())) for k, f in
+                                    (("min", np.min), ("median", np.median), ("max", np.max))}}),
     }

@@ -62,13 +62,15 @@ def test_no_per_client_update_or_secret_reaches_the_run_folder(tmp_path):
     latest = checkpoint.load(result.folder / "checkpoints")
     assert latest.clients == {}  # and the clients' protocol secrets were forgotten at the end of the round
     records = [json.loads(line) for line in (result.folder / "metrics.jsonl").read_text().splitlines()]
-    assert not any("secagg" in json.dumps(r) for r in records)
-    # clients.jsonl still has each client's part of each round: examples, metrics, seconds, bytes sent; no array
+    # of the protocol the records hold only which protection was on (secagg_mode, ...), never its bytes
+    assert not any("secagg" in json.dumps({k: v for k, v in r.items() if k != "secagg_mode"}).replace('"secagg_', "")
+                   for r in records)
+    # clients.jsonl has each client's part of each round: that it took part, and nothing it computed
+    # (examples, metrics, seconds: tests/secagg/test_secagg_honesty.py)
     rows = [json.loads(line) for line in (result.folder / "clients.jsonl").read_text().splitlines()]
     fit = [r for r in rows if r["task"] == "fit"]
     assert sorted((r["round"], r["client"]) for r in fit) == [(r, c) for r in (1, 2, 3) for c in range(10)]
-    assert all(r["status"] == "ok" and r["examples"] >= 1 and r["seconds"] > 0 and "train_loss" in r["metrics"]
-               and r["bytes"] == 4 * 62 for r in fit)  # the masked vector: 62 uint32 values
+    assert all(r["status"] == "ok" and set(r) == {"round", "client", "task", "status"} for r in fit)
 
 
 def test_dropouts_fail_themselves_and_too_many_skip_the_round(tmp_path):

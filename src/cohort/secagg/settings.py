@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, replace
 
 from cohort.core.errors import ConfigError
+from cohort.core.limits import MAX_SECAGG_CLIP_RANGE
 from cohort.core.types import MODEL
 
 
@@ -25,9 +26,11 @@ class SecureAggregation:
         if not (isinstance(self.threshold, (int, float)) and not isinstance(self.threshold, bool) and 0 < self.threshold <= 1):
             raise ConfigError(f"secagg.threshold is {self.threshold!r}; expected a share of the cohort in (0, 1], e.g. 0.5")
         if not (isinstance(self.clip_range, (int, float)) and not isinstance(self.clip_range, bool)
-                and 0 < self.clip_range < math.inf):
-            raise ConfigError(f"secagg.clip_range is {self.clip_range!r}; expected a finite number > 0 (the largest "
-                              "absolute value of one coordinate of a model delta that is kept)")
+                and 0 < self.clip_range <= MAX_SECAGG_CLIP_RANGE):
+            raise ConfigError(f"secagg.clip_range is {self.clip_range!r}; expected a number in (0, "
+                              f"{MAX_SECAGG_CLIP_RANGE:g}] (the largest absolute value of one coordinate of a model "
+                              "delta that is kept; a coordinate's resolution in the ring is 2 · clip_range / 2^bits, so "
+                              "a larger range rounds every delta away)")
         if not (isinstance(self.degree, int) and not isinstance(self.degree, bool) and (self.degree == 0 or self.degree >= 2)):
             raise ConfigError(f"secagg.degree is {self.degree!r}; expected 0 (SecAgg: every pair) or k >= 2 neighbours (SecAgg+)")
 
@@ -38,8 +41,12 @@ class SecureAggregation:
         return min(group, max(2, math.ceil(self.threshold * group)))
 
     def check(self, cohort: int) -> None:
+        from cohort.secagg.protocol import MAX_EXACT_CLIENTS
+
         if cohort < 2:
             raise ConfigError(f"secure aggregation needs at least 2 clients per round; a round has {cohort}")
+        if cohort > MAX_EXACT_CLIENTS:  # the figures' limbs (cohort.secagg.figures) would wrap
+            raise ConfigError(f"secure aggregation sums at most {MAX_EXACT_CLIENTS} clients per round; a round has {cohort}")
 
 
 def with_secure_aggregation(algorithm, settings: SecureAggregation):

@@ -7,8 +7,13 @@ runs through every channel (in-process, the process pool, gRPC) unchanged:
 2. ``secagg_share``: it receives everyone's public keys and sends its encrypted shares;
 3. ``fit`` with ``config["secagg"]``: it receives its inbox of shares, trains as the algorithm says,
    clips each coordinate of its model delta to ``[−clip_range, clip_range]`` (and, under central DP,
-   the whole delta to L2 norm ``l2_clip``), quantizes it, masks it, and sends only the masked vector;
+   the whole delta to L2 norm ``l2_clip``), quantizes it, appends its figures (whether it clipped,
+   its metrics: :mod:`cohort.secagg.figures`), masks it, and sends only the masked vector and the
+   names of its metrics: no example count (the reply says 1), no metric value, no time;
 4. ``secagg_unmask``: it reveals the shares the server may have, and forgets the round.
+
+``secagg_evaluate`` is the third exchange of a federated evaluation under secure aggregation: the
+client evaluates the model on its held-out data and masks only the figures (its loss and metrics).
 
 Between exchanges the protocol's secrets live in the client's own state (group ``secagg``), so a
 process-pool worker or a client process can pick up where the last exchange left off; the state is
@@ -18,17 +23,20 @@ emptied at the end of the round. Arrays carry the protocol's bytes as uint8.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 
 from cohort.core.arrays import clip_to, flatten
 from cohort.core.errors import ConfigError
 from cohort.core.seeding import Stage, rng
-from cohort.core.types import MODEL, Message, Reply
+from cohort.core.types import MODEL, EvaluateResult, Message, Reply
+from cohort.secagg import figures
 from cohort.secagg.protocol import SecAggClient, quantize, to_limbs, u8
 
 GROUP = "secagg"
-TASKS = ("secagg_advertise", "secagg_share", "secagg_unmask")
+TASKS = ("secagg_advertise", "secagg_share", "secagg_evaluate", "secagg_unmask")
 
 
 def b64(b: bytes) -> str:
@@ -63,15 +71,30 @@ def handle(half, message: Message, trainer, state) -> tuple[Reply, Any]:
         inbox = {int(v): base64.b64decode(ct) for v, ct in cfg.get("secagg_inbox", {}).items()}
         plain = Message("fit", message.arrays, {k: v for k, v in cfg.items() if not k.startswith("secagg")}, message.version)
         reply, own_after = half.fit(plain, trainer, own or None)
+        reply, own_after = _account(reply, own_after)
         delta = reply.arrays[MODEL]
-        l2 = cfg.get("secagg_l2_clip")
+        l2, l2_clipped = cfg.get("secagg_l2_clip"), False
         if l2:
-            delta, _ = clip_to(delta, float(l2))
+            delta, l2_clipped = clip_to(delta, float(l2))
+        flat, clip_range = flatten(delta), float(cfg["secagg_clip_range"])
         g = rng(int(cfg.get("seed", 0)), int(cfg.get("round", 0)), Stage.SECAGG_ROUND, cid)
-        x = quantize(flatten(delta), float(cfg["secagg_clip_range"]), int(cfg["secagg_bits"]), g)
-        y = client.masked_input(x, inbox)
+        x = quantize(flat, clip_range, int(cfg["secagg_bits"]), g)
+        names, slots = figures.encode(reply.metrics)
+        flags = np.array([bool(l2_clipped), bool((np.abs(flat) > clip_range).any())], np.uint32)
+        y = client.masked_input(np.concatenate([x, flags, slots]), inbox)
         state_after = {**(own_after or {}), GROUP: client.to_state()}
-        return Reply({GROUP: {"y": y}}, reply.num_examples, reply.metrics), state_after
+        return Reply({GROUP: {"y": y, "names": figures.names_array(names)}}, 1), state_after
+    if message.task == "secagg_evaluate":
+        inbox = {int(v): base64.b64decode(ct) for v, ct in cfg.get("secagg_inbox", {}).items()}
+        plain = Message("evaluate", message.arrays, {k: v for k, v in cfg.items() if not k.startswith("secagg")},
+                        message.version)
+        result, _ = half.evaluate(plain, trainer, own or None)
+        if not isinstance(result, EvaluateResult):
+            raise ConfigError(f"evaluate returned a {type(result).__name__}; expected an EvaluateResult")
+        metrics = result.metrics if isinstance(result.metrics, Mapping) else {}
+        names, slots = figures.encode({**metrics, "loss": result.loss})
+        y = client.masked_input(slots, inbox)
+        return Reply({GROUP: {"y": y, "names": figures.names_array(names)}}, 1), {**own, GROUP: client.to_state()}
     if message.task.startswith("data_"):  # a site's statistics, summed exactly (cohort.data.exchange)
         answer = getattr(trainer, "answer", None)
         if answer is None:
@@ -81,9 +104,24 @@ def handle(half, message: Message, trainer, state) -> tuple[Reply, Any]:
                         message.version)
         reply = answer(plain, secure=True)
         y = client.masked_input(to_limbs(reply.arrays["site"]["sum"]), inbox)
-        return Reply({GROUP: {"y": y}}, reply.num_examples), {**own, GROUP: client.to_state()}
+        return Reply({GROUP: {"y": y}}, 1), {**own, GROUP: client.to_state()}  # its row count is in the sum only
     if message.task == "secagg_unmask":
         revealed = client.unmask(set(cfg["secagg_survivors"]), set(cfg["secagg_dropped"]))
         out = {f"{kind}{v}": u8(share) for v, (kind, share) in revealed.items()}
         return Reply({GROUP: out}, 1), (own or None)  # the round's secrets are forgotten
     raise ConfigError(f"task {message.task!r} is not part of a secure round")
+
+
+def _account(reply: Reply, state):
+    """Client-side privacy accounting, as the client runtime does on a plain reply's way out: the raw
+    facts (DP-SGD's sampling rate is batch / examples) become the client's ledger and ε, kept here."""
+    metrics = reply.metrics if isinstance(reply.metrics, Mapping) else {}
+    if "dp_sgd_steps" in metrics:
+        from cohort.client.dpsgd import account
+
+        reply, state = account(reply, state)
+    if "ldp_noise_multiplier" in metrics:
+        from cohort.client.ldp import account as account_ldp
+
+        reply, state = account_ldp(reply, state)
+    return reply, state

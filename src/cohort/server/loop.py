@@ -177,7 +177,7 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
             if evaluate is not None:
                 record.update(checked_evaluation(evaluate(dict(state.model))))
             if settings.federated_fraction > 0:
-                metrics, eval_failures = federated_evaluation(state, channel, num_clients, settings, rows)
+                metrics, eval_failures = federated_evaluation(state, channel, num_clients, settings, rows, algorithm.secure)
                 record.update(metrics, evaluations_failed=len(eval_failures))
                 failures += eval_failures
                 rows += [client_row("evaluate", f.client_id, f) for f in eval_failures]
@@ -255,12 +255,22 @@ def run(state: ServerState, *, on_round: Iterable[OnRound] = (), **kwargs) -> tu
 
 
 def federated_evaluation(state: ServerState, channel: Channel, num_clients: int, settings: LoopSettings,
-                         rows: list | None = None) -> tuple[dict[str, float], list[ClientFailure]]:
+                         rows: list | None = None, secure=None) -> tuple[dict[str, float], list[ClientFailure]]:
     """Example-weighted means of the sampled clients' held-out loss and metrics, and the failures; with
-    ``rows``, each client's result is appended to it as well."""
+    ``rows``, each client's result is appended to it as well. With ``secure`` (the run's
+    SecureAggregation) the clients' figures reach the server only as sums: the means count every
+    client once, and a row says only that the client took part (:func:`cohort.server.secure.secure_evaluation`)."""
     size = cohort_size(num_clients, settings.federated_fraction)
     clients = sample_cohort(num_clients, size, state.seed, state.round, Stage.EVAL_SAMPLE)
-    message = Message("evaluate", state.groups, {"round": state.round, "seed": state.seed, "version": state.version}, state.version)
+    config = {"round": state.round, "seed": state.seed, "version": state.version}
+    if secure is not None:
+        from cohort.server.secure import secure_evaluation
+
+        metrics, failures, taken = secure_evaluation(channel, settings.round_timeout_s, secure, state, clients, config)
+        if rows is not None:
+            rows.extend(taken)
+        return metrics, failures
+    message = Message("evaluate", state.groups, config, state.version)
     instructions = [Instruction(int(cid), {}) for cid in clients]
     mean, failures = WeightedMean(), []
     for pos, reply in channel.run(message, instructions, settings.round_timeout_s):

@@ -191,14 +191,11 @@ class Synchronous:
         failures: list[ClientFailure] = []
         fit_metrics = WeightedMean()
         durations = {int(c): ctx.speeds.duration(int(c)) for c in cohort}
-        secure_problem = None
-        if ctx.algorithm.secure is not None:  # four exchanges; the server learns only the sum
+        secure_problem, secure_record = None, {}
+        if ctx.algorithm.secure is not None:  # four exchanges; the server learns only sums (its record: their means)
             from cohort.server.secure import secure_round
 
-            aggregate, failures, fit_metrics, secure_problem = secure_round(ctx, state, cohort, rctx, config)
-            count = aggregate.num_clients if aggregate is not None else 0
-            if aggregate is not None:
-                accs = {g: ctx.algorithm.aggregators[g].precombined(a, aggregate) for g, a in accs.items()}
+            accs, count, failures, secure_record, secure_problem = secure_round(ctx, state, cohort, rctx, config, accs)
             used = list(durations)
         elif self.over_selection == 0:
             instructions = [Instruction(int(cid), {}) for cid in cohort]
@@ -213,7 +210,7 @@ class Synchronous:
         problem = problem or secure_problem
         clock = state.clock + max((durations[c] for c in used), default=0.0)
         record: dict[str, Any] = {
-            **train_metrics(fit_metrics), "round": r, "status": "ok" if stands else "skipped",
+            **train_metrics(fit_metrics), **secure_record, "round": r, "status": "ok" if stands else "skipped",
             "clients_sampled": len(cohort), "clients_succeeded": count, "clients_failed": len(failures),
         }
         if ctx.speeds.network is not None and ctx.speeds.network.on:  # the round's critical path, split

@@ -38,6 +38,10 @@ def site_table(rows: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]], l
                           "evaluate.federated_fraction > 0 (natural partitions do by default)")
     last = max(r["round"] for r in evaluated)
     entries = sorted((r for r in evaluated if r["round"] == last), key=lambda r: r["client"])
+    ok = [r for r in entries if r.get("status") == "ok"]
+    if ok and not any("loss" in r or r.get("metrics") or "examples" in r for r in ok):
+        raise ConfigError("the run's clients were evaluated under secure aggregation: the server never saw one "
+                          "client's held-out figures, only their means (federated_* in metrics.jsonl)")
     metrics = sorted({k for r in entries for k in (r.get("metrics") or {})},
                      key=lambda k: (k not in ("accuracy", "r2"), k))
     return last, entries, metrics

@@ -8,7 +8,8 @@ running in another process and of a finished one are the same code. Files are re
 the view only its new lines.
 
 Nothing here holds a client's update or a row of data: the records carry metrics, counts, seconds and
-bytes only.
+bytes only. Under secure aggregation a client's row says only that it took part (or why it failed):
+its examples and metrics are then unknown (None), never 0, and ``protections`` shows what was on.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class _Restart(Exception):
 class _Client:
     id: int
     name: str = ""
-    examples: int = 0
+    examples: int | None = None  # None: never reported (secure aggregation keeps it from the server)
     rounds: set = field(default_factory=set)
     last_round: int = 0
     last_metrics: dict = field(default_factory=dict)
@@ -93,6 +94,10 @@ class RunReader:
     ROUND_KEYS = ("round", "status", "clients_sampled", "clients_succeeded", "clients_failed", "seconds", "fit_seconds",
                   "aggregate_seconds", "evaluate_seconds", "bytes_sent", "bytes_received", "dp_epsilon",
                   "staleness_mean", "staleness_max", "failures")
+    # what each record says about the protections that were on (shown as such, not plotted as metrics)
+    PROTECTION_KEYS = ("secagg_mode", "secagg_threshold", "secagg_degree", "secagg_clip_range", "secagg_range_clipped",
+                       "secagg_metrics_error", "norm_bound", "weight_bound", "updates_bounded", "dp_epsilon", "dp_delta",
+                       "dp_clip", "dp_clipped_fraction", "dp_noise_std")
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
@@ -238,7 +243,8 @@ class RunReader:
         evaluate = cfg.get("evaluate", {}) if isinstance(cfg.get("evaluate"), dict) else {}
         privacy = cfg.get("privacy", {}) if isinstance(cfg.get("privacy"), dict) else {}
         metric_names = sorted({k for r in self.records for k, v in r.items()
-                               if _finite(v) and k not in self.ROUND_KEYS and k != "version" and k != "simulated_time"})
+                               if _finite(v) and k not in self.ROUND_KEYS and k not in self.PROTECTION_KEYS
+                               and k != "version" and k != "simulated_time"})
         series = {k: [r.get(k) if _finite(r.get(k)) else None for r in self.records] for k in metric_names}
         timing = {k: [r.get(k) if _finite(r.get(k)) else None for r in self.records]
                   for k in ("seconds", "fit_seconds", "aggregate_seconds", "evaluate_seconds")}
@@ -255,6 +261,9 @@ class RunReader:
         if any("dp_epsilon" in r for r in self.records):
             out["privacy"] = {"epsilon": [r.get("dp_epsilon") for r in self.records], "budget": privacy.get("epsilon_max"),
                               "delta": privacy.get("delta")}
+        shown = {k: last[k] for k in self.PROTECTION_KEYS if k in last}
+        if shown:
+            out["protections"] = shown
         if any("staleness_mean" in r for r in self.records):
             out["staleness"] = {"mean": [r.get("staleness_mean") for r in self.records],
                                 "max": [r.get("staleness_max") for r in self.records]}

@@ -22,6 +22,7 @@ function fmt(v, digits = 4) {
 }
 
 function bytes(n) {
+  if (n === null || n === undefined) return "–";
   if (!n) return "0 B";
   const units = ["B", "kB", "MB", "GB", "TB"];
   const i = Math.min(units.length - 1, Math.floor(Math.log10(n) / 3));
@@ -141,9 +142,17 @@ function render(s) {
   const secs = tm.seconds.filter(v => v !== null);
   if (secs.length) cards.append(card("last round", fmt(secs[secs.length - 1], 3) + " s",
                                      "total " + fmt(secs.reduce((a, b) => a + b, 0), 3) + " s"));
-  cards.append(card("bytes up", bytes(s.clients.reduce((a, c) => a + c.bytes, 0)), "from every client"));
+  const secure = Boolean((s.protections || {}).secagg_mode);  // then no client's own figures are known
+  if (!secure) cards.append(card("bytes up", bytes(s.clients.reduce((a, c) => a + c.bytes, 0)), "from every client"));
   if (s.privacy) cards.append(card("ε spent", fmt(s.privacy.epsilon.filter(v => v !== null).slice(-1)[0]),
                                    s.privacy.budget ? "budget " + s.privacy.budget : "no budget set"));
+  const pr = s.protections || {};
+  if (pr.secagg_mode) cards.append(card("secure aggregation", pr.secagg_mode,
+    `t = ${pr.secagg_threshold} · the server sees sums only: per-client examples and metrics are not known`));
+  if (pr.norm_bound !== undefined) cards.append(card("updates bounded", fmt(pr.updates_bounded ?? 0), "norm bound " + fmt(pr.norm_bound)));
+  if (pr.dp_clipped_fraction !== undefined) cards.append(card("DP clipped", fmt(pr.dp_clipped_fraction), "clip " + fmt(pr.dp_clip)));
+  document.getElementById("protections").textContent = Object.keys(pr).length
+    ? "protections: " + Object.entries(pr).map(([k, v]) => `${k} ${fmt(v)}`).join(" · ") : "";
 
   const body = document.querySelector("#clients tbody"); body.textContent = "";
   for (const c of s.clients.slice(0, 2000)) {
@@ -155,7 +164,7 @@ function render(s) {
               el("td", c.connected === true ? { class: "on" } : {}, seen), el("td", {}, metrics || "–"),
               el("td", c.failures ? { class: "fail", title: c.last_failure } : {},
                  c.failures ? `${c.failures}: ${c.last_failure}` : "0"),
-              el("td", {}, bytes(c.bytes)));
+              el("td", {}, bytes(secure ? null : c.bytes)));
     body.append(tr);
   }
   document.getElementById("client-count").textContent =
