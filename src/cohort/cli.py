@@ -29,12 +29,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CohortError as e:  # a user's mistake or a failed run: the message, no traceback
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        folder = getattr(args, "run_folder", None)
+        hint = ""
+        if folder and args.command == "server":  # say how to go on (clients told it is pausing wait for it)
+            from cohort.cli_lifecycle import resume_command
+            from cohort.core.errors import RoundFailed
+
+            waiting = "" if isinstance(e, RoundFailed) else "the clients wait for the server: "
+            hint = f" ({waiting}resume with `{resume_command(args, folder)}`)"
+        err.print(f"[bold red]error:[/] {escape(str(e) + hint)}", highlight=False, soft_wrap=True)
         return 2
     except (KeyboardInterrupt, Terminated) as e:
         folder = getattr(args, "run_folder", None)
-        kept = (f"; {folder} holds every finished round, the model and a summary (resume with "
-                f"`cohort run --resume {folder}`)" if folder else "; no run folder had been written yet")
+        if folder:
+            from cohort.cli_lifecycle import resume_command
+
+            clients = "; its clients were told it is pausing and wait" if args.command == "server" else ""
+            kept = (f"; {folder} holds every finished round, the model and a summary{clients} (resume with "
+                    f"`{resume_command(args, folder)}`)")
+        else:
+            kept = "; no run folder had been written yet"
         err.print(f"{'interrupted' if isinstance(e, KeyboardInterrupt) else 'terminated (SIGTERM)'}{kept}",
                   highlight=False, markup=False, soft_wrap=True)
         return 130 if isinstance(e, KeyboardInterrupt) else 143

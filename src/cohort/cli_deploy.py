@@ -1,19 +1,25 @@
 """The deployment commands of ``cohort``: ``server`` (a run whose clients are processes that dial in),
 ``client``, ``certs`` and ``keys``; and, for a server whose sites hold their own rows, the data agreement
-before round 1. ``cohort.cli`` holds the rest and the shared run path."""
+before round 1. ``cohort.cli`` holds the rest and the shared run path; ``cohort.cli_lifecycle`` what a
+server adds to a run (its deadline, its update limit) and how it stops (ended, or pausing)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from cohort.core.errors import ConfigError
+from cohort.cli_lifecycle import BEFORE_THE_RUN, ROUND_TIMEOUT_S, goodbye_for, limit_updates, round_deadline
+from cohort.core.errors import CohortError, ConfigError
 
 
 def sites_first(args: argparse.Namespace, config, console, channel_for):
-    """For a server whose sites hold the rows (a CSV config with a natural partition): the channel, the
-    sites' agreement and the experiment built from it, the agreement made once the clients are connected
-    (or read back from the run folder on --resume). (None, None, None) for any other config."""
+    """The channel and the experiment of `cohort server`, in the order the config needs, with the
+    largest accepted update set from the model. Returns (channel, the sites' agreement or None, experiment).
+
+    A config whose sites hold the rows (a CSV config with a natural partition) needs the clients
+    connected first: the data agreement is made with them (or read back from the run folder on
+    --resume), then the experiment is built from it. Any other config is built first, so every check
+    happens before the clients are waited for."""
     from pathlib import Path
 
     from cohort.client.site import is_site_federation, site_count
@@ -21,7 +27,14 @@ def sites_first(args: argparse.Namespace, config, console, channel_for):
     from cohort.experiment import build
 
     if not is_site_federation(config):
-        return None, None, None
+        experiment = build(config)
+        channel = channel_for(config, experiment.num_clients, console)
+        try:
+            limit_updates(args, channel, experiment, console)
+        except BaseException:
+            channel.close(BEFORE_THE_RUN)
+            raise
+        return channel, None, experiment
     channel = channel_for(config, site_count(config.data), console)
     try:
         kept = Path(args.resume, "sites.json") if args.resume else None
@@ -31,17 +44,20 @@ def sites_first(args: argparse.Namespace, config, console, channel_for):
         else:
             console.print("agreeing the data with the sites (schema, statistics)", highlight=False, soft_wrap=True)
             secure = config.secagg.settings() if config.secagg.mode != "none" else None  # then only sums reach the server
-            sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or 600.0,
+            sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or ROUND_TIMEOUT_S,
                           secure=secure, seed=config.seed)
         channel.message_config["site_data"] = sites.message_config()
-        return channel, sites, build(config, sites=sites)
+        experiment = build(config, sites=sites)
+        limit_updates(args, channel, experiment, console)
+        return channel, sites, experiment
     except BaseException:
-        channel.close("the server stopped before the run began")
+        channel.close(BEFORE_THE_RUN)
         raise
 
 
 def server(args: argparse.Namespace) -> int:
     """``cohort server``: the same run as ``cohort run``, with clients that are processes dialing in."""
+    from cohort.channel.grpc.limits import FLOOR_BYTES
     from cohort.channel.grpc.server import GrpcChannel
     from cohort.recipe import algorithm_settings
 
@@ -51,51 +67,77 @@ def server(args: argparse.Namespace) -> int:
 
     checks = (("--wait-s", args.wait_s, 0 < args.wait_s <= MAX_TIMEOUT_S, "seconds in (0, one week]"),
               ("--chunk-mb", args.chunk_mb, 1 <= args.chunk_mb <= 64, "1 to 64"),
-              ("--max-update-mb", args.max_update_mb, 1 <= args.max_update_mb <= 2**20, "1 to 1048576"),
-              ("--min-clients", args.min_clients, args.min_clients >= 0, "0 (all of data.num_clients) or more"),
+              ("--max-update-mb", args.max_update_mb, 0 <= args.max_update_mb <= 2**20,
+               "1 to 1048576, or 0 (the default: derived from the model)"),
+              ("--min-clients", args.min_clients, args.min_clients is None or args.min_clients >= 1,
+               "an integer >= 1, or leave the flag out for all of data.num_clients"),
               ("--heartbeat-s", args.heartbeat_s, 0.05 <= args.heartbeat_s <= 3600, "seconds from 0.05 to 3600"),
               ("--bulk-port", args.bulk_port, -1 <= args.bulk_port <= 65535,
                "a port for the bulk connections (0: any free one; -1: none, everything on the gRPC stream)"))
     for flag, value, ok, expected in checks:
         if not ok or (isinstance(value, float) and not math.isfinite(value)):
             raise ConfigError(f"{flag} is {value!r}; expected {expected}")
+    from cohort.channel.grpc.certs import check_pair, read
+    from cohort.channel.grpc.registry import Registry
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together: the server's certificate (chain) and its private key")
+    tls = (read(args.tls_cert, "--tls-cert"), read(args.tls_key, "--tls-key")) if args.tls_cert else None
+    if tls is not None:
+        check_pair(*tls, f"--tls-cert {args.tls_cert!r}", f"--tls-key {args.tls_key!r}")
+    if args.tls_client_ca and not tls:
+        raise ConfigError("--tls-client-ca (mutual TLS) needs the server's own --tls-cert and --tls-key")
+    client_ca = read(args.tls_client_ca, "--tls-client-ca")
+    if args.registry:  # checked now, not at the first client's hello
+        _check_readable(args.registry, "--registry")
+        Registry(args.registry).close()
+    deadline = round_deadline(args)
+    goodbye = goodbye_for(args)
 
     def channel_for(config, num_clients, console):
-        if args.min_clients > num_clients:
+        if args.min_clients is not None and args.min_clients > num_clients:
             raise ConfigError(f"--min-clients is {args.min_clients} but the config has {num_clients} clients "
                               "(data.num_clients)")
-        # each connected client holds one of the server's threads for its stream
-        from cohort.channel.grpc.certs import read
-        from cohort.channel.grpc.registry import Registry
-
-        if bool(args.tls_cert) != bool(args.tls_key):
-            raise ConfigError("--tls-cert and --tls-key go together: the server's certificate (chain) and its private key")
-        tls = (read(args.tls_cert, "--tls-cert"), read(args.tls_key, "--tls-key")) if args.tls_cert else None
-        if args.tls_client_ca and not tls:
-            raise ConfigError("--tls-client-ca (mutual TLS) needs the server's own --tls-cert and --tls-key")
         registry = Registry(args.registry) if args.registry else None
+        # each registered client holds one of the server's threads for its stream; the ones still in
+        # their hello have a small quota of their own beside (channel/grpc/admission.py)
         channel = GrpcChannel(args.address, config.server.algorithm, algorithm_settings(config),
-                              chunk_bytes=args.chunk_mb * 2**20, max_update_bytes=args.max_update_mb * 2**20,
-                              threads=num_clients + 16, tls=tls,
-                              client_ca=read(args.tls_client_ca, "--tls-client-ca"), registry=registry,
-                              heartbeat_s=args.heartbeat_s, num_clients=num_clients,
-                              bulk_port=None if args.bulk_port < 0 else args.bulk_port)
+                              chunk_bytes=args.chunk_mb * 2**20,
+                              max_update_bytes=args.max_update_mb * 2**20 if args.max_update_mb else FLOOR_BYTES,
+                              tls=tls, client_ca=client_ca, registry=registry, heartbeat_s=args.heartbeat_s,
+                              num_clients=num_clients, bulk_port=None if args.bulk_port < 0 else args.bulk_port,
+                              goodbye=goodbye)
+        args.bound_address = channel.address  # what a resume must listen on (port 0 became a port)
         try:
             want = args.min_clients or num_clients
             bulk_note = f"; arrays also on port {channel.bulk_port}" if channel.bulk_port else ""
             console.print(f"listening on {channel.address}{bulk_note}; waiting for {want} of {num_clients} clients "
                           f"(cohort client --server {channel.address} --id ID ...)", highlight=False, markup=False,
                           soft_wrap=True)
+            console.print(deadline, highlight=False, markup=False, soft_wrap=True)
             console.file.flush()
             channel.wait_for_clients(want, args.wait_s)
         except BaseException:
-            channel.close("the server stopped before the run began")
+            channel.close(BEFORE_THE_RUN)
             raise
         return channel
 
     from cohort.cli import _run
 
     return _run(args, channel_for)
+
+
+def _check_readable(path: str, flag: str) -> None:
+    """A file the server must read: one clear line now rather than a failure on the first client's hello."""
+    from pathlib import Path
+
+    if not Path(path).exists():
+        return  # the registry says so itself, with how to make one
+    try:
+        with open(path, "rb") as f:
+            f.read(16)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path!r} cannot be read: {e.strerror or e}") from e
 
 
 def client(args: argparse.Namespace) -> int:
@@ -105,6 +147,9 @@ def client(args: argparse.Namespace) -> int:
     from cohort.channel.grpc.client import serve
     from cohort.channel.inprocess import torch_threads
 
+    from cohort.channel.grpc.address import check_server
+
+    check_server(args.server)  # before anything is built: a missing port is a typo, not a lost connection
     if args.app and (args.config or args.set or args.data):
         raise ConfigError("give either --app module:function (your client_fn) or --config CONFIG.toml with --set and "
                           "--data (the run's own data and model; none: the embedded demo), not both")
@@ -149,9 +194,20 @@ def client(args: argparse.Namespace) -> int:
 
     credentials = Credentials(tls_ca=read(args.tls_ca, "--tls-ca"), tls_cert=read(args.tls_cert, "--tls-cert"),
                               tls_key=read(args.tls_key, "--tls-key"), key=load_private(args.key) if args.key else None)
+    last: dict = {}  # this client's last task and its outcome
+
+    def on_task(task, outcome):
+        last["task"], last["outcome"] = task, outcome
+
     with torch_threads(threads):  # as in simulation, so the two give the same bits
         reason = serve(args.server, client_fn, args.id, name=args.name or f"client-{args.id}", retry_for_s=args.retry_s,
-                       credentials=credentials)
+                       credentials=credentials, pause_wait_s=args.pause_wait_s, on_task=on_task)
+    from cohort.core.types import ClientFailure
+
+    failed = last.get("outcome")
+    if isinstance(failed, ClientFailure):  # e.g. a site that refused to send its statistics in the clear
+        raise CohortError(f"client {args.id} failed its last task ({last['task']}): {failed.reason}; the server then "
+                          f"said: {reason}")
     print(f"client {args.id}: done ({reason})", flush=True)
     return 0
 
@@ -210,13 +266,23 @@ def keys(args: argparse.Namespace) -> int:
 
 def add_parsers(sub, run_options) -> None:
     """The deployment commands' parsers, on ``cohort``'s subcommands."""
-    server_ = sub.add_parser("server", help="run a config as a real federation: clients are `cohort client` processes")
+    server_ = sub.add_parser(
+        "server", help="run a config as a real federation: clients are `cohort client` processes",
+        description=f"Run a config as a real federation. Safe defaults: every round has a deadline of "
+                    f"{ROUND_TIMEOUT_S:.0f} s unless server.round_timeout_s sets another (0: none, said loudly at "
+                    "start); the largest update accepted is derived from the model (--max-update-mb overrides); "
+                    "connections that have not said who they are get a small quota of their own and a few seconds. "
+                    "SIGTERM or Ctrl-C pauses the run: the finished rounds are kept, the clients are told the server "
+                    "is pausing and wait (cohort client --pause-wait-s) for `cohort server --resume RUN_DIR`.")
     server_.add_argument("config", nargs="?", help="TOML experiment config (the same one `cohort run` takes)")
     server_.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to listen on (port 0: any free port)")
-    server_.add_argument("--min-clients", type=int, default=0, help="clients to wait for before round 1 (default: data.num_clients)")
+    server_.add_argument("--min-clients", type=int, default=None,
+                        help="clients to wait for before round 1, at least 1 (default: all of data.num_clients)")
     server_.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for them (seconds)")
     server_.add_argument("--chunk-mb", type=int, default=4, help="largest message on the wire, in MiB (arrays are streamed in chunks)")
-    server_.add_argument("--max-update-mb", type=int, default=2048, help="largest result accepted from a client, in MiB")
+    server_.add_argument("--max-update-mb", type=int, default=0,
+                        help="largest result accepted from a client, in MiB (default 0: derived from the model, as "
+                             "the algorithm and compression send it back, and at least 16 MiB; printed at start)")
     server_.add_argument("--tls-cert", help="the server's certificate chain (PEM); with --tls-key, serves TLS")
     server_.add_argument("--tls-key", help="the server's private key (PEM)")
     server_.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM): mutual TLS")
@@ -246,6 +312,9 @@ def add_parsers(sub, run_options) -> None:
     client_.add_argument("--tls-key", help="the private key (PEM) of --tls-cert")
     client_.add_argument("--key", help="this client's private key from `cohort keys new`, for a server with a registry")
     client_.add_argument("--retry-s", type=float, default=60.0, help="give up after the server is unreachable this long")
+    client_.add_argument("--pause-wait-s", type=float, default=3600.0,
+                         help="how long to wait for a server that said it is pausing (stopped by SIGTERM or Ctrl-C, or "
+                              "an error, to be resumed) to take this client back (default 3600 s); then exit with status 2")
     client_.set_defaults(func=client)
 
     certs_ = sub.add_parser("certs", help="make a self-signed CA, a server and a client certificate, for testing TLS")

@@ -97,7 +97,8 @@ def protections(config: RunConfig) -> str:
                      + (f" — NO: TEST MODE, the key comes from ${INSECURE_KEY_ENV} and anyone who knows it can "
                         "remove the noise" if insecure_key() else "") + ")")
     if config.secagg.mode != "none":
-        parts.append(f"{config.secagg.mode} (threshold {config.secagg.threshold:g} of the cohort)")
+        parts.append(f"{config.secagg.mode} (threshold {config.secagg.threshold:g} of the cohort; the server sees sums "
+                     "only, so the mean counts every client once, whatever server.weighted says)")
     return "protections: " + "; ".join(parts)
 
 

@@ -225,7 +225,7 @@ def test_three_clients_train_an_mnist_subset_and_accuracy_rises(tmp_path, data_d
 
 
 @pytest.mark.parametrize("flag, value", [("--wait-s", "nan"), ("--wait-s", "-1"), ("--chunk-mb", "0"),
-                                         ("--max-update-mb", "0"), ("--min-clients", "-2"), ("--min-clients", "99")])
+                                         ("--max-update-mb", "-1"), ("--min-clients", "-2"), ("--min-clients", "99")])
 def test_server_flags_are_checked(flag, value, tmp_path, capsys):
     from cohort.cli import main
 

@@ -14,7 +14,9 @@ client dials ``bulk_port`` on the server's host, over TLS when the stream is, wi
 certificate under mutual TLS, and sends ``MAGIC``, the token and its direction (``D`` for payloads
 to the client, ``U`` for results). The server answers ``OK`` once the socket belongs to that
 session; anything else (a wrong token, a token used twice, garbage, silence past the handshake
-deadline) is closed unanswered. A client that cannot open them (a firewall) keeps using chunks on
+deadline, counted from the connection's arrival whatever trickles in) is closed unanswered. At most
+``MAX_HANDSHAKES`` connections are in their handshake at once: a new one beyond closes the oldest
+(a real client's takes milliseconds). A client that cannot open them (a firewall) keeps using chunks on
 the stream: the Header's ``bulk`` flag says which way each payload comes.
 
 A payload on a bulk socket: 8 bytes of task id, 8 bytes of length (big-endian), then the
@@ -29,6 +31,7 @@ import socket
 import ssl
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -41,7 +44,7 @@ TOKEN_BYTES = 32
 DOWN, UP = b"D", b"U"
 OK = b"OK"
 PREFIX = 16  # task id, length
-MAX_HANDSHAKES = 32  # connections still in their handshake at once; more are closed at once
+MAX_HANDSHAKES = 32  # connections still in their handshake at once; a new one beyond closes the oldest
 CONNECT_S = 5.0
 PIECE = 4 * 2**20  # bytes per send or recv_into call: progress (heartbeats) is noted this often
 STALL_S = 60.0  # a bulk socket on which one piece moves no further for this long is dead
@@ -106,7 +109,8 @@ class Listener:
                                  "--bulk-port, or turn them off with --bulk-port -1)") from e
         self.port = self._sock.getsockname()[1]
         self._context, self._attach, self._handshake_s = context, attach, handshake_s
-        self._slots = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self._pending: OrderedDict[int, list] = OrderedDict()  # [socket] of those in their handshake, oldest first
+        self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._accept, daemon=True, name="cohort-bulk-accept")
         self._thread.start()
@@ -117,26 +121,48 @@ class Listener:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed
-            if not self._slots.acquire(blocking=False):
-                conn.close()  # a flood of half-open connections: the ones past the limit are dropped
-                continue
-            threading.Thread(target=self._handshake, args=(conn,), daemon=True, name="cohort-bulk-handshake").start()
+            holder = [conn]  # the socket, then its TLS wrapper: what a deadline or an eviction closes
+            with self._lock:
+                self._pending[id(holder)] = holder
+                oldest = list(self._pending)[:-MAX_HANDSHAKES] if len(self._pending) > MAX_HANDSHAKES else []
+            for key in oldest:  # a flood of half-open connections: the oldest make room
+                self._expire(key)
+            threading.Thread(target=self._handshake, args=(holder,), daemon=True, name="cohort-bulk-handshake").start()
 
-    def _handshake(self, conn: socket.socket) -> None:
+    def _expire(self, key: int) -> None:
+        with self._lock:
+            holder = self._pending.pop(key, None)
+        if holder is not None:
+            close(holder[0])
+
+    def _handshake(self, holder: list) -> None:
+        # the whole handshake has one deadline from the connection's arrival: a peer trickling a byte
+        # at a time does not reset it
+        key = id(holder)
+        timer = threading.Timer(self._handshake_s, self._expire, (key,))
+        timer.daemon = True
+        timer.start()
+        conn = holder[0]
         try:
             conn.settimeout(self._handshake_s)
             if self._context is not None:
-                conn = self._context.wrap_socket(conn, server_side=True)
+                conn = self._context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                holder[0] = conn
+                conn.do_handshake()
             hello = _recv_exact(conn, len(MAGIC) + TOKEN_BYTES + 1)
             magic, token, direction = hello[:len(MAGIC)], hello[len(MAGIC):-1], hello[-1:]
-            if hmac.compare_digest(magic, MAGIC) and direction in (DOWN, UP) and self._attach(token, direction, conn):
+            with self._lock:
+                in_time = self._pending.pop(key, None) is not None  # else the deadline or an eviction closed it
+            if in_time and hmac.compare_digest(magic, MAGIC) and direction in (DOWN, UP) and self._attach(token, direction, conn):
                 conn.settimeout(STALL_S)
                 conn.sendall(OK)
                 return
         except (OSError, ValueError):  # garbage, a failed TLS handshake, silence: closed unanswered
             pass
         finally:
-            self._slots.release()
+            timer.cancel()
+            with self._lock:
+                self._pending.pop(key, None)
         close(conn)
 
     def close(self) -> None:

@@ -96,3 +96,23 @@ def read(path: str | None, what: str) -> bytes | None:
     if b"-----BEGIN" not in data:
         raise ConfigError(f"{what} {path!r} is not a PEM file")
     return data
+
+
+def check_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> None:
+    """Raise ConfigError unless ``key`` (PEM) is the private key of the first certificate of ``cert``
+    (a PEM chain): a mismatched pair would otherwise fail deep inside gRPC ("Failed to bind")."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        leaf = x509.load_pem_x509_certificates(cert)[0]
+    except ValueError as e:
+        raise ConfigError(f"{cert_name} is not a PEM certificate (chain): {e}") from e
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key_name} is not an unencrypted PEM private key: {e}") from e
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if leaf.public_key().public_bytes(*spki) != private.public_key().public_bytes(*spki):
+        raise ConfigError(f"{key_name} is not the private key of {cert_name} (their public keys differ): give the "
+                          "key that was made with that certificate")

@@ -1,7 +1,9 @@
 """The client process: dial the server, say who it is, run the tasks it is sent, keep its own state.
 
 The client's per-client state (SCAFFOLD's cᵢ, ...) lives here, in this process, across rounds and
-reconnections. A lost connection is retried with capped exponential backoff.
+reconnections. A lost connection, and a server too busy to take it (RESOURCE_EXHAUSTED), are retried
+with capped exponential backoff for ``retry_for_s``; a server that says it is pausing (stopped to be
+resumed) is waited for, the same way, for ``pause_wait_s``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from cohort.algorithms import ALGORITHMS
 from cohort.channel.grpc import bulk
 from cohort.channel.grpc import federation_pb2 as pb
 from cohort.channel.grpc import federation_pb2_grpc as rpc
+from cohort.channel.grpc.address import check_server
 from cohort.channel.grpc.auth import digest_of, hello_bytes, result_bytes
 from cohort.channel.grpc.serde import WIRE_OPTIONS, decode, encode, layout, outcome_meta
 from cohort.channel.runtime import run_client
@@ -29,8 +32,13 @@ from cohort.core.limits import MAX_TIMEOUT_S
 from cohort.core.types import ClientFailure, FailureStage, Message
 
 BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 10.0
+PAUSE_WAIT_S = 3600.0  # how long a client waits for a server that said it is pausing
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
              grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
+# the server's answers when it is overloaded (its streams full, under a flood): worth another try
+OVERLOADED = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
+RETRYABLE = TRANSIENT + OVERLOADED
+PAUSING = "pausing:"  # the goodbye of a server that stops to be resumed (server.PAUSING)
 
 
 class _Lost(Exception):
@@ -70,40 +78,67 @@ class Credentials:
 
 def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", retry_for_s: float = 60.0,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-          credentials: Credentials | None = None) -> str:
+          credentials: Credentials | None = None, pause_wait_s: float = PAUSE_WAIT_S,
+          on_task: Callable[[str, Any], None] = lambda task, outcome: None) -> str:
     """Run client ``client_id`` against the server at ``address`` until it says goodbye; returns its reason.
-    Raises TransportError once the server could not be reached for ``retry_for_s`` seconds, or when it
-    turns this client away."""
+    Raises TransportError once the server could not be reached for ``retry_for_s`` seconds, when it
+    turns this client away, or when a server that said it is pausing is not back within
+    ``pause_wait_s`` seconds (not at all when this client's last task failed: the goodbye is returned).
+    ``on_task(task, outcome)`` sees each task's outcome before it is sent."""
+    check_server(address)
     if not (isinstance(client_id, int) and not isinstance(client_id, bool) and client_id >= 0):
         raise ConfigError(f"--id is {client_id!r}; expected an integer >= 0")
-    if not (isinstance(retry_for_s, (int, float)) and 0 <= retry_for_s <= MAX_TIMEOUT_S):
-        raise ConfigError(f"--retry-s is {retry_for_s!r}; expected seconds from 0 to one week")
+    for flag, v in (("--retry-s", retry_for_s), ("--pause-wait-s", pause_wait_s)):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_TIMEOUT_S):
+            raise ConfigError(f"{flag} is {v!r}; expected seconds from 0 to one week")
     credentials = credentials or Credentials()  # plain text: a loopback server without TLS
-    kept: dict[str, Any] = {"state": None}  # this client's own state, kept across rounds and reconnections
+    kept: dict[str, Any] = {"state": None, "last": None}  # this client's own state, across rounds and reconnections
+
+    def noted(task: str, outcome: Any) -> None:
+        kept["last"] = outcome
+        on_task(task, outcome)
+
+    kept["on_task"] = noted
     delay, gave_up_at = BACKOFF_START_S, time.monotonic() + retry_for_s
+    paused = ""  # the goodbye of a server that is pausing, while this client waits for it
+
+    def wait(what: str) -> None:
+        nonlocal delay
+        log(f"client {client_id}: {what}; {'waiting for it: ' if paused else ''}retrying in {delay:.1f}s")
+        time.sleep(delay)
+        delay = min(BACKOFF_MAX_S, delay * 2)
+
+    def give_up(what: str, error: Exception | None = None):
+        if paused:
+            return TransportError(f"the server at {address} paused ({paused[len(PAUSING):].strip()}) and did not "
+                                  f"take client {client_id} back within --pause-wait-s {pause_wait_s:.0f}s")
+        return TransportError(what)
+
     while True:
         try:
             reason, joined = _session(address, client_fn, client_id, name, kept, log, credentials)
             if reason.startswith("refused:"):
                 raise TransportError(f"the server at {address} turned client {client_id} away: {reason[9:].strip()}")
-            return reason
+            if not reason.startswith(PAUSING) or isinstance(kept["last"], ClientFailure):
+                return reason  # after a failed task a resumed server would only ask again: the caller says why
+            # the server stops to be resumed: wait for it, for pause_wait_s from now
+            paused, delay, gave_up_at = reason, BACKOFF_START_S, time.monotonic() + pause_wait_s
+            wait(f"the server is pausing ({reason[len(PAUSING):].strip()})")
         except _Lost as e:
             if e.joined:  # it was in: the server restarted or the network blinked; a fresh allowance
-                delay, gave_up_at = BACKOFF_START_S, time.monotonic() + retry_for_s
+                paused, delay, gave_up_at = "", BACKOFF_START_S, time.monotonic() + retry_for_s
             if time.monotonic() > gave_up_at:
-                raise TransportError(f"the server at {address} keeps closing the connection: {e}") from e
-            log(f"client {client_id}: {e}; reconnecting in {delay:.1f}s")
-            time.sleep(delay)
-            delay = min(BACKOFF_MAX_S, delay * 2)
+                raise give_up(f"the server at {address} keeps closing the connection: {e}") from e
+            wait(str(e))
         except grpc.RpcError as e:
-            if e.code() not in TRANSIENT:
+            if e.code() not in RETRYABLE:
                 raise TransportError(f"the server at {address} refused the connection: {e.code().name}: {e.details()}") from e
             if time.monotonic() > gave_up_at:
-                raise TransportError(f"cannot reach the server at {address} (tried for {retry_for_s:.0f}s): "
-                                     f"{e.code().name}: {e.details()}") from e
-            log(f"client {client_id}: connection to {address} lost ({e.code().name}); retrying in {delay:.1f}s")
-            time.sleep(delay)
-            delay = min(BACKOFF_MAX_S, delay * 2)
+                raise give_up(f"cannot reach the server at {address} (tried for {retry_for_s:.0f}s): "
+                              f"{e.code().name}: {e.details()}") from e
+            busy = e.code() in OVERLOADED
+            wait(f"the server at {address} is busy ({e.code().name})" if busy
+                 else f"connection to {address} lost ({e.code().name})")
 
 
 def _session(address, client_fn, client_id, name, kept: dict, log, credentials: Credentials):
@@ -232,6 +267,7 @@ def _answer(header, parts, half, client_fn, client_id, kept: dict, link: _Link) 
         outcome = ClientFailure(client_id, FailureStage.TRANSPORT, "a task came before the welcome")
     else:
         outcome, kept["state"] = run_client(client_fn, half, client_id, message, kept["state"])
+    kept["on_task"](header.task, outcome)
     meta, groups = outcome_meta(outcome)
     if link.up is not None:
         total, pieces = layout(groups)

@@ -8,10 +8,10 @@ its tasks as transport failures.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import json
 import queue
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -25,6 +25,9 @@ import grpc
 from cohort.channel.base import groups_nbytes, reply_nbytes
 from cohort.channel.grpc import bulk
 from cohort.channel.grpc import federation_pb2 as pb
+from cohort.channel.grpc.address import check_address
+from cohort.channel.grpc.admission import HELLO_S, QUOTA, Admission
+from cohort.channel.grpc.certs import check_pair
 from cohort.channel.grpc.registry import Registry, RunLog
 from cohort.channel.grpc.serde import WIRE_OPTIONS, cut, layout
 from cohort.channel.grpc.session import CLOSE, BulkTask, Servicer, Session, register
@@ -32,41 +35,31 @@ from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
 
 CHUNK_BYTES = 4 * 2**20
-MAX_UPDATE_BYTES = 2**31
+MAX_UPDATE_BYTES = 2**31  # this class's default; `cohort server` derives its limit from the model (limits.py)
 HEARTBEAT_S = 5.0
-HANDSHAKE_S = 10.0
-
-
-def check_address(address: str, tls: bool = False, registry: bool = False) -> tuple[str, int]:
-    """``host:port``; on anything but a loopback interface only with TLS and a client registry."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--address is {address!r}; expected HOST:PORT, e.g. 127.0.0.1:8080 (port 0: any free port)")
-    name = host.strip("[]")
-    try:
-        loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not tls:
-        raise ConfigError(f"--address {address!r} is not a loopback address: serve it with TLS (--tls-cert and "
-                          "--tls-key; `cohort certs` makes test certificates). Without TLS only 127.0.0.1, "
-                          "localhost or [::1] are served")
-    if not loopback and not registry:
-        raise ConfigError(f"--address {address!r} is not a loopback address: its clients must authenticate. Give "
-                          "--registry REGISTRY.sqlite (`cohort keys new` makes each client's key pair and "
-                          "`cohort keys allow` adds it)")
-    return host, int(port)
+HANDSHAKE_S = HELLO_S  # a stream's hello (and proof) must be through within this (admission.py)
+CONNECT_S = 10.0  # a TCP connection's TLS and HTTP/2 handshake must be through within this (gRPC core's default: 120 s)
+SPARE_STREAMS = 8  # beyond clients and the pre-authentication quota: reconnections that overlap their old stream
+ENDED = "the run has ended"
+PAUSING = "pausing:"  # a goodbye starting so: the server stops and will be resumed; its clients wait for it
 
 
 class GrpcChannel:
     """A Channel whose clients are processes that dialed in (``cohort client``). Each connected client
-    holds one of ``threads`` server threads for its stream: give at least one per client.
+    holds one of ``threads`` server threads for its stream: give one per client (``num_clients``, when
+    given, is used instead). Connections still in their hello have ``preauth_quota`` threads of their
+    own beside those (``admission.py``), so they can never crowd out a registered client.
 
     ``tls``: the server's (certificate chain, private key) in PEM; None serves plain text on loopback.
     ``client_ca``: with TLS, require client certificates signed by this CA (mutual TLS).
     ``registry``: a :class:`Registry`; every client must then prove it holds its registered key.
     ``heartbeat_s``: clients ping this often; one silent for three periods is marked offline.
-    ``handshake_s``: a connection that has not finished its hello by then is closed.
+    ``handshake_s``: a stream that has not finished its hello (and proof) by then is closed.
+    ``connect_s``: a TCP connection that has not finished its TLS and HTTP/2 handshake by then is closed.
+    ``max_update_bytes``: the largest result accepted (refused by its announced size, before any byte
+    is buffered); :meth:`set_max_update_bytes` changes it once the model is known.
+    ``goodbye``: what :meth:`close` tells the clients when given no reason (called then; None: the run
+    has ended). A reason starting ``"pausing:"`` tells them to wait for a resumed server.
     ``num_clients``: client ids go from 0 to ``num_clients - 1`` (the config's ``data.num_clients``).
     ``bulk_port``: payloads go on bulk sockets (``bulk.py``) to this port of the same host, for the
     clients that can open them (0: any free port; None: none, every payload in chunks on the stream).
@@ -76,21 +69,24 @@ class GrpcChannel:
                  chunk_bytes: int = CHUNK_BYTES, max_update_bytes: int = MAX_UPDATE_BYTES, threads: int = 64,
                  tls: tuple[bytes, bytes] | None = None, client_ca: bytes | None = None,
                  registry: Registry | None = None, heartbeat_s: float = HEARTBEAT_S, handshake_s: float = HANDSHAKE_S,
-                 log: RunLog | None = None, num_clients: int | None = None, bulk_port: int | None = 0) -> None:
+                 log: RunLog | None = None, num_clients: int | None = None, bulk_port: int | None = 0,
+                 preauth_quota: int = QUOTA, connect_s: float = CONNECT_S, goodbye=None) -> None:
         host, port = check_address(address, tls is not None, registry is not None)
         if not 1024 <= chunk_bytes <= 64 * 2**20:
             raise ConfigError(f"chunk_bytes is {chunk_bytes}; expected 1 KiB to 64 MiB")
-        if not (isinstance(max_update_bytes, int) and max_update_bytes >= 1):
-            raise ConfigError(f"max_update_bytes is {max_update_bytes!r}; expected an integer >= 1")
-        for what, v in (("heartbeat_s", heartbeat_s), ("handshake_s", handshake_s)):
+        for what, v in (("heartbeat_s", heartbeat_s), ("handshake_s", handshake_s), ("connect_s", connect_s)):
             if not (isinstance(v, (int, float)) and 0.05 <= v <= 3600):
                 raise ConfigError(f"{what} is {v!r}; expected seconds from 0.05 to 3600")
         if bulk_port is not None and not (isinstance(bulk_port, int) and 0 <= bulk_port <= 65535):
             raise ConfigError(f"bulk_port is {bulk_port!r}; expected a port from 0 (any free one) to 65535, or None (none)")
         if client_ca is not None and tls is None:
             raise ConfigError("client certificates (mutual TLS) need the server's own TLS certificate and key too")
+        if tls is not None:
+            check_pair(tls[0], tls[1], "the TLS certificate", "the TLS private key")
         self.algorithm, self.algorithm_settings = algorithm, algorithm_settings
-        self.chunk_bytes, self.max_update_bytes = chunk_bytes, max_update_bytes
+        self.chunk_bytes = chunk_bytes
+        self.set_max_update_bytes(max_update_bytes)
+        self._goodbye = goodbye
         self.registry, self.log = registry, log if log is not None else RunLog()
         self.heartbeat_s, self.handshake_s = float(heartbeat_s), float(handshake_s)
         self.num_clients = num_clients
@@ -98,7 +94,7 @@ class GrpcChannel:
         self.bytes_sent = self.bytes_received = 0
         self.max_held = 0
         self._sessions: dict[int, Session] = {}
-        self._connecting: dict[int, tuple[Any, float]] = {}  # id(context) -> (context, started)
+        self.admission = Admission(preauth_quota, self.handshake_s)  # the connections still in their hello
         self._bulk_tokens: dict[bytes, Session] = {}  # tokens given out whose sockets are not all open
         self._lock = threading.Lock()
         self._routes: dict[int, queue.Queue] = {}  # task id -> where its outcome goes (run()'s own, or _submitted)
@@ -107,13 +103,16 @@ class GrpcChannel:
         self._task_ids = itertools.count(1)
         self._stopped = threading.Event()
         limit = chunk_bytes + 2**16
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cohort-grpc"),
+        # a thread per registered client, the pre-authentication quota, and reconnections that overlap
+        self.streams = (num_clients if num_clients is not None else threads) + preauth_quota + SPARE_STREAMS
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="cohort-grpc"),
                                    options=[*WIRE_OPTIONS, ("grpc.max_receive_message_length", limit),
                                             ("grpc.max_send_message_length", limit),
                                             ("grpc.keepalive_permit_without_calls", 1),
                                             ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
-                                            ("grpc.http2.max_ping_strikes", 0)],
-                                   maximum_concurrent_rpcs=threads)
+                                            ("grpc.http2.max_ping_strikes", 0),
+                                            ("grpc.server_handshake_timeout_ms", int(connect_s * 1000))],
+                                   maximum_concurrent_rpcs=self.streams)
         register(Servicer(self), self._server)
         if tls is not None:
             creds = grpc.ssl_server_credentials([(tls[1], tls[0])], root_certificates=client_ca,
@@ -136,6 +135,12 @@ class GrpcChannel:
         self._server.start()
         self._monitor = threading.Thread(target=self._watch, daemon=True, name="cohort-heartbeats")
         self._monitor.start()
+
+    def set_max_update_bytes(self, max_update_bytes: int) -> None:
+        """The largest result accepted from now on (``limits.update_limit`` derives it from the model)."""
+        if not (isinstance(max_update_bytes, int) and not isinstance(max_update_bytes, bool) and max_update_bytes >= 1):
+            raise ConfigError(f"max_update_bytes is {max_update_bytes!r}; expected an integer >= 1")
+        self.max_update_bytes = max_update_bytes
 
     def attach_folder(self, folder) -> None:
         """The run folder exists: the run log goes to its ``server.sqlite``."""
@@ -167,8 +172,7 @@ class GrpcChannel:
         if old is not None and old.alive:
             self._leave(old, "replaced by a new connection of the same client")
         self.log.event("joined", session.client_id, session.name)
-        if self.registry is not None:
-            self.registry.seen(session.client_id)
+        self.seen(session.client_id)
 
     def _attach_bulk(self, token: bytes, direction: bytes, sock) -> bool:
         """A bulk socket proved ``token``: it becomes its session's socket for ``direction``."""
@@ -205,17 +209,25 @@ class GrpcChannel:
         session.outbound.put(CLOSE)
         session.close_bulk()
         self.log.event("refused" if refuse else "left", session.client_id, why)
-        if self.registry is not None and not refuse:
-            self.registry.seen(session.client_id)
+        if not refuse:
+            self.seen(session.client_id)
+
+    def seen(self, client_id: int) -> None:
+        """Note in the registry when a client was last seen: advisory, so a full disk does not stop the federation."""
+        if self.registry is not None:
+            try:
+                self.registry.seen(client_id)
+            except (sqlite3.Error, OSError) as e:
+                self.log.event("warning", client_id, f"the registry's last-seen time was not written: {e}")
 
     def _watch(self) -> None:
         """Heartbeats: a client silent for three periods is offline (its tasks fail now, not at the
         deadline); a connection still in its hello after ``handshake_s`` is closed."""
-        while not self._stopped.wait(min(self.heartbeat_s, self.handshake_s) / 2):
+        while not self._stopped.wait(min(self.heartbeat_s, self.handshake_s) / 4):
             now = time.monotonic()
             with self._lock:
                 silent = [s for s in self._sessions.values() if s.alive and now - s.last_seen > 3 * self.heartbeat_s]
-                stuck = [c for c, started in self._connecting.values() if now - started > self.handshake_s]
+            stuck = self.admission.expired()
             for s in silent:
                 self._leave(s, f"silent for {now - s.last_seen:.1f}s (no heartbeat); marked offline")
                 s.context.cancel()
@@ -355,7 +367,15 @@ class GrpcChannel:
                 for t in expired:
                     self._routes.pop(t, None)
 
-    def close(self, reason: str = "the run has ended") -> None:
+    def close(self, reason: str | None = None) -> None:
+        """Say goodbye to every client and stop. ``reason``: what they are told (None: the ``goodbye``
+        given at construction decides, else the run has ended); one starting ``"pausing:"`` has them
+        wait for a resumed server."""
+        if reason is None:
+            try:
+                reason = self._goodbye() if self._goodbye is not None else ENDED
+            except Exception as e:  # whatever went wrong, the clients are not told the run is over
+                reason = f"{PAUSING} the server stopped ({type(e).__name__}: {e})"
         with self._lock:
             sessions = list(self._sessions.values())
         for s in sessions:

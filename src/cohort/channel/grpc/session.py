@@ -84,8 +84,8 @@ class Servicer(rpc.FederationServicer):
     def Join(self, request_iterator, context):
         ch = self.channel
         key = id(context)
-        with ch._lock:
-            ch._connecting[key] = (context, time.monotonic())
+        for older in ch.admission.arrive(key, context):  # the quota is full: the oldest still in its hello goes
+            older.cancel()
         try:
             session, refused = self._hello(request_iterator, context)
             if refused is not None:
@@ -93,6 +93,7 @@ class Servicer(rpc.FederationServicer):
                 yield _refusal(refused)
                 return
             if session.nonce:
+                ch.admission.proving(key)
                 yield pb.ServerMessage(challenge=pb.Challenge(nonce=session.nonce))
                 refused = self._proof(session, request_iterator)
                 if refused is not None:
@@ -102,8 +103,7 @@ class Servicer(rpc.FederationServicer):
         except (StopIteration, grpc.RpcError, ValueError):
             return  # hung up (or was cut off) during the hello
         finally:
-            with ch._lock:
-                ch._connecting.pop(key, None)
+            ch.admission.leave(key)
         if ch.bulk_port:
             session.bulk_token = bulk.new_token()
             with ch._lock:
@@ -201,6 +201,9 @@ class Servicer(rpc.FederationServicer):
                         self._refuse(session, header, f"sent a result over the limit of {ch.max_update_bytes} bytes "
                                                       "(max_update_bytes)")
                         return
+                    if size > header.payload_bytes:
+                        self._refuse(session, header, f"sent a result over the limit of the {header.payload_bytes} bytes it announced")
+                        return
                     parts.append(msg.chunk.data)
                     if msg.chunk.last:
                         if not self._finish(session, header, parts):
@@ -248,7 +251,7 @@ class Servicer(rpc.FederationServicer):
             return f"client {session.client_id}'s key was revoked ({entry.revoked_reason if entry else 'removed from the registry'})"
         if not verify(session.public_key, header.signature, result_bytes(session.nonce, header, digest_of(parts))):
             return f"result {header.seq}'s signature does not match client {session.client_id}'s key: refused"
-        ch.registry.seen(session.client_id)
+        ch.seen(session.client_id)
         return None
 
     def _refuse(self, session: Session, header, why: str) -> None:
