@@ -108,6 +108,7 @@ def server(args: argparse.Namespace) -> int:
                               num_clients=num_clients, bulk_port=None if args.bulk_port < 0 else args.bulk_port,
                               goodbye=goodbye)
         args.bound_address = channel.address  # what a resume must listen on (port 0 became a port)
+        channel.set_stragglers(config.server.stragglers())
         try:
             want = args.min_clients or num_clients
             bulk_note = f"; arrays also on port {channel.bulk_port}" if channel.bulk_port else ""

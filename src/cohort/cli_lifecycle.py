@@ -40,14 +40,19 @@ def round_deadline(args: argparse.Namespace) -> str:
 
     config, _ = _load(args)  # as the run will load it (a resumed run: its folder's config)
     timeout = config.server.round_timeout_s
+    s = config.server
+    stragglers = (f"; once half the cohort answered in t s, the rest get max({s.straggler_min_s:g} s, "
+                  f"{s.straggler_factor:g} t) more (server.straggler_factor, straggler_min_s)" if s.straggler_factor
+                  else "; no straggler deadline (server.straggler_factor = 0)")
     if timeout is None and not args.resume:
         args.set = [*args.set, f"server.round_timeout_s={ROUND_TIMEOUT_S}"]  # the run's config records it
         return (f"round deadline {ROUND_TIMEOUT_S:.0f} s (cohort server's default; set server.round_timeout_s for "
-                "another, 0 for none)")
+                "another, 0 for none)" + stragglers)
     if not timeout:
-        return ("WARNING: rounds have NO deadline (server.round_timeout_s = 0" + (", or unset in a run started by "
-                "`cohort run`" if timeout is None else "") + "): a client that never answers holds every round")
-    return f"round deadline {timeout:g} s (server.round_timeout_s)"
+        return ("WARNING: rounds have NO fixed deadline (server.round_timeout_s = 0" + (", or unset in a run started "
+                "by `cohort run`" if timeout is None else "") + ")" + (stragglers if s.straggler_factor else
+                ": a client that never answers holds every round"))
+    return f"round deadline {timeout:g} s (server.round_timeout_s)" + stragglers
 
 
 def goodbye_for(args: argparse.Namespace):

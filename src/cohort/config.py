@@ -150,6 +150,8 @@ class ServerConfig:
     tau: float = 1e-3  # adam, yogi, adagrad: adaptivity (v starts at tau²)
     min_successful_clients: int = 1  # a round stands only with this many accepted updates
     max_failed_rounds: int = 3  # consecutive rounds that do not stand before the run stops
+    straggler_factor: float = 2.0  # deployment: once half the cohort answered in t s, the rest get max(straggler_min_s, factor · t) s more; 0: off
+    straggler_min_s: float = 10.0  # deployment: the stragglers' extra time is at least this
     round_timeout_s: float | None = None  # deadline of a round; unset: none in simulation, 600 s under `cohort server`; 0: none
     over_selection: float = 0.0  # sample this share more clients than a round needs and close it when enough reported
     aggregator: str = "mean"  # mean | median | trimmed_mean | krum (the model group's combine)
@@ -167,6 +169,12 @@ class ServerConfig:
         from cohort.aggregation.server_opt import adaptive
 
         return adaptive(self.optimizer, self.lr, self.beta1, self.beta2, self.tau)
+
+    def stragglers(self):
+        """How a deployed round stops waiting for its stragglers (cohort.channel.stragglers)."""
+        from cohort.channel.stragglers import StragglerRule
+
+        return StragglerRule(self.straggler_factor, self.straggler_min_s)
 
     def bound(self):
         """The adaptive update bound of ``norm_bound = "auto"`` (None otherwise)."""
@@ -199,6 +207,7 @@ class ServerConfig:
         _check(0 <= self.momentum < 1, "server.momentum", self.momentum, "0 <= momentum < 1")
         _check(self.min_successful_clients >= 1, "server.min_successful_clients", self.min_successful_clients, "an integer >= 1")
         _check(self.max_failed_rounds >= 1, "server.max_failed_rounds", self.max_failed_rounds, "an integer >= 1")
+        self.stragglers()  # checks both, naming their keys
         _check(self.round_timeout_s is None or 0 <= self.round_timeout_s <= MAX_TIMEOUT_S, "server.round_timeout_s",
                self.round_timeout_s, f"0 (no deadline) or a number of seconds up to {MAX_TIMEOUT_S:.0f}")
         _check(0 <= self.over_selection <= 10, "server.over_selection", self.over_selection,

@@ -25,7 +25,7 @@ def clean(tmp_path_factory):
                          ids=["mean", "int8", "trimmed_mean"])
 def test_scaled_attackers_are_bounded_by_default(tmp_path, clean, extra):
     history = final_accuracy(tmp_path, *ATTACK, *extra)
-    assert all(r["status"] == "ok" for r in history)
+    assert all(r["status"] == "ok" and r["update_bound"] == "auto" for r in history)  # every record says so
     assert sum(r["updates_bounded"] for r in history) >= 2 * len(history)  # the two attackers, every round
     assert any("scaled down to the bound" in line for r in history for line in r.get("bounded", []))
     assert history[-1]["accuracy"] >= clean["accuracy"] - 0.03
@@ -34,6 +34,6 @@ def test_scaled_attackers_are_bounded_by_default(tmp_path, clean, extra):
 
 def test_without_the_bound_the_same_attack_ruins_the_model(tmp_path, clean):
     history = final_accuracy(tmp_path, *ATTACK, "server.norm_bound=0")
-    assert "norm_bound" not in history[-1]
+    assert "norm_bound" not in history[-1] and all(r["update_bound"] == "off" for r in history)
     # the model is carried far away: its test loss is many times the clean run's
     assert history[-1]["loss"] > 10 * clean["loss"], (history[-1]["loss"], clean["loss"])

@@ -79,6 +79,7 @@ class LoopSettings:
     speed_spread: float = 1.0  # simulation: fastest/slowest client speed on the virtual clock
     over_selection: float = 0.0  # sample this share more clients than a round needs; close it when enough reported
     network: tuple[float, float, float] | None = None  # simulation: (latency_s, bandwidth_mbps, spread) per client
+    record_fields: tuple[tuple[str, Any], ...] = ()  # stamped into every round's record, e.g. ("update_bound", "auto")
 
     def __post_init__(self) -> None:
         checks = (
@@ -172,6 +173,7 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         rows = [*ctx.rows, *(client_row("evaluate" if f.stage == FailureStage.EVALUATE else "fit", f.client_id, f)
                              for f in failures)]
         record["version"] = state.version
+        record.update(settings.record_fields)
         record.update(algorithm.report(state.steps))
         if r % settings.evaluate_every == 0 or r == settings.rounds:
             if evaluate is not None:

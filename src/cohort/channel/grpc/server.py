@@ -31,6 +31,7 @@ from cohort.channel.grpc.certs import check_pair
 from cohort.channel.grpc.registry import Registry, RunLog
 from cohort.channel.grpc.serde import WIRE_OPTIONS, cut, layout
 from cohort.channel.grpc.session import CLOSE, BulkTask, Servicer, Session, register
+from cohort.channel.stragglers import RoundClock, StragglerRule
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
 
@@ -87,6 +88,7 @@ class GrpcChannel:
         self.chunk_bytes = chunk_bytes
         self.set_max_update_bytes(max_update_bytes)
         self._goodbye = goodbye
+        self.stragglers: StragglerRule | None = None  # a round's deadline from its own pace (set_stragglers)
         self.registry, self.log = registry, log if log is not None else RunLog()
         self.heartbeat_s, self.handshake_s = float(heartbeat_s), float(handshake_s)
         self.num_clients = num_clients
@@ -235,13 +237,17 @@ class GrpcChannel:
                 context.cancel()
 
     # --- the Channel --------------------------------------------------------------------------
+    def set_stragglers(self, rule: StragglerRule | None) -> None:
+        """Close a round's wait for its stragglers by its own pace (:mod:`cohort.channel.stragglers`)."""
+        self.stragglers = rule
+
     def run(self, message: Message, instructions: Sequence[Instruction], timeout_s: float | None = None,
             arrival_order: bool = False) -> Iterator[tuple[int, Any]]:
         """As every Channel; with ``arrival_order`` results are yielded as they arrive (over-selection:
         the caller may stop early, and the tasks still out are then dropped, their results discarded)."""
         results: queue.Queue = queue.Queue()
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         waiting, arrived = self._send(message, instructions, results)
+        clock = RoundClock(len(waiting), timeout_s, self.stragglers)
         ready = deque(sorted(arrived))  # positions in arrival order
         yielded = 0
         try:
@@ -257,7 +263,7 @@ class GrpcChannel:
                         yielded += 1
                 if yielded >= len(instructions):
                     break
-                remaining = None if deadline is None else deadline - time.monotonic()
+                remaining = clock.remaining()
                 try:
                     if remaining is not None and remaining <= 0:
                         raise queue.Empty
@@ -265,14 +271,14 @@ class GrpcChannel:
                 except queue.Empty:  # the deadline: whatever has not come is a timeout; late results are discarded
                     for task_id, pos in waiting.items():
                         ins = instructions[pos]
-                        arrived.setdefault(pos, ClientFailure(ins.client_id, FailureStage.TIMEOUT,
-                                                             f"no result within the {timeout_s}s round deadline"))
+                        arrived.setdefault(pos, ClientFailure(ins.client_id, FailureStage.TIMEOUT, clock.why))
                         ready.append(pos)
                     self._expire(waiting)
                     continue
                 pos = waiting.pop(task_id, None)
                 if pos is None:
                     continue  # a late result of an earlier round: discarded
+                clock.answer()
                 if isinstance(outcome, Reply):  # the version it was computed from is the one sent, whatever it claims
                     outcome = replace(outcome, version=message.version)
                 self.bytes_received += reply_nbytes(outcome)

@@ -95,7 +95,7 @@ class RunReader:
                   "aggregate_seconds", "evaluate_seconds", "bytes_sent", "bytes_received", "dp_epsilon",
                   "staleness_mean", "staleness_max", "failures")
     # what each record says about the protections that were on (shown as such, not plotted as metrics)
-    PROTECTION_KEYS = ("secagg_mode", "secagg_threshold", "secagg_degree", "secagg_clip_range", "secagg_range_clipped",
+    PROTECTION_KEYS = ("update_bound", "secagg_mode", "secagg_threshold", "secagg_degree", "secagg_clip_range", "secagg_range_clipped",
                        "secagg_metrics_error", "norm_bound", "weight_bound", "updates_bounded", "dp_epsilon", "dp_delta",
                        "dp_clip", "dp_clipped_fraction", "dp_noise_std")
 
