@@ -124,3 +124,33 @@ class Sleepy(Constant):
     def fit(self, arrays, config):
         time.sleep(self.seconds)
         return super().fit(arrays, config)
+
+
+class Raw:
+    """A hand-driven client stream (plain text, or TLS trusting ``ca``): what an attacker with a recorded
+    or forged message can send."""
+
+    def __init__(self, address, ca=None, timeout=30):
+        import queue
+
+        import grpc
+
+        from cohort.channel.grpc import federation_pb2_grpc as rpc
+
+        self.ch = (grpc.insecure_channel(address) if ca is None else
+                   grpc.secure_channel(address, grpc.ssl_channel_credentials(ca), options=[("grpc.use_local_subchannel_pool", 1)]))
+        self.out: queue.Queue = queue.Queue()
+        self.replies = rpc.FederationStub(self.ch).Join(iter(self.out.get, None), timeout=timeout)
+
+    def send(self, **kind):
+        from cohort.channel.grpc import federation_pb2 as pb
+
+        self.out.put(pb.ClientMessage(**kind))
+
+    def next(self):
+        return next(self.replies)
+
+    def close(self):
+        self.out.put(None)
+        self.replies.cancel()
+        self.ch.close()

@@ -90,11 +90,11 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
     console = Console()
     console.print(f"cohort: {config.name} from {source}", highlight=False, markup=False, soft_wrap=True)
     channel = sites = None
-    if channel_for is not None:
+    if channel_for is not None:  # cohort server: the experiment and its clients' channel, in the order the config needs
         from cohort.cli_deploy import sites_first
 
         channel, sites, experiment = sites_first(args, config, console, channel_for)
-    if channel is None:
+    else:
         experiment = build(config)  # every check happens here, before training
     model = config.model.factory or config.model.name
     framework = f" ({config.model.framework})" if config.model.framework != "torch" else ""
@@ -106,8 +106,6 @@ def _run(args: argparse.Namespace, channel_for=None) -> int:
     from cohort.recipe import protections
 
     console.print(protections(config), highlight=False, markup=False, soft_wrap=True)
-    if channel_for is not None and channel is None:
-        channel = channel_for(config, experiment.num_clients, console)
     progress = None if args.quiet else ConsoleProgress(config.rounds, console=console,
                                                       bar=config.output.progress and not args.no_progress)
     view = None

@@ -91,7 +91,9 @@ def server(args: argparse.Namespace) -> int:
     if args.registry:  # checked now, not at the first client's hello
         _check_readable(args.registry, "--registry")
         Registry(args.registry).close()
-    deadline = round_deadline(args)
+    from cohort.cli import _load
+
+    deadline = round_deadline(args, _load(args)[0])
     goodbye = goodbye_for(args)
 
     def channel_for(config, num_clients, console):

@@ -34,11 +34,9 @@ def limit_updates(args: argparse.Namespace, channel, experiment, console) -> Non
                   highlight=False, markup=False, soft_wrap=True)
 
 
-def round_deadline(args: argparse.Namespace) -> str:
-    """The round deadline of this server, applied to the config when it leaves it unset; says which."""
-    from cohort.cli import _load
-
-    config, _ = _load(args)  # as the run will load it (a resumed run: its folder's config)
+def round_deadline(args: argparse.Namespace, config) -> str:
+    """The round deadline of this server, applied to the config (``config``: as the run will load it; a
+    resumed run: its folder's) when it leaves it unset; says which."""
     timeout = config.server.round_timeout_s
     s = config.server
     stragglers = (f"; once half the cohort answered in t s, the rest get max({s.straggler_min_s:g} s, "

@@ -21,7 +21,7 @@ from cohort.channel.grpc.serde import encode
 from cohort.channel.grpc.server import GrpcChannel
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
-from fakes import Constant
+from fakes import Constant, Raw
 
 MESSAGE = Message("fit", {"model": {"w": np.zeros(3, np.float32)}}, {"round": 1})
 
@@ -124,25 +124,6 @@ def test_a_client_revoked_while_connected_has_its_next_result_refused(keys):
         assert "revoked" in str(t.outcome[0]) and channel.available() == []
     finally:
         channel.close()
-
-
-class Raw:
-    """A hand-driven client stream: what an attacker with a recorded or forged message can send."""
-
-    def __init__(self, address):
-        self.ch = grpc.insecure_channel(address)
-        self.out: queue.Queue = queue.Queue()
-        self.replies = rpc.FederationStub(self.ch).Join(iter(self.out.get, None), timeout=30)
-
-    def send(self, **kind):
-        self.out.put(pb.ClientMessage(**kind))
-
-    def next(self):
-        return next(self.replies)
-
-    def close(self):
-        self.out.put(None)
-        self.ch.close()
 
 
 def join_raw(address, cid, key):

@@ -28,7 +28,7 @@ from cohort.channel.grpc.serde import layout
 from cohort.channel.grpc.server import CONNECT_S, GrpcChannel
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
-from fakes import Constant
+from fakes import Constant, Raw
 
 TINY = {"model": {"w": np.zeros(62, np.float32)}}  # 248 bytes: the model of the trial
 
@@ -38,27 +38,6 @@ def until(condition, timeout_s, what):
     while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.02)
-
-
-class Raw:
-    """A hand-driven client stream (plain text, or TLS trusting ``ca``)."""
-
-    def __init__(self, address, ca=None, timeout=30):
-        self.ch = (grpc.insecure_channel(address) if ca is None else
-                   grpc.secure_channel(address, grpc.ssl_channel_credentials(ca), options=[("grpc.use_local_subchannel_pool", 1)]))
-        self.out: queue.Queue = queue.Queue()
-        self.replies = rpc.FederationStub(self.ch).Join(iter(self.out.get, None), timeout=timeout)
-
-    def send(self, **kind):
-        self.out.put(pb.ClientMessage(**kind))
-
-    def next(self):
-        return next(self.replies)
-
-    def close(self):
-        self.out.put(None)
-        self.replies.cancel()
-        self.ch.close()
 
 
 def run_in_background(channel, message, cid=0, timeout_s=20):

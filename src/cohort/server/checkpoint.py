@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cohort.core.errors import ConfigError
+from cohort.core.errors import CohortError, ConfigError
 from cohort.core.tree import decode, encode
 from cohort.core.types import Groups
 from cohort.server.state import ServerState
@@ -60,10 +60,20 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def save(folder: str | Path, state: ServerState, clients: Mapping[int, Groups] | None = None) -> Path:
-    """Write a checkpoint of ``state`` in ``folder`` (created if needed); remove the ones before the previous."""
+    """Write a checkpoint of ``state`` in ``folder`` (created if needed); remove the ones before the previous.
+    A write that fails (a full disk) raises CohortError, and the checkpoints already there stay whole."""
+    try:
+        return _save(Path(folder), state, clients)
+    except OSError as e:
+        for tmp in Path(folder).glob("*.tmp"):  # a half-written one: never read, and it holds space
+            tmp.unlink(missing_ok=True)
+        raise CohortError(f"cannot write the checkpoint of round {state.round} in {folder}: {e.strerror or e}; the "
+                          "checkpoints before it are kept (free space, then resume)") from e
+
+
+def _save(folder: Path, state: ServerState, clients: Mapping[int, Groups] | None) -> Path:
     from safetensors.numpy import save as to_bytes
 
-    folder = Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     folder.chmod(0o700)  # the server's private state: the DP noise key, the per-client state
     arrays: dict = {}

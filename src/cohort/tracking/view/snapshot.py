@@ -213,7 +213,8 @@ class RunReader:
             return {"state": "finished" if summary.get("stopped_by") in ("rounds", "target") else "stopped",
                     "stopped_by": summary.get("stopped_by"), "best": summary.get("best"), "last": summary.get("last")}
         return {"state": "running" if self._writing() else "stopped", "stopped_by": None if self._writing() else
-                "the run's process ended without a summary (killed?); `cohort run --resume` continues it"}
+                "the run's process ended without a summary (killed?); `cohort run --resume FOLDER` continues a "
+                "simulation, `cohort server --resume FOLDER` (with the server's flags) a deployment"}
 
     def _writing(self) -> bool:
         """Whether the process that holds the folder's lock is alive. RunFolder writes its PID into
