@@ -165,3 +165,33 @@ def test_dp_clipped_fraction_under_secure_aggregation_is_counted_not_assumed(tmp
         folder, _, _ = run(tmp_path, monkeypatch, capfd, name, *dp, *extra)
         got[name] = [json.loads(x)["dp_clipped_fraction"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
     assert got["dp"] == [fraction, fraction] and got["dpsecure"] == [fraction, fraction]
+
+
+@pytest.mark.slow
+def test_a_deployed_secure_run_leaves_no_client_figure_in_its_folder_database_or_logs(tmp_path, monkeypatch, capfd):
+    """The same scan over a real `cohort server` with four `cohort client` processes: the run folder
+    with its `server.sqlite`, and the server's and clients' printed logs. The truth comes from the
+    in-process run of the same config (a deployment computes the simulation's bits)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from processes import Federation
+
+    _, truth, _ = run(tmp_path / "sim", monkeypatch, capfd, "truth")
+    sets = [*SETS, "name=deployed", "secagg.mode=secagg"]
+    with Federation(tmp_path / "dep", sets) as fed:
+        clients = [fed.client(c) for c in range(4)]
+        out = fed.wait(timeout=300)
+        logs = [out]
+        for c in clients:
+            c_out, c_err = c.communicate(timeout=60)
+            assert c.returncode == 0, c_err
+            logs.append(c_out)
+        logs.append(fed.server.stderr.read() if fed.server.stderr and not fed.server.stderr.closed else "")
+    (folder,) = (tmp_path / "dep").glob("deployed-*")
+    docs = {k: v.replace(str(tmp_path), "TMP") for k, v in texts(folder, "\n".join(logs)).items()}  # not the test's paths
+    assert any(w.endswith("server.sqlite") for w in docs)  # the server's own database is scanned too
+    counts, losses = found(docs, truth)
+    assert counts == {} and losses == {}, (counts, losses)
+    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["secagg_mode"] for r in records] == ["secagg", "secagg"]
