@@ -21,7 +21,7 @@ def test_the_clock_brings_the_deadline_forward_at_the_quorum_only():
     assert clock.remaining() > 500  # one of four is not yet half
     clock.answer()
     assert clock.remaining() == pytest.approx(0.2, abs=0.1)  # the half was instant: the floor applies
-    assert "2 of the cohort answered" in clock.why and "server.straggler_factor 2" in clock.why
+    assert "2 of its 4 clients answered" in clock.why and "server.straggler_factor 2" in clock.why
     off = RoundClock(4, None, StragglerRule(0.0, 1.0))
     for _ in range(4):
         off.answer()

@@ -46,6 +46,7 @@ class RoundClock:
         self.timeout_s = timeout_s
         self.deadline = None if timeout_s is None else self.started + timeout_s
         self.rule = rule if rule is not None and rule.factor > 0 else None
+        self.sent = sent
         self.quorum = max(1, math.ceil(self.rule.quorum * sent)) if self.rule is not None else 0
         self.answered = 0
         self.why = f"no result within the {timeout_s}s round deadline"
@@ -60,7 +61,7 @@ class RoundClock:
         extra = max(self.rule.min_s, self.rule.factor * took)
         if self.deadline is None or now + extra < self.deadline:
             self.deadline = now + extra
-            self.why = (f"no result within the round's straggler deadline: {self.quorum} of the cohort answered in "
+            self.why = (f"no result within the round's straggler deadline: {self.quorum} of its {self.sent} clients answered in "
                         f"{took:.1f}s, and the rest had {extra:.1f}s more (server.straggler_factor "
                         f"{self.rule.factor:g}, at least server.straggler_min_s {self.rule.min_s:g})")
 
