@@ -57,7 +57,7 @@ def test_what_it_cannot_vectorize_runs_sequentially_with_the_same_bits(sets, why
 
 
 def test_diverging_clients_fail_as_values():
-    config = load_config(None, ["rounds=2", "output.progress=false", "simulation.backend=vectorized", "client.lr=1e30",
+    config = load_config(None, ["rounds=2", "output.progress=false", "simulation.backend=vectorized", "client.lr=1000", "client.epochs=3",
                                 "model.name=mlp"])
     result = run(config, write=False)
     assert result.stopped_by in ("failed", "rounds")

@@ -63,7 +63,9 @@ def test_no_per_client_update_or_secret_reaches_the_run_folder(tmp_path):
     assert latest.clients == {}  # and the clients' protocol secrets were forgotten at the end of the round
     records = [json.loads(line) for line in (result.folder / "metrics.jsonl").read_text().splitlines()]
     # of the protocol the records hold only which protection was on (secagg_mode, ...), never its bytes
-    assert not any("secagg" in json.dumps({k: v for k, v in r.items() if k != "secagg_mode"}).replace('"secagg_', "")
+    named = ("secagg_mode", "update_bound")  # the protections on: secagg, and the clients' own clip as the bound
+    assert all(r["update_bound"] == "secagg" for r in records)
+    assert not any("secagg" in json.dumps({k: v for k, v in r.items() if k not in named}).replace('"secagg_', "")
                    for r in records)
     # clients.jsonl has each client's part of each round: that it took part, and nothing it computed
     # (examples, metrics, seconds: tests/secagg/test_secagg_honesty.py)
