@@ -1,6 +1,7 @@
 """Real cohort processes for integration tests: a server and its clients, always killed on exit."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -76,3 +77,18 @@ def run_federation(out: Path, sets: list[str], clients: int) -> str:
             c_out, c_err = c.communicate(timeout=60)
             assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
     return printed
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 free now (for a server that a test must restart on the same address)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def until(condition, timeout_s, what):
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)

@@ -19,20 +19,9 @@ from cohort.channel.grpc.auth import make_keys
 from cohort.channel.grpc.certs import make_certs
 from cohort.channel.grpc.registry import Registry
 from cohort.cli import main
-from processes import ENV, TESTS, Federation, cohort, model_of
+from processes import ENV, TESTS, Federation, cohort, free_port, model_of, until
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def until(condition, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def start(args):

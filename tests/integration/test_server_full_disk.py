@@ -16,24 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from processes import ENV, TESTS, cohort
+from processes import ENV, TESTS, cohort, free_port, until
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (shutil.which("unshare") and shutil.which("nsenter") and os.geteuid() == 0),
                                  reason="needs root with unshare and nsenter (util-linux) for a private tmpfs")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def until(condition, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_a_full_tmpfs_stops_the_server_in_one_line_and_a_resume_finishes_the_run(tmp_path):
