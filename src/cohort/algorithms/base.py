@@ -31,9 +31,10 @@ class ClientHalf:
 
     def handle(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply | EvaluateResult, ClientState]:
         if message.task.startswith("secagg_") or message.config.get("secagg"):  # a secure round's exchanges
+            from cohort.client.accounting import account
             from cohort.secagg.tasks import handle
 
-            return handle(self, message, trainer, state)
+            return handle(self, message, trainer, state, account)
         if message.task.startswith("data_"):  # a deployment's statistics exchange, before round 1 (cohort.data.exchange)
             answer = getattr(trainer, "answer", None)
             if answer is None:

@@ -52,15 +52,9 @@ def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, mes
 def _after_reply(reply: Reply, state: ClientState, message: Message, client_id: int) -> tuple[Reply, ClientState]:
     """What happens to every reply on its way out, in order: client-side DP accounting (the client's
     ledger and ε, from facts its trainer reported), then compression as the server's config asks."""
-    metrics = reply.metrics if isinstance(reply.metrics, Mapping) else {}
-    if "dp_sgd_steps" in metrics:
-        from cohort.client.dpsgd import account
+    from cohort.client.accounting import account
 
-        reply, state = account(reply, state)
-    if "ldp_noise_multiplier" in metrics:
-        from cohort.client.ldp import account as account_ldp
-
-        reply, state = account_ldp(reply, state)
+    reply, state = account(reply, state)
     compression = message.config.get("compression") if isinstance(message.config, Mapping) else None
     if isinstance(compression, Mapping) and isinstance(reply.arrays, Mapping) and MODEL in reply.arrays:
         reply, state = _compressed(reply, state, compression, message, client_id)

@@ -47,8 +47,9 @@ def is_secure(message: Message) -> bool:
     return message.task in TASKS or bool(message.config.get("secagg"))
 
 
-def handle(half, message: Message, trainer, state) -> tuple[Reply, Any]:
-    """Run one exchange of a secure round for ``half`` (the algorithm's client half)."""
+def handle(half, message: Message, trainer, state, account=lambda reply, state: (reply, state)) -> tuple[Reply, Any]:
+    """Run one exchange of a secure round for ``half`` (the algorithm's client half). ``account``: the
+    client's privacy accounting (``cohort.client.accounting.account``), run on its reply before masking."""
     cfg = message.config
     own = dict(state or {})
     held = own.pop(GROUP, None)
@@ -71,7 +72,7 @@ def handle(half, message: Message, trainer, state) -> tuple[Reply, Any]:
         inbox = {int(v): base64.b64decode(ct) for v, ct in cfg.get("secagg_inbox", {}).items()}
         plain = Message("fit", message.arrays, {k: v for k, v in cfg.items() if not k.startswith("secagg")}, message.version)
         reply, own_after = half.fit(plain, trainer, own or None)
-        reply, own_after = _account(reply, own_after)
+        reply, own_after = account(reply, own_after)  # before masking: the raw facts must not travel
         delta = reply.arrays[MODEL]
         l2, l2_clipped = cfg.get("secagg_l2_clip"), False
         if l2:
@@ -110,18 +111,3 @@ def handle(half, message: Message, trainer, state) -> tuple[Reply, Any]:
         out = {f"{kind}{v}": u8(share) for v, (kind, share) in revealed.items()}
         return Reply({GROUP: out}, 1), (own or None)  # the round's secrets are forgotten
     raise ConfigError(f"task {message.task!r} is not part of a secure round")
-
-
-def _account(reply: Reply, state):
-    """Client-side privacy accounting, as the client runtime does on a plain reply's way out: the raw
-    facts (DP-SGD's sampling rate is batch / examples) become the client's ledger and ε, kept here."""
-    metrics = reply.metrics if isinstance(reply.metrics, Mapping) else {}
-    if "dp_sgd_steps" in metrics:
-        from cohort.client.dpsgd import account
-
-        reply, state = account(reply, state)
-    if "ldp_noise_multiplier" in metrics:
-        from cohort.client.ldp import account as account_ldp
-
-        reply, state = account_ldp(reply, state)
-    return reply, state
