@@ -27,6 +27,7 @@ against the configured pipeline's).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import replace
@@ -39,6 +40,16 @@ from cohort.core.errors import ConfigError
 from cohort.core.types import ClientUpdate
 
 WINDOW = 100  # recent accepted norms and weights the medians are taken over (a few rounds' worth)
+
+
+@functools.lru_cache(maxsize=8)
+def _medians(recent: str) -> tuple[float, float] | None:
+    """The median norm and weight of the recent updates (JSON text): read once a round, not once an update."""
+    pairs = json.loads(recent)
+    if not pairs:
+        return None
+    norms, weights = zip(*pairs)
+    return float(np.median(norms)), float(np.median(weights))
 
 
 class BoundState(NamedTuple):
@@ -69,11 +80,10 @@ class Bound(NamedTuple):
 
     def provisional(self, state: BoundState) -> tuple[float, float]:
         """(norm, weight) within which an update is folded at once; outside it, it waits for the round's end."""
-        recent = json.loads(state.recent)
-        if not recent:
+        medians = _medians(state.recent)
+        if medians is None:
             return 0.0, 0.0  # no history: every update waits for the round's median
-        norms, weights = zip(*recent)
-        return self.norm_multiplier * float(np.median(norms)), self.weight_multiplier * float(np.median(weights))
+        return self.norm_multiplier * medians[0], self.weight_multiplier * medians[1]
 
     def measure(self, update: ClientUpdate, state: BoundState) -> tuple[Seen, bool]:
         """The update's norm and weight, and whether it must wait for the round's bound."""

@@ -213,8 +213,8 @@ class Aggregator:
         bad = [name for name, a in new.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
         if bad:  # valid updates can still overflow together: the model must never take NaN or inf
             raise UpdateRejected(f"round {ctx.round}: the combined step makes {bad[:3]} non-finite; the model is kept")
-        huge = [name for name, a in new.items() if a.dtype.kind == "f" and a.size
-                and float(np.abs(a).max()) > MAX_MODEL_ABS and float(np.abs(a).max()) > float(np.abs(arrays[name]).max())]
+        huge = [name for name, a in new.items() if a.dtype.kind == "f" and a.size and _largest(a) > MAX_MODEL_ABS
+                and _largest(a) > _largest(arrays[name])]  # the second pass only for an array already over the line
         if huge:  # no model trains with weights this large: a poisoned sum got through
             raise UpdateRejected(f"round {ctx.round}: the combined step makes {huge[:3]} absurdly large (a value over "
                                  f"{MAX_MODEL_ABS:g}); the model is kept")
@@ -226,6 +226,11 @@ class Aggregator:
         for update in updates:
             round_acc = self.add(round_acc, update)
         return self.finish(round_acc)
+
+
+def _largest(a: np.ndarray) -> float:
+    """The largest absolute value of a float array, without a temporary the array's size."""
+    return float(max(np.max(a), -np.min(a)))
 
 
 def divide(aggregate: Aggregate, like: NamedArrays) -> NamedArrays:
