@@ -1,9 +1,11 @@
 """Real cohort processes for integration tests: a server and its clients, always killed on exit."""
 
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +27,37 @@ class Federation:
         args = cohort("server", "--address", "127.0.0.1:0", "--out", str(out), "--no-progress", "--wait-s", "60",
                       *server_args, *[a for s in sets for a in ("--set", s)])
         self.server = self._start(args)
+        # the server's lines, read by a thread of their own: a line read ahead into a text buffer would be
+        # lost to communicate(), which reads the raw pipe
+        self.lines: "queue.Queue[str | None]" = queue.Queue()
+        self.printed: list[str] = []
+        self.errors: list[str] = []  # its stderr, drained as it comes (a full pipe would block it)
+        self._readers = [threading.Thread(target=self._read, daemon=True),
+                         threading.Thread(target=lambda: self.errors.extend(self.server.stderr), daemon=True)]
+        for t in self._readers:
+            t.start()
         self.address = self._address()
+
+    def _read(self) -> None:
+        for line in self.server.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def stderr(self) -> str:
+        """The server's stderr so far (all of it once it has exited)."""
+        if self.server.poll() is not None:
+            for t in self._readers:
+                t.join(timeout=30)
+        return "".join(self.errors)
+
+    def readline(self, timeout_s: float = 60) -> str:
+        """The server's next line ("" once it closed its output)."""
+        line = self.lines.get(timeout=timeout_s)
+        if line is None:
+            self.lines.put(None)
+            return ""
+        self.printed.append(line)
+        return line
 
     def _start(self, args):
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=TESTS)
@@ -35,10 +67,13 @@ class Federation:
     def _address(self) -> str:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            line = self.server.stdout.readline()
+            line = self.readline(max(0.1, deadline - time.monotonic()))
             if "listening on " in line:
+                self.printed.clear()
                 return line.split("listening on ")[1].split(";")[0]
-            assert line or self.server.poll() is None, self.server.stderr.read()
+            if not line:
+                self.server.wait(timeout=30)
+                raise AssertionError(self.stderr())
         raise AssertionError("the server did not report its address")
 
     def client(self, cid: int, *extra: str):
@@ -48,9 +83,13 @@ class Federation:
         return self._start(args)
 
     def wait(self, timeout=120):
-        out, err = self.server.communicate(timeout=timeout)
+        """The server's exit, asserted clean; returns what it printed after its address line."""
+        self.server.wait(timeout=timeout)
+        err = self.stderr()
+        while self.readline(5):
+            pass
         assert self.server.returncode == 0, err
-        return out
+        return "".join(self.printed)
 
     def __enter__(self):
         return self

@@ -9,6 +9,7 @@ from cohort.aggregation import Aggregate, Aggregator, Combine, Step, chain, proc
 from cohort.algorithms import Algorithm, ClientHalf, ditto, fedavg, fedper, fedprox, fedsgd, scaffold
 from cohort.channel import Channel, InProcessChannel, ProcessPoolChannel
 from cohort.client.base import Client, ClientFn, Hooks, Trained, Trainer
+from cohort.client.context import ClientApp, Context
 from cohort.client.settings import TrainSettings
 from cohort.client.store import ClientStateStore
 from cohort.core.arrays import NamedArrays, from_torch, load_safetensors, save_safetensors, to_torch
@@ -28,6 +29,7 @@ __version__ = "0.2.0"
 _LAZY = {  # name -> (module, attribute): the framework adapters, imported on first use
     **{n: ("cohort.client.torch", n) for n in ("TorchClient", "TorchClientFactory", "TorchEvaluator", "initial_arrays")},
     "KerasClient": ("cohort.client.keras", "KerasClient"), "keras_weights": ("cohort.client.keras", "weights_of"),
+    "App": ("cohort.app", "App"), "ServerContext": ("cohort.app", "ServerContext"),
     "SklearnClient": ("cohort.client.sklearn", "SklearnClient"), "SklearnModel": ("cohort.client.sklearn", "SklearnModel"),
 }
 
@@ -42,6 +44,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "App", "ClientApp", "Context", "ServerContext",
     "Aggregate", "Aggregator", "Algorithm", "AuthError", "Channel", "Client", "ClientFailure", "ClientFn",
     "ClientHalf", "ClientStateStore", "ClientUpdate", "CohortError", "Combine", "ConfigError", "DataError",
     "EvaluateResult", "FailureStage", "FedBuff", "FitResult", "Hooks", "InProcessChannel", "Instruction",

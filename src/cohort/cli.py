@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.markup import escape
 
+from cohort.cli_run import run_command
 from cohort.core.errors import CohortError, ConfigError
 
 
@@ -54,104 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130 if isinstance(e, KeyboardInterrupt) else 143
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _load(args: argparse.Namespace):
-    """The config a run, server or client command names, with --set, --data-dir and --out applied."""
-    from pathlib import Path
-
-    from cohort.config import load_config
-
-    overrides = list(args.set)
-    if getattr(args, "data_dir", None):
-        overrides.append(f"data.dir={_toml_string(args.data_dir)}")
-    if getattr(args, "out", None):
-        overrides.append(f"output.dir={_toml_string(args.out)}")
-    resume = getattr(args, "resume", None)
-    if resume is not None:
-        if args.config:
-            raise ConfigError("--resume continues a run with the config in its folder; give no CONFIG.toml with it")
-        if not Path(resume, "config.toml").is_file():
-            raise ConfigError(f"--resume {resume!r}: not a run folder (no config.toml in it); give a folder "
-                              "written by `cohort run`")
-        return load_config(Path(resume, "config.toml"), overrides), f"{resume} (resumed)"
-    config = load_config(args.config, overrides)
-    demo = not args.config and not any(o.split("=", 1)[0].strip().startswith(("data.", "model.")) for o in args.set)
-    source = args.config or ("the embedded demo (hospitals, breast cancer, logistic regression)" if demo
-                             else "the embedded demo's settings with your --set overrides")
-    return config, source
-
-
-def _run(args: argparse.Namespace, channel_for=None) -> int:
-    from cohort.experiment import build, run
-    from cohort.tracking import ConsoleProgress
-
-    config, source = _load(args)
-    console = Console()
-    console.print(f"cohort: {config.name} from {source}", highlight=False, markup=False, soft_wrap=True)
-    channel = sites = None
-    if channel_for is not None:  # cohort server: the experiment and its clients' channel, in the order the config needs
-        from cohort.cli_deploy import sites_first
-
-        channel, sites, experiment = sites_first(args, config, console, channel_for)
-    else:
-        experiment = build(config)  # every check happens here, before training
-    model = config.model.factory or config.model.name
-    framework = f" ({config.model.framework})" if config.model.framework != "torch" else ""
-    console.print(f"model {model}{framework}, {config.server.algorithm} ({config.server.policy}), up to "
-                  f"{config.rounds} rounds; {experiment.num_clients} clients, {experiment.cohort_size} per round:",
-                  highlight=False, soft_wrap=True)
-    for line in experiment.describe_clients().splitlines()[1:3]:  # sizes, and labels per client
-        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
-    from cohort.recipe import protections
-
-    console.print(protections(config), highlight=False, markup=False, soft_wrap=True)
-    progress = None if args.quiet else ConsoleProgress(config.rounds, console=console,
-                                                      bar=config.output.progress and not args.no_progress)
-    view = None
-    if args.view:  # checked now, served once the run folder exists
-        from cohort.tracking.view.app import check_token, parse_address
-
-        check_token(parse_address(args.view_address)[0], args.view_token)
-
-    def on_folder(path):
-        nonlocal view
-        args.run_folder = path
-        if sites is not None:  # what the sites agreed, for a resume and for the record
-            from pathlib import Path
-
-            Path(path, "sites.json").write_text(sites.to_json())
-        if hasattr(channel, "attach_folder"):  # the server's run log
-            channel.attach_folder(path)
-        if args.view:
-            from cohort.tracking.view import ViewServer
-
-            view = ViewServer(path, args.view_address, args.view_token).start()
-            console.print(f"live view: {view.url}", highlight=False, markup=False, soft_wrap=True)
-            console.file.flush()
-
-    try:
-        result = run(config, progress=progress, experiment=experiment, resume=args.resume, on_folder=on_folder,
-                     channel=channel)
-        best, last = result.summary["best"], result.summary["last"]
-        if best:
-            console.print(f"best {best['metric']} {best['value']:.4f} at round {best['round']}, last {last['value']:.4f} "
-                          f"at round {last['round']}; stopped by {result.stopped_by} after {result.state.round} rounds",
-                          highlight=False, soft_wrap=True)
-        console.print(f"run folder: {result.folder}", highlight=False, markup=False, soft_wrap=True)
-        if view is not None and sys.stdin.isatty():  # someone is watching: the finished run stays on view
-            import time
-
-            console.print(f"the live view stays at {view.url} until Ctrl-C", highlight=False, markup=False, soft_wrap=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-    finally:
-        if view is not None:
-            view.stop(grace_s=1.5)  # open pages get the final state first
-    return 0
 
 
 def _view(args: argparse.Namespace) -> int:
@@ -202,10 +105,6 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _toml_string(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _parser() -> argparse.ArgumentParser:
     from cohort import __version__
 
@@ -228,10 +127,12 @@ def _parser() -> argparse.ArgumentParser:
                             "loopback needs a token")
         p.add_argument("--view-token", help="the token a non-local --view-address asks for (default: a random one, printed)")
 
-    run = sub.add_parser("run", help="run an experiment from a TOML config (none: the built-in demo)")
+    run = sub.add_parser("run", help="run an experiment from a TOML config (none: the built-in demo) or an app")
     run.add_argument("config", nargs="?", help="TOML experiment config; see examples/")
+    run.add_argument("--app", help="module:attribute of a cohort.App (your clients, initial model, evaluation, "
+                                   "per-round configs), run in simulation; a CONFIG.toml and --set combine with it")
     run_options(run, "continue a stopped or killed run from its latest checkpoint")
-    run.set_defaults(func=_run)
+    run.set_defaults(func=run_command)
 
     from cohort.cli_deploy import add_parsers
 

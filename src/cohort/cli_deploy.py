@@ -12,7 +12,7 @@ from cohort.cli_lifecycle import BEFORE_THE_RUN, ROUND_TIMEOUT_S, goodbye_for, l
 from cohort.core.errors import CohortError, ConfigError
 
 
-def sites_first(args: argparse.Namespace, config, console, channel_for):
+def sites_first(args: argparse.Namespace, config, app, console, channel_for):
     """The channel and the experiment of `cohort server`, in the order the config needs, with the
     largest accepted update set from the model. Returns (channel, the sites' agreement or None, experiment).
 
@@ -22,12 +22,14 @@ def sites_first(args: argparse.Namespace, config, console, channel_for):
     happens before the clients are waited for."""
     from pathlib import Path
 
+    from cohort.cli_run import experiment_of
     from cohort.client.site import is_site_federation, site_count
     from cohort.data.exchange import Agreement, agree
-    from cohort.experiment import build
 
-    if not is_site_federation(config):
-        experiment = build(config)
+    if app is not None or not is_site_federation(config):
+        # an app's clients hold their own data: a server that only coordinates waits for the clients it is
+        # told to (--min-clients), not for data.num_clients
+        experiment = experiment_of(config, app, deployed_clients=args.min_clients if app is not None else None)
         channel = channel_for(config, experiment.num_clients, console)
         try:
             limit_updates(args, channel, experiment, console)
@@ -47,7 +49,7 @@ def sites_first(args: argparse.Namespace, config, console, channel_for):
             sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or ROUND_TIMEOUT_S,
                           secure=secure, seed=config.seed)
         channel.message_config["site_data"] = sites.message_config()
-        experiment = build(config, sites=sites)
+        experiment = experiment_of(config, None, sites=sites)
         limit_updates(args, channel, experiment, console)
         return channel, sites, experiment
     except BaseException:
@@ -91,9 +93,9 @@ def server(args: argparse.Namespace) -> int:
     if args.registry:  # checked now, not at the first client's hello
         _check_readable(args.registry, "--registry")
         Registry(args.registry).close()
-    from cohort.cli import _load
+    from cohort.cli_run import load, run_command
 
-    deadline = round_deadline(args, _load(args)[0])
+    deadline = round_deadline(args, load(args)[0])
     goodbye = goodbye_for(args)
 
     def channel_for(config, num_clients, console):
@@ -125,9 +127,7 @@ def server(args: argparse.Namespace) -> int:
             raise
         return channel
 
-    from cohort.cli import _run
-
-    return _run(args, channel_for)
+    return run_command(args, lambda config, app, console: sites_first(args, config, app, console, channel_for))
 
 
 def _check_readable(path: str, flag: str) -> None:
@@ -145,41 +145,31 @@ def _check_readable(path: str, flag: str) -> None:
 
 def client(args: argparse.Namespace) -> int:
     """``cohort client``: one client process, built from --app or from the run's config."""
-    import importlib
-
     from cohort.channel.grpc.client import serve
     from cohort.channel.inprocess import torch_threads
 
     from cohort.channel.grpc.address import check_server
 
     check_server(args.server)  # before anything is built: a missing port is a typo, not a lost connection
-    if args.app and (args.config or args.set or args.data):
-        raise ConfigError("give either --app module:function (your client_fn) or --config CONFIG.toml with --set and "
-                          "--data (the run's own data and model; none: the embedded demo), not both")
+    if args.app and args.data:
+        raise ConfigError("--data is a site's own CSV file for a config's site federation; an app's clients load their "
+                          "own data (App(client=...)): leave --data out")
     threads = 1
-    if args.app:
-        module, sep, attr = args.app.partition(":")
-        if not sep or not module or not attr:
-            raise ConfigError(f"--app is {args.app!r}; expected module:function, e.g. my_clients:client_fn")
-        sys.path.insert(0, ".")
-        try:
-            client_fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"--app {args.app!r}: {e}") from e
-        if not callable(client_fn):
-            raise ConfigError(f"--app {args.app!r} is a {type(client_fn).__name__}; expected a function client_id -> client")
-    else:
-        from cohort.experiment import build
+    if args.id < 0:
+        raise ConfigError(f"--id is {args.id}; expected an integer >= 0")
+    from cohort.cli_run import load
 
+    args.resume = None
+    config, _, app = load(args) if (args.app or args.config or args.set) else (None, None, None)
+    if app is not None and app.client is not None:  # the app's client; its settings and records come from the server
+        client_fn = app.client_app(args.name)
+        threads = config.simulation.threads
+    else:
         from cohort.client.site import SiteClient, is_site_federation
 
-        from cohort.cli import _load
-
-        args.resume = None
-        config, _ = _load(args)
+        if config is None:
+            config, _, _ = load(args)
         threads = config.simulation.threads
-        if args.id < 0:
-            raise ConfigError(f"--id is {args.id}; expected an integer >= 0")
         if is_site_federation(config):  # a site: only its own rows, prepared as the federation agrees
             client_fn = SiteClient(config, args.id, args.data)
             args.name = args.name or client_fn.name
@@ -187,7 +177,9 @@ def client(args: argparse.Namespace) -> int:
             if args.data:
                 raise ConfigError("--data is a site's own CSV file, for a config with data.dataset = 'csv' and a "
                                   "natural partition (files, column, assigned)")
-            experiment = build(config)
+            from cohort.cli_run import experiment_of
+
+            experiment = experiment_of(config, app)
             if not 0 <= args.id < experiment.num_clients:
                 raise ConfigError(f"--id is {args.id}; this config has clients 0 to {experiment.num_clients - 1}")
             client_fn = experiment.client_fn()
@@ -278,9 +270,12 @@ def add_parsers(sub, run_options) -> None:
                     "SIGTERM or Ctrl-C pauses the run: the finished rounds are kept, the clients are told the server "
                     "is pausing and wait (cohort client --pause-wait-s) for `cohort server --resume RUN_DIR`.")
     server_.add_argument("config", nargs="?", help="TOML experiment config (the same one `cohort run` takes)")
+    server_.add_argument("--app", help="module:attribute of a cohort.App: its initial model, evaluation, per-round "
+                                       "configs and metric aggregation run here; its clients in `cohort client --app`")
     server_.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to listen on (port 0: any free port)")
     server_.add_argument("--min-clients", type=int, default=None,
-                        help="clients to wait for before round 1, at least 1 (default: all of data.num_clients)")
+                        help="clients to wait for before round 1, at least 1 (default: all of data.num_clients); with "
+                             "an app, the federation's clients")
     server_.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for them (seconds)")
     server_.add_argument("--chunk-mb", type=int, default=4, help="largest message on the wire, in MiB (arrays are streamed in chunks)")
     server_.add_argument("--max-update-mb", type=int, default=0,
@@ -304,8 +299,10 @@ def add_parsers(sub, run_options) -> None:
     client_ = sub.add_parser("client", help="run one client of a federation served by `cohort server`")
     client_.add_argument("--server", required=True, help="HOST:PORT of the server")
     client_.add_argument("--id", type=int, required=True, help="this client's id (which data it holds)")
-    client_.add_argument("--app", help="module:function returning the client of an id (as a simulation's client_fn)")
-    client_.add_argument("--config", help="or: the run's TOML config, whose data and model this client uses (none: the demo)")
+    client_.add_argument("--app", help="module:attribute of a cohort.App (its client), or of a function client_id -> "
+                                       "client (as a simulation's client_fn); settings and per-round records come from the server")
+    client_.add_argument("--config", help="the run's TOML config, whose data and model this client uses (none: the "
+                                          "demo), or what an app leaves to it")
     client_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting of --config")
     client_.add_argument("--data-dir", help="folder of downloadable datasets (with --config)")
     client_.add_argument("--data", help="this site's own CSV file (a config with data.dataset = 'csv' and a natural partition)")

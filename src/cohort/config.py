@@ -15,6 +15,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from cohort.algorithms.fedprox import FedProxSettings
@@ -258,9 +259,13 @@ class EvaluateConfig:
     federated_fraction: float | None = None  # fraction of clients evaluated on their held-out data; unset: 1 for natural partitions, else 0
     target_metric: str = "accuracy"  # metric of the round record the target applies to
     target: float | None = None  # stop once target_metric reaches this (losses: falls to this)
+    initial: bool = False  # also evaluate the initial model, as round 0
+    threads: int | None = None  # torch threads of the server's own evaluation; unset: simulation.threads, as the clients
 
     def __post_init__(self) -> None:
         _check(self.every >= 1, "evaluate.every", self.every, "an integer >= 1")
+        _check(self.threads is None or 0 <= self.threads <= 1024, "evaluate.threads", self.threads,
+               "an integer from 0 (torch's default) to 1024, or unset (simulation.threads)")
         _check(self.federated_fraction is None or 0 <= self.federated_fraction <= 1, "evaluate.federated_fraction",
                self.federated_fraction, "0 <= fraction <= 1")
         _check(self.target is None or math.isfinite(self.target), "evaluate.target", self.target, "a finite number")
@@ -328,6 +333,7 @@ class RunConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    app: dict[str, Any] = field(default_factory=dict)  # your app's own settings, free-form (cohort run --app): context.settings
 
     def __post_init__(self) -> None:
         _check(1 <= self.rounds <= MAX_ROUNDS, "rounds", self.rounds, f"an integer from 1 to {MAX_ROUNDS}")
@@ -365,9 +371,13 @@ def is_plain_name(name: str) -> bool:
             and all(c.isalnum() or c in "._- " for c in name))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """The config in ``path`` (None: the embedded demo) with ``key=value`` overrides applied."""
-    if path is None:
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                defaults: Mapping[str, Any] | None = None) -> RunConfig:
+    """The config in ``path`` (None: the embedded demo, or with ``defaults`` no file at all) with
+    ``key=value`` overrides applied. ``defaults`` (an app's own, as a nested table) lie under the file."""
+    if path is None and defaults is not None:
+        text, source = "", "the app's settings"
+    elif path is None:
         text, source = resources.files("cohort").joinpath("demo.toml").read_text(), "the embedded demo"
     else:
         p = Path(path)
@@ -384,9 +394,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source} is not valid TOML: {e}") from e
+    if defaults is not None:
+        data = _merged(_plain(dict(defaults), "the app's config"), data)
     for item in overrides:
         _apply_override(data, item)
     return from_dict(data)
+
+
+def _merged(below: dict[str, Any], above: dict[str, Any]) -> dict[str, Any]:
+    """``above`` over ``below``, table by table."""
+    out = dict(below)
+    for k, v in above.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
@@ -446,6 +466,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         _, inner = typing.get_args(kind)
         if not isinstance(value, dict):
             raise ConfigError(f"{key} is {value!r}; expected a table, e.g. {{name = value}}")
+        if inner is Any:  # a free-form table ([app]): TOML's own values, checked to be plain data
+            return {str(k): _plain(v, f"{key}.{k}") for k, v in value.items()}
         return {str(k): _coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
     allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     if value is None and type(None) in allowed:
@@ -461,6 +483,20 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
             return value
     names = " or ".join({bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(t, "unset") for t in allowed if t is not type(None))
     raise ConfigError(f"{key} is {value!r}; expected {names}")
+
+
+def _plain(value: Any, key: str) -> Any:
+    """A free-form table's value: a number, boolean or string, or a list or table of them."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} is {value!r}; expected a finite number")
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    raise ConfigError(f"{key} is {value!r} (a {type(value).__name__}); expected a number, boolean, string, or a list "
+                      "or table of them")
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

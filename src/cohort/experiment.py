@@ -15,7 +15,6 @@ import numpy as np
 from cohort import data as datasets
 from cohort import frameworks
 from cohort.algorithms import Algorithm
-from cohort.channel import InProcessChannel, ProcessPoolChannel
 from cohort.channel.base import SimulationChannel
 from cohort.client.store import ClientStateStore
 from cohort.config import RunConfig
@@ -76,26 +75,28 @@ class Experiment:
         return choose_attackers(self.num_clients, a.fraction, self.config.seed) if a.kind != "none" else frozenset()
 
     def channel(self) -> SimulationChannel:
-        sim = self.config.simulation
-        states = ClientStateStore(sim.client_state_mb * 2**20)
-        if sim.backend == "vectorized":
-            from cohort.channel.vectorized import VectorizedChannel
-
-            return VectorizedChannel(self.client_fn(), self.algorithm.client, threads=sim.threads, states=states)
-        if sim.backend == "ray":
-            from cohort.channel.cluster import RayChannel
-
-            return RayChannel(self.client_fn(), self.algorithm.client, workers=sim.workers, threads=sim.threads,
-                              address=sim.ray_address, states=states)
-        if sim.backend == "processes":
-            return ProcessPoolChannel(self.client_fn(), self.algorithm.client, workers=sim.workers,
-                                      threads=sim.threads, states=states)
-        return InProcessChannel(self.client_fn(), self.algorithm.client, threads=sim.threads, states=states)
+        return simulation_channel(self.client_fn(), self.algorithm, self.config)
 
     def evaluator(self) -> Callable | None:
         if self.test is None or not self.config.evaluate.centralized:
             return None
-        return self.framework.evaluator(self.model_fn, self.test)
+        return server_threads(self.framework.evaluator(self.model_fn, self.test), self.config)
+
+    def reported(self) -> list[str]:
+        """The metrics this run's records hold."""
+        ev = self.config.evaluate
+        return _reported_metrics(self.train.task, centralized=ev.centralized and self.test is not None,
+                                 federated=self.config.federated_fraction > 0,
+                                 personal=self.config.server.algorithm in PERSONALIZED)
+
+    def example_counts(self) -> np.ndarray | None:
+        """Each client's training examples, when the server may record them."""
+        return None if self.algorithm.secure is not None else self.partition.sizes()
+
+    @property
+    def native_save(self) -> Callable | None:
+        """The framework's own model format, written beside the safetensors file."""
+        return self.framework.save_model
 
     def describe_clients(self) -> str:
         """Clients, their sizes and, for classification, their label histograms; under secure
@@ -225,12 +226,36 @@ def _reported_metrics(task: str, *, centralized: bool, federated: bool, personal
 def _headline_metric(exp: Experiment) -> tuple[str, str]:
     """The metric a run is judged by: the target's if the run reports it, else its main quality metric."""
     ev = exp.config.evaluate
-    available = _reported_metrics(exp.train.task, centralized=ev.centralized and exp.test is not None,
-                                  federated=exp.config.federated_fraction > 0, personal=exp.config.server.algorithm in PERSONALIZED)
-    if ev.target_metric in available:
+    available = exp.reported()
+    if available is None or ev.target_metric in available:  # None: an app's own evaluation names its metrics
         return ev.target_metric, ev.target_mode
-    metric = next(m for m in ("accuracy", "r2", "federated_accuracy", "federated_r2", "train_loss") if m in available)
+    metric = next((m for m in ("accuracy", "r2", "federated_accuracy", "federated_r2", "train_loss", *available)
+                   if m in available), "train_loss")
     return metric, "min" if metric.endswith("loss") else "max"
+
+
+def simulation_channel(client_fn: Callable, algorithm: Algorithm, config: RunConfig) -> SimulationChannel:
+    """The simulation backend ``[simulation]`` names, with the per-client state store it sizes."""
+    from cohort.simulation import make_channel
+
+    sim = config.simulation
+    return make_channel(client_fn, algorithm, sim.backend, workers=sim.workers, threads=sim.threads,
+                        states=ClientStateStore(sim.client_state_mb * 2**20), ray_address=sim.ray_address)
+
+
+def server_threads(evaluate: Callable, config: RunConfig) -> Callable:
+    """``evaluate`` run with the torch threads of ``evaluate.threads``, unset: the clients' (simulation.threads),
+    so the server's evaluation neither races the clients for cores nor depends on torch's default."""
+    from cohort.channel.inprocess import torch_threads
+    from cohort.server.loop import RoundEvaluate
+
+    n = config.evaluate.threads if config.evaluate.threads is not None else config.simulation.threads
+
+    def threaded(arrays, r=0):
+        with torch_threads(n):
+            return evaluate(arrays, r) if isinstance(evaluate, RoundEvaluate) else evaluate(arrays)
+
+    return RoundEvaluate(threaded)
 
 
 @dataclass(frozen=True)
@@ -337,7 +362,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
                 meta = {"round": str(state.round), "name": config.name}
                 if config.server.algorithm == "fedper":  # say what is not in it
                     meta["note"] = "FedPer: the shared layers only; each client keeps its personal layers"
-                folder.save_model(state.model, meta, exp.framework.save_model)
+                folder.save_model(state.model, meta, exp.native_save)
                 folder.write_summary(summary)
             except (OSError, CohortError) as e:
                 if error is None:
@@ -396,7 +421,6 @@ def _summary(exp: Experiment, state: ServerState, stopped_by: str, seconds: floa
         "simulated_time": state.clock,
         "num_clients": exp.num_clients,
         "num_parameters": num_parameters(state.model),
-        **({} if exp.algorithm.secure is not None else  # under secure aggregation no client's count is recorded
-           {"examples_per_client": {k: int(f(exp.partition.sizes())) for k, f in
-                                    (("min", np.min), ("median", np.median), ("max", np.max))}}),
+        **({} if (counts := exp.example_counts()) is None else  # under secure aggregation no client's count is recorded
+           {"examples_per_client": {k: int(f(counts)) for k, f in (("min", np.min), ("median", np.median), ("max", np.max))}}),
     }

@@ -141,6 +141,7 @@ def loop_settings(config: RunConfig) -> LoopSettings:
         speed_spread=config.simulation.speed_spread, over_selection=s.over_selection,
         network=_network(config),
         record_fields=(("update_bound", bound_mode(config)),),  # which protection bounds each update (bound_mode)
+        evaluate_initial=ev.initial,
     )
 
 

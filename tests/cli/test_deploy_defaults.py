@@ -116,7 +116,8 @@ def test_a_site_that_refuses_a_task_exits_non_zero_saying_why(tmp_path):
                                    "--pause-wait-s", "2", "--data", str(f),
                                    *[a for s in sets + (["secagg.mode=secagg"] if c == 0 else []) for a in ("--set", s)]))
                  for c, f in enumerate(files)]
-        out, err = fed.server.communicate(timeout=120)
+        fed.server.wait(timeout=120)
+        err = fed.stderr()
         assert fed.server.returncode == 2 and "could not agree their data" in err
         s_out, s_err = sites[0].communicate(timeout=60)
     assert sites[0].returncode == 2 and "done" not in s_out

@@ -256,8 +256,8 @@ def test_the_server_serves_a_live_view_of_its_connected_clients(tmp_path):
         clients = [fed.client(c, "--app", "deploy_app:slow") for c in range(3)]
         url, deadline = None, time.monotonic() + 60
         while url is None:
-            line = fed.server.stdout.readline()
-            assert line and time.monotonic() < deadline, fed.server.stderr.read()
+            line = fed.readline()
+            assert line and time.monotonic() < deadline, fed.stderr()
             m = re.search(r"live view: (http://\S+)", line)
             url = m.group(1) if m else None
         state = {}

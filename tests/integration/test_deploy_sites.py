@@ -90,7 +90,7 @@ def test_a_site_whose_columns_differ_stops_the_server_before_round_one(hospitals
                                      *[a for s in sets for a in ("--set", s)]))
                    for c, f in enumerate([hospitals[0], odd])]
         fed.server.wait(timeout=90)
-        err = fed.server.stderr.read()
+        err = fed.stderr()
         assert fed.server.returncode == 2, err
         assert "site 'odd' (client 1) has columns" in err and "every site's file needs the same columns" in err, err
         for c in clients:

@@ -187,7 +187,7 @@ def test_a_deployed_secure_run_leaves_no_client_figure_in_its_folder_database_or
             c_out, c_err = c.communicate(timeout=60)
             assert c.returncode == 0, c_err
             logs.append(c_out)
-        logs.append(fed.server.stderr.read() if fed.server.stderr and not fed.server.stderr.closed else "")
+        logs.append(fed.stderr())
     (folder,) = (tmp_path / "dep").glob("deployed-*")
     docs = {k: v.replace(str(tmp_path), "TMP") for k, v in texts(folder, "\n".join(logs)).items()}  # not the test's paths
     assert any(w.endswith("server.sqlite") for w in docs)  # the server's own database is scanned too

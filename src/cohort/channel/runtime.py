@@ -6,13 +6,16 @@ back. Anything user code raises or returns wrongly becomes a :class:`ClientFailu
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 
 from cohort.algorithms.base import ClientHalf, ClientState
 from cohort.client.base import ClientFn, as_trainer
+from cohort.client.context import ClientApp
 from cohort.core.types import MODEL, ClientFailure, EvaluateResult, FailureStage, Message, Reply
 
 Outcome = Reply | EvaluateResult | ClientFailure
@@ -24,9 +27,15 @@ def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, mes
     state is unchanged when the client fails)."""
     stage = FailureStage.of_task(message.task)
     started = time.perf_counter()
+    app = client_fn if isinstance(client_fn, ClientApp) else None  # a client built from its context
     try:
-        trainer = as_trainer(client_fn(client_id))
-        result, new_state = client_half.handle(message, trainer, state)
+        if app is not None:
+            client, context, own = app.open(client_id, message, state)
+        else:
+            client, own = client_fn(client_id), state
+        result, new_state = client_half.handle(message, as_trainer(client), own)
+        if app is not None:
+            new_state = app.keep(context, new_state)
     except (Exception, SystemExit) as e:  # user code: its exceptions, even sys.exit, fail this client only
         return ClientFailure(client_id, stage, describe(e)), state
     expected = EvaluateResult if message.task == "evaluate" else Reply
@@ -37,6 +46,8 @@ def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, mes
         return ClientFailure(client_id, stage, f"the client state is a {type(new_state).__name__}; "
                                                "expected {group: {name: array}} or None"), state
     if isinstance(result, Reply):
+        if message.task == "fit":
+            warn_if_weights(result, message, client_id)
         try:
             result, new_state = _after_reply(result, new_state, message, client_id)
         except Exception as e:  # a bad setting of the client's privacy or compression fails this client only
@@ -74,6 +85,39 @@ def _compressed(reply: Reply, state: ClientState, settings: Mapping, message: Me
     if residual is not None:
         own[RESIDUAL] = residual
     return replace(reply, arrays={**reply.arrays, MODEL: sent}), (own or None)
+
+
+_WARNED: set[str] = set()  # the habits already pointed out in this process (each once)
+_LOOKED = [0]  # fit replies looked at for weights-as-delta in this process: the first few tell
+LOOK_AT = 8
+
+
+def warn_if_weights(reply: Reply, message: Message, client_id: int) -> None:
+    """Warn once if a client sent its trained weights where a delta belongs (the habit of frameworks whose
+    clients return weights): the reply is then close to the model it was sent and far from zero, and
+    FedAvg adds it to the model, which roughly doubles every round."""
+    if "weights" in _WARNED or _LOOKED[0] >= LOOK_AT:  # an app whose clients send weights does so from its first reply
+        return
+    _LOOKED[0] += 1
+    sent, got = message.arrays.get(MODEL) if isinstance(message.arrays, Mapping) else None, None
+    if isinstance(reply.arrays, Mapping):
+        got = reply.arrays.get(MODEL)
+    if not isinstance(sent, Mapping) or not isinstance(got, Mapping) or set(sent) != set(got):
+        return
+    import numpy as np
+
+    try:
+        norm = math.sqrt(sum(float(np.vdot(a, a)) for a in sent.values()))
+        apart = math.sqrt(sum(float(np.sum((np.asarray(got[k], np.float64) - a) ** 2)) for k, a in sent.items()))
+    except (TypeError, ValueError):  # shapes or types the validation will refuse with its own message
+        return
+    if norm > 0 and math.isfinite(apart) and apart < 0.5 * norm:
+        _WARNED.add("weights")
+        warnings.warn(f"client {client_id}'s update is close to the model it was sent (|update - model| = "
+                      f"{apart:.3g}, |model| = {norm:.3g}): it looks like trained weights, not a delta. cohort's "
+                      "clients return the change they made, trained minus received (FitResult(delta=...)); FedAvg "
+                      "adds it to the model, so weights sent as a delta make the model grow every round. Return "
+                      "{k: trained[k] - arrays[k] for k in arrays}", UserWarning, stacklevel=2)
 
 
 def _is_groups(value: object) -> bool:

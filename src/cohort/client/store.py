@@ -114,7 +114,7 @@ class ClientStateStore:
     def _write(self, cid: int, state: Groups) -> None:
         from safetensors.numpy import save_file
 
-        flat = {f"{g}{SEP}{k}": np.ascontiguousarray(a) for g, arrays in state.items() for k, a in arrays.items()}
+        flat = {f"{g}{SEP}{k}": np.require(a, requirements="C") for g, arrays in state.items() for k, a in arrays.items()}
         # safetensors sorts its keys: the order of groups and names is kept in the metadata
         save_file(flat, str(self._path(cid)), metadata={"order": json.dumps(list(flat))})
 

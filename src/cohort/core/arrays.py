@@ -30,10 +30,13 @@ def from_torch(state_dict: Mapping[str, "torch.Tensor"]) -> NamedArrays:
 
 
 def to_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, "torch.Tensor"]:
-    """View named arrays as a torch ``state_dict`` without copying (``load_state_dict`` copies)."""
+    """Named arrays as a torch ``state_dict``: writable arrays are viewed without copying; read-only ones
+    (what cohort hands a client) are copied, since a tensor over read-only memory cannot be trained in
+    place (torch warns on every such view, and an in-place step would write to shared memory)."""
     import torch
 
-    return {name: torch.from_numpy(np.asarray(a, order="C")) for name, a in arrays.items()}
+    return {name: torch.from_numpy(np.asarray(a, order="C") if a.flags.writeable else np.array(a, order="C"))
+            for name, a in ((n, np.asarray(x)) for n, x in arrays.items())}
 
 
 def nbytes(arrays: Mapping[str, np.ndarray]) -> int:

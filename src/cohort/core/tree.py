@@ -24,7 +24,7 @@ def encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     """The JSON node of ``value``; its arrays are added to ``arrays``."""
     if isinstance(value, np.ndarray):
         key = f"a{len(arrays)}"
-        arrays[key] = np.ascontiguousarray(value)
+        arrays[key] = np.require(value, requirements="C")  # 0-d stays 0-d (np.ascontiguousarray makes it 1-d)
         return {"array": key}
     if isinstance(value, np.generic):
         return {"scalar": value.dtype.str, "value": value.item()}

@@ -13,44 +13,25 @@ server never reads a row. Before round 1 it asks every connected client, on the 
 The result, an :class:`Agreement`, goes out in every later message's config (``site_data``): the
 columns, classes, fill values, z-score means and standard deviations and one-hot categories. Every
 site applies it with :func:`cohort.data.features.transform`, exactly as the simulation does, so the
-two give the same bits.
+two give the same bits. How a site is asked, and its answers checked, is :mod:`cohort.data.answers`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from cohort.core.errors import DataError
-from cohort.core.types import ClientFailure, Instruction, Message, Reply
+from cohort.core.types import Reply
 from cohort.data import features as F
+from cohort.data.answers import GROUP, MAX_CATEGORIES, ask, check_categories, from_json_bytes, row_counts, to_json_bytes
 from cohort.data.table import Table
 
 TASKS = ("data_schema", "data_statistics", "data_histogram", "data_categories", "data_spread")
-GROUP = "site"  # the reply group of the exchange
 KEY = "site_data"  # the message config key that carries the agreement
-MAX_JSON_BYTES = 4 * 2**20
-MAX_ROWS = 10**9  # rows one site may report
-MAX_CATEGORIES = 10_000  # values per categorical column, and classes of a target
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def to_json_bytes(value) -> np.ndarray:
-    return np.frombuffer(json.dumps(value, allow_nan=False).encode(), np.uint8).copy()
-
-
-def from_json_bytes(a, what: str):
-    if not (isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 1 and a.size <= MAX_JSON_BYTES):
-        raise ValueError(f"{what} is not a JSON document of at most {MAX_JSON_BYTES} bytes (uint8)")
-    try:
-        return json.loads(a.tobytes().decode())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{what} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise ValueError(f"{what} is JSON nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -175,27 +156,6 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
     return Agreement(num_clients, names, train_sizes, held_sizes, columns, labels, num_classes, prep, cfg.statistics == "local")
 
 
-def ask(channel, task: str, config: dict, ids: list[int], timeout_s, read) -> dict:
-    """Run ``task`` with clients ``ids``; ``read(reply, client id)`` checks each answer (ValueError: refused).
-    Raises DataError naming every client that failed or answered wrongly."""
-    instructions = [Instruction(c, {}) for c in ids]
-    out, problems = {}, []
-    for pos, outcome in channel.run(Message(task, {}, config, 0), instructions, timeout_s):
-        cid = instructions[pos].client_id
-        if isinstance(outcome, ClientFailure):
-            problems.append(f"client {cid}: {outcome.reason}")
-            continue
-        try:
-            if not (isinstance(outcome, Reply) and isinstance(outcome.arrays, dict) and isinstance(outcome.arrays.get(GROUP), dict)):
-                raise ValueError(f"no {GROUP!r} group in its answer")
-            out[cid] = read(outcome, cid)
-        except (ValueError, TypeError, KeyError, RecursionError) as e:
-            problems.append(f"client {cid}: {e if not isinstance(e, RecursionError) else 'its JSON is nested too deeply'}")
-    if problems:
-        raise DataError(f"the sites could not agree their data ({task}): " + "; ".join(problems))
-    return out
-
-
 def _schema(r: Reply) -> dict:
     s = from_json_bytes(r.arrays[GROUP].get("schema"), "the schema")
     if not (isinstance(s, dict) and isinstance(s.get("name"), str) and 0 < len(s["name"]) <= 200
@@ -205,32 +165,6 @@ def _schema(r: Reply) -> dict:
             and len(s["labels"]) <= MAX_CATEGORIES):
         raise ValueError("its schema is not {name, columns, labels} with a name of 1 to 200 characters")
     return s
-
-
-def row_counts(metrics) -> tuple[int, int]:
-    """A site's (training rows, held-out rows), checked: whole numbers, at least one training row, at
-    most MAX_ROWS each."""
-    rows = metrics.get("rows_train"), metrics.get("rows_held")
-    if (not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and 0 <= x <= MAX_ROWS
-                and x == int(x) for x in rows) or rows[0] < 1):
-        raise ValueError(f"its row counts (rows_train, rows_held) are not whole numbers from 1 (training) to {MAX_ROWS:,}")
-    return int(rows[0]), int(rows[1])
-
-
-def check_categories(cats, cfg, what: str = "category counts", counts: bool = True) -> dict:
-    """A site's categories: only the declared categorical columns, at most MAX_CATEGORIES values each."""
-    ok = isinstance(cats, dict) and all(isinstance(c, (dict if counts else list)) for c in cats.values())
-    if ok:
-        for name, values in cats.items():
-            items = values.items() if counts else [(v, 0) for v in values]
-            if (name not in cfg.categorical or len(values) > MAX_CATEGORIES
-                    or not all(isinstance(k, str) and len(k) <= 200 and isinstance(v, int) and not isinstance(v, bool)
-                               and 0 <= v <= MAX_ROWS for k, v in items)):
-                ok = False
-    if not ok:
-        raise ValueError(f"its {what} are not {{column: values}} over the declared categorical columns "
-                         f"({list(cfg.categorical)}), at most {MAX_CATEGORIES:,} values of at most 200 characters each")
-    return cats
 
 
 def _statistics(r: Reply, cfg) -> tuple[F.ClientStats, int, int]:

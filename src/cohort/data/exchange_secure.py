@@ -2,7 +2,7 @@
 
 With ``secagg.mode`` on, the exchange of :mod:`cohort.data.exchange` changes after the schema. Every
 statistic becomes a sum over the sites, and each sum goes through the protocol's four exchanges
-(:func:`cohort.server.secure.secure_sum`), as exact integers (:func:`cohort.secagg.protocol.to_limbs`):
+(:func:`cohort.secagg.exchange.secure_sum`), as exact integers (:func:`cohort.secagg.protocol.to_limbs`):
 
 1. ``data_categories`` (in the clear): each site's training and held-out row counts, and the values
    its categorical columns take (names, no counts), so that the sums have one agreed layout.
@@ -29,7 +29,7 @@ import numpy as np
 from cohort.core.errors import DataError
 from cohort.core.types import Reply
 from cohort.data import features as F
-from cohort.data.exchange import GROUP, MAX_CATEGORIES, ask, check_categories, from_json_bytes, row_counts, to_json_bytes
+from cohort.data.answers import GROUP, MAX_CATEGORIES, ask, check_categories, from_json_bytes, row_counts, to_json_bytes
 
 FRACTION_BITS = 20
 SPREAD = 4.0  # the median's histogram covers mean ± SPREAD standard deviations
@@ -40,8 +40,8 @@ SPREAD = 4.0  # the median's histogram covers mean ± SPREAD standard deviations
 def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, settings, seed: int):
     """(the federation's ClientStats, the median or None, {client: (training rows, held-out rows)})."""
     from cohort.secagg.crypto import SecAggError
+    from cohort.secagg.exchange import Exchange, secure_sum
     from cohort.secagg.protocol import MAX_EXACT_CLIENTS, from_limbs
-    from cohort.server.secure import _Exchange, secure_sum
 
     if len(ids) > MAX_EXACT_CLIENTS:
         raise DataError(f"{len(ids)} sites: secure statistics sum at most {MAX_EXACT_CLIENTS} sites exactly")
@@ -57,7 +57,7 @@ def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, set
     base = {**agreed, "site_clients": len(ids), "site_categories": vocab}
     ctx = SimpleNamespace(channel=channel, timeout_s=timeout_s)
     def summed(task: str, config: dict, length: int) -> np.ndarray:
-        ex = _Exchange(ctx, 0)
+        ex = Exchange(ctx, 0)
         try:
             total, survivors = secure_sum(ex, ids, settings, seed, 0, task, {}, config, 4 * length)
         except SecAggError as e:

@@ -1,12 +1,12 @@
 """The data a config asks for: loaded, split into the server's test set and the clients' shares, and
-their held-out parts (``[data]``)."""
+their held-out parts (``[data]``). ``cfg`` is the config's ``DataConfig``, read by its fields as
+:mod:`cohort.data.sites` reads it: the datasets import nothing of the config module."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from cohort import data as datasets
-from cohort.config import DataConfig
 from cohort.core.errors import ConfigError
 from cohort.data import ArrayDataset, Partition
 
@@ -20,7 +20,8 @@ class FederatedData:
     names: list[str] | None  # the clients' own names (natural partitions), else None
 
 
-def federated_data(cfg: DataConfig, seed: int) -> FederatedData:
+def federated_data(cfg, seed: int) -> FederatedData:
+    """The run's data as ``cfg`` (a DataConfig) asks for it, split with ``seed``."""
     if cfg.dataset == "synthetic":
         from cohort.data.synthetic import LazyPartition, SyntheticFederation
 
@@ -48,7 +49,8 @@ def federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     return FederatedData(train, test, partition, holdout, None)
 
 
-def load_data(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
+def load_data(cfg, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """The (train, test) split of ``cfg``'s built-in dataset (mnist, breast_cancer, diabetes)."""
     if cfg.dataset == "mnist":
         return datasets.load_mnist(cfg.dir or None, download=cfg.download)
     loaders = {"breast_cancer": datasets.load_breast_cancer, "diabetes": datasets.load_diabetes}
@@ -56,7 +58,7 @@ def load_data(cfg: DataConfig, seed: int) -> tuple[ArrayDataset, ArrayDataset | 
     return datasets.standardize(train, test) if cfg.standardize else (train, test)
 
 
-def partition_only(train: ArrayDataset, cfg: DataConfig, seed: int) -> Partition:
+def partition_only(train: ArrayDataset, cfg, seed: int) -> Partition:
     """The synthetic partition ``cfg.partition`` of ``train``'s examples."""
     n = len(train)
     if cfg.num_clients > n:

@@ -5,16 +5,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 from cohort.aggregation.pipeline import Mechanism
-from cohort.algorithms.base import Algorithm
 from cohort.core.errors import ConfigError
 from cohort.core.types import MODEL
 from cohort.privacy.accountant import epsilon
 from cohort.privacy.central import DpState, central_dp
 
 
-def with_privacy(algorithm: Algorithm, mechanism: Mechanism) -> Algorithm:
-    """``algorithm`` with ``mechanism`` on its model pipeline. Algorithms that send other groups back
-    (SCAFFOLD's control variates) are refused: those would leave the clients unprotected."""
+def with_privacy(algorithm, mechanism: Mechanism):
+    """``algorithm`` (a :class:`cohort.algorithms.Algorithm`) with ``mechanism`` on its model pipeline.
+    Algorithms that send other groups back (SCAFFOLD's control variates) are refused: those would
+    leave the clients unprotected. As ``with_secure_aggregation``, it reads the algorithm by its
+    fields, so privacy sits below the algorithms and the clients (local DP's accountant)."""
     if not isinstance(mechanism, Mechanism):
         raise ConfigError(f"mechanism is a {type(mechanism).__name__}; expected a cohort.privacy mechanism, "
                           "e.g. central_dp(noise_multiplier=1.0, clip=1.0)")

@@ -157,9 +157,10 @@ def load(folder: str | Path) -> Checkpoint:
             clients = decode(meta["clients"], arrays)
             if not isinstance(state, ServerState):
                 raise ValueError(f"it holds a {type(state).__name__}, not a server state")
-            if state.round != meta.get("round") or len(state.history) != state.round:
+            trained = [r for r in state.history if not (hasattr(r, "get") and r.get("round") == 0)]  # round 0: the initial model
+            if state.round != meta.get("round") or len(trained) != state.round:
                 raise ValueError(f"it says round {meta.get('round')!r} but holds round {state.round!r} with "
-                                 f"{len(state.history)} records")
+                                 f"{len(trained)} records")
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             problems.append(f"{path.name}: {e}")
             continue

@@ -21,7 +21,8 @@ from cohort.aggregation.weighting import staleness_function
 from cohort.core.arrays import check_like, spec_of
 from cohort.core.errors import ConfigError, UpdateRejected
 from cohort.core.types import ClientFailure, FailureStage, Groups, Reply, RoundContext
-from cohort.server.policies import FedBuff, InFlight
+from cohort.server.policies import FedBuff
+from cohort.server.step import InFlight
 
 
 class FedAsync(FedBuff):

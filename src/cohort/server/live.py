@@ -14,25 +14,21 @@ holds the dispatch count and no work in flight.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, RoundContext
-from cohort.server.records import WeightedMean, train_metrics
-
-if TYPE_CHECKING:
-    from cohort.server.policies import FedBuff, StepContext, StepOutcome
-    from cohort.server.state import ServerState
+from cohort.server.records import train_metrics
+from cohort.server.state import ServerState
+from cohort.server.step import FedBuffState, InFlight, StepContext, StepOutcome, finish_step, fold_replies
 
 
-def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext") -> "StepOutcome":
-    """One buffered server step; the work in flight (task id -> InFlight) is ``ctx.in_flight``."""
-    from dataclasses import replace
-
-    from cohort.server.policies import FedBuffState, InFlight, StepOutcome, finish_step, fold_replies
-
+def live_step(policy, state: ServerState, ctx: StepContext) -> StepOutcome:
+    """One buffered server step of ``policy`` (FedBuff, or FedAsync), whose ``step`` calls this on a
+    live channel; the work in flight (task id -> InFlight) is ``ctx.in_flight``."""
     channel, work_out = ctx.channel, ctx.in_flight
     r = state.round + 1
     st: FedBuffState = state.policy or FedBuffState(0, (), {})
@@ -49,7 +45,8 @@ def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext") -> "S
         if not free:
             return False
         cid = int(free[rng(state.seed, dispatched, Stage.ASYNC_SAMPLE).integers(len(free))])
-        config = {**ctx.algorithm.config, "seed": state.seed, "version": version, "round": dispatched + 1}
+        config = {**ctx.algorithm.config, **ctx.records("fit", dispatched + 1), "seed": state.seed, "version": version,
+                  "round": dispatched + 1}
         task_id = channel.submit(Message("fit", groups, config, version), Instruction(cid, {}))
         dispatched += 1
         if task_id is not None:
@@ -61,7 +58,7 @@ def live_step(policy: "FedBuff", state: "ServerState", ctx: "StepContext") -> "S
     rctx = RoundContext(r, state.seed, policy.buffer_size, ctx.num_clients, state.version)
     accs = ctx.algorithm.start(state.groups, state.steps, rctx)
     failures: list[ClientFailure] = []
-    fit_metrics, staleness = WeightedMean(), []
+    fit_metrics, staleness = ctx.mean("fit"), []
     count = arrivals = 0
     deadline = None if ctx.timeout_s is None else started + ctx.timeout_s
     while arrivals < policy.buffer_size and work_out:

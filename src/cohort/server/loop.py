@@ -31,6 +31,22 @@ from cohort.server.sampling import cohort_size, sample_cohort
 from cohort.server.state import ServerState
 
 Evaluate = Callable[[Mapping[str, Any]], Mapping[str, float]]
+TaskConfig = Callable[[str, int], Mapping[str, Any]]  # (task, round) -> what the task's messages add to their config
+
+
+@dataclass(frozen=True)
+class RoundEvaluate:
+    """A server-side evaluation that is told the round: ``fn(arrays, round) -> metrics`` (round 0: the
+    initial model). A plain ``evaluate(arrays)`` is one that does not need it."""
+
+    fn: Callable[[Mapping[str, Any], int], Mapping[str, float]]
+
+    def __call__(self, arrays: Mapping[str, Any], round: int = 0) -> Mapping[str, float]:
+        return self.fn(arrays, round)
+
+
+def _evaluated(evaluate: Callable, arrays: Mapping[str, Any], r: int) -> Mapping[str, float]:
+    return evaluate(arrays, r) if isinstance(evaluate, RoundEvaluate) else evaluate(arrays)
 OnRound = Callable[[Mapping[str, Any], ServerState], None]
 Policy = Synchronous | FedBuff
 
@@ -80,6 +96,14 @@ class LoopSettings:
     over_selection: float = 0.0  # sample this share more clients than a round needs; close it when enough reported
     network: tuple[float, float, float] | None = None  # simulation: (latency_s, bandwidth_mbps, spread) per client
     record_fields: tuple[tuple[str, Any], ...] = ()  # stamped into every round's record, e.g. ("update_bound", "auto")
+    evaluate_initial: bool = False  # evaluate the initial model too, as round 0 (centralized and federated)
+    task_config: TaskConfig | None = None  # records a server app adds to each task's config ({"app": ...})
+    metrics: Mapping[str, Callable[[], Any]] | None = None  # task -> a new aggregation of the clients' metrics (default: WeightedMean)
+
+    def metrics_mean(self, task: str):
+        """A fresh aggregation of the clients' metrics of ``task``: the app's own, else the example-weighted mean."""
+        make = (self.metrics or {}).get(task)
+        return make() if make is not None else WeightedMean()
 
     def __post_init__(self) -> None:
         checks = (
@@ -154,8 +178,12 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         network = NetworkModel(state.seed, *settings.network)
     model_bytes = groups_nbytes(state.groups)  # every group travels down, and the same comes back up
     ctx = StepContext(algorithm, channel, num_clients, ClientSpeeds(state.seed, settings.speed_spread, network, model_bytes),
-                      settings.min_successful_clients, settings.round_timeout_s)
+                      settings.min_successful_clients, settings.round_timeout_s, task_config=settings.task_config,
+                      metrics=settings.metrics_mean)
     warned = False
+    if settings.evaluate_initial and state.round == 0 and not state.history:
+        state, record = _round_zero(state, channel, num_clients, settings, evaluate, algorithm)
+        yield state, record
     while state.round < settings.rounds:
         why = privacy_refusal(algorithm, state, num_clients, policy, channel)
         if why:
@@ -177,7 +205,7 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         record.update(algorithm.report(state.steps))
         if r % settings.evaluate_every == 0 or r == settings.rounds:
             if evaluate is not None:
-                record.update(checked_evaluation(evaluate(dict(state.model))))
+                record.update(checked_evaluation(_evaluated(evaluate, dict(state.model), r)))
             if settings.federated_fraction > 0:
                 metrics, eval_failures = federated_evaluation(state, channel, num_clients, settings, rows, algorithm.secure)
                 record.update(metrics, evaluations_failed=len(eval_failures))
@@ -211,6 +239,25 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         if settings.target is not None and settings.target.reached(record):
             return "target"
     return "rounds"
+
+
+def _round_zero(state: ServerState, channel: Channel, num_clients: int, settings: LoopSettings, evaluate, algorithm):
+    """The initial model's evaluation, recorded as round 0 (nothing trained, nothing sent up)."""
+    started = time.perf_counter()
+    record: dict[str, Any] = {"round": 0, "status": "initial", "version": state.version}
+    rows: list = []
+    failures: list[ClientFailure] = []
+    if evaluate is not None:
+        record.update(checked_evaluation(_evaluated(evaluate, dict(state.model), 0)))
+    if settings.federated_fraction > 0:
+        metrics, failures = federated_evaluation(state, channel, num_clients, settings, rows, algorithm.secure)
+        record.update(metrics, evaluations_failed=len(failures))
+        rows += [client_row("evaluate", f.client_id, f) for f in failures]
+    record["evaluate_seconds"] = record["seconds"] = time.perf_counter() - started
+    if failures:
+        record["failures"] = failure_lines(failures)
+    state = replace(state, history=(*state.history, record))
+    return state, {**record, "clients": [{"round": 0, **row} for row in rows]}
 
 
 def check_protections(algorithm: Algorithm, settings: LoopSettings, size: int | None = None) -> None:
@@ -265,6 +312,8 @@ def federated_evaluation(state: ServerState, channel: Channel, num_clients: int,
     size = cohort_size(num_clients, settings.federated_fraction)
     clients = sample_cohort(num_clients, size, state.seed, state.round, Stage.EVAL_SAMPLE)
     config = {"round": state.round, "seed": state.seed, "version": state.version}
+    if settings.task_config is not None:
+        config.update(settings.task_config("evaluate", state.round))
     if secure is not None:
         from cohort.server.secure import secure_evaluation
 
@@ -274,7 +323,7 @@ def federated_evaluation(state: ServerState, channel: Channel, num_clients: int,
         return metrics, failures
     message = Message("evaluate", state.groups, config, state.version)
     instructions = [Instruction(int(cid), {}) for cid in clients]
-    mean, failures = WeightedMean(), []
+    mean, failures = settings.metrics_mean("evaluate"), []
     for pos, reply in channel.run(message, instructions, settings.round_timeout_s):
         cid = instructions[pos].client_id
         if isinstance(reply, ClientFailure):

@@ -13,118 +13,24 @@ exactly where the checkpoint left off.
 
 from __future__ import annotations
 
-import time
-
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
-from cohort.algorithms.base import Algorithm
 from cohort.aggregation.weighting import staleness_function, staleness_weight
-from cohort.channel.base import Channel, is_live
-from cohort.core.errors import ConfigError, UpdateRejected
+from cohort.channel.base import is_live
+from cohort.core.errors import ConfigError
 from cohort.core.seeding import Stage, rng
-from cohort.core.types import ClientFailure, ClientUpdate, FailureStage, Groups, Instruction, Message, Reply, RoundContext
+from cohort.core.types import ClientFailure, ClientUpdate, Groups, Instruction, Message, Reply, RoundContext
 from cohort.server.live import live_step
-from cohort.server.records import WeightedMean, client_row, train_metrics
+from cohort.server.records import train_metrics
 from cohort.server.sampling import cohort_size, sample_cohort
 from cohort.server.state import ServerState
-
-
-class ClientSpeeds:
-    """The virtual clock's client speeds: client ``c`` needs ``1 / speed_c`` simulated seconds per
-    task, with ``speed_c = spread ** u_c`` and ``u_c`` uniform in [0, 1), seeded per client (so the
-    fastest is at most ``spread`` times the slowest). ``spread = 1``: every client takes 1 s."""
-
-    def __init__(self, seed: int, spread: float = 1.0, network=None, model_bytes: int = 0) -> None:
-        if not (isinstance(spread, (int, float)) and not isinstance(spread, bool) and 1 <= spread < math.inf):
-            raise ConfigError(f"simulation.speed_spread is {spread!r}; expected a finite number >= 1")
-        self.seed, self.spread = seed, float(spread)
-        self.network, self.model_bytes = network, model_bytes  # a NetworkModel adds each task's transfer time
-
-    def compute(self, client_id: int) -> float:
-        if self.spread == 1.0:
-            return 1.0
-        return float(self.spread ** -rng(self.seed, 0, Stage.SPEED, client_id).random())
-
-    def transfer(self, client_id: int) -> float:
-        """Seconds on the network for one task: the model down and an update of the same size up."""
-        return self.network.transfer_s(client_id, self.model_bytes, self.model_bytes) if self.network else 0.0
-
-    def duration(self, client_id: int) -> float:
-        return self.compute(client_id) + self.transfer(client_id)
-
-
-@dataclass
-class StepContext:
-    """What a policy needs to run a step (one per run)."""
-
-    algorithm: Algorithm
-    channel: Channel
-    num_clients: int
-    speeds: ClientSpeeds
-    min_successful_clients: int
-    timeout_s: float | None
-    # work a policy has out on a live channel, by task id (FedBuff over gRPC; see server/live.py):
-    # it belongs to this run, not to the policy object, which a user may reuse for another run
-    in_flight: dict[int, Any] = field(default_factory=dict)
-    snapshots: dict[int, Any] = field(default_factory=dict)  # live: the groups each version in flight was sent
-    rows: list[dict[str, Any]] = field(default_factory=list)  # this step's accepted updates, one row each (clients.jsonl)
-    aggregate_s: float = 0.0  # this step's seconds in the server's own work: validating, folding, the server step
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    """One step's result, before the loop adds evaluation and traffic."""
-
-    state: ServerState  # with round, groups, steps, version, clock and policy state advanced
-    stands: bool
-    record: dict[str, Any]
-    failures: list[ClientFailure]
-
-
-def fold_replies(ctx: StepContext, accs, replies, failures: list[ClientFailure], fit_metrics: WeightedMean,
-                 on_reply: Callable[[int, Reply], None] | None = None, enough: int | None = None):
-    """Fold ``(client_id, outcome)`` pairs into ``accs``; refused or failed ones become failures.
-    With ``enough``, stop taking replies once that many were accepted."""
-    count = 0
-    for cid, outcome in replies:
-        if isinstance(outcome, ClientFailure):
-            failures.append(outcome)
-            continue
-        started = time.perf_counter()
-        try:
-            accs = ctx.algorithm.add(accs, cid, outcome)
-        except UpdateRejected as e:
-            failures.append(ClientFailure(cid, FailureStage.VALIDATE, str(e)))
-            continue
-        finally:
-            ctx.aggregate_s += time.perf_counter() - started
-        count += 1
-        fit_metrics.add(outcome.metrics, outcome.num_examples)
-        ctx.rows.append(client_row("fit", cid, outcome))
-        if on_reply is not None:
-            on_reply(cid, outcome)
-        if enough is not None and count >= enough:
-            break
-    return accs, count
-
-
-def finish_step(ctx: StepContext, state: ServerState, accs, count: int) -> tuple[ServerState, bool, str | None]:
-    """Apply the server step if enough updates stood; the state then has a new model version."""
-    if count >= ctx.min_successful_clients:
-        started = time.perf_counter()
-        try:
-            groups, steps = ctx.algorithm.finish(accs, state.groups, state.steps)
-        except UpdateRejected as e:
-            return replace(state, failed_rounds=state.failed_rounds + 1), False, str(e)
-        finally:
-            ctx.aggregate_s += time.perf_counter() - started
-        return replace(state, groups=groups, steps=steps, version=state.version + 1, failed_rounds=0), True, None
-    return replace(state, failed_rounds=state.failed_rounds + 1), False, None
+from cohort.server.step import (ClientSpeeds, FedBuffState, InFlight, StepContext, StepOutcome, finish_step,
+                                fold_replies)
 
 
 class Synchronous:
@@ -183,13 +89,13 @@ class Synchronous:
     def step(self, state: ServerState, ctx: StepContext) -> StepOutcome:
         r, seed = state.round + 1, state.seed
         cohort = self._sample(ctx, seed, r)
-        config = {**ctx.algorithm.config, "round": r, "seed": seed, "version": state.version}
+        config = {**ctx.algorithm.config, **ctx.records("fit", r), "round": r, "seed": seed, "version": state.version}
         message = Message("fit", state.groups, config, state.version)
         population = len(ctx.channel.available()) if is_live(ctx.channel) else ctx.num_clients
         rctx = RoundContext(r, seed, len(cohort), ctx.num_clients, state.version, population=max(population, len(cohort)))
         accs = ctx.algorithm.start(state.groups, state.steps, rctx)
         failures: list[ClientFailure] = []
-        fit_metrics = WeightedMean()
+        fit_metrics = ctx.mean("fit")
         durations = {int(c): ctx.speeds.duration(int(c)) for c in cohort}
         secure_problem, secure_record = None, {}
         if ctx.algorithm.secure is not None:  # four exchanges; the server learns only sums (its record: their means)
@@ -256,23 +162,6 @@ class Synchronous:
             accs, n = fold_replies(ctx, accs, replies, failures, fit_metrics)
             count += n
         return accs, count, order[:start]
-
-
-class InFlight(NamedTuple):
-    """One client's task under an asynchronous policy."""
-
-    finish: float  # virtual time it arrives
-    seq: int  # dispatch number (its config's "round"; breaks ties in arrival order)
-    client_id: int
-    version: int  # model version it trains on
-    reply: Reply | None = None  # computed outcome (None: not yet computed)
-    failure: ClientFailure | None = None
-
-
-class FedBuffState(NamedTuple):
-    dispatched: int  # dispatches so far
-    in_flight: tuple[InFlight, ...]  # sorted by (finish, seq)
-    snapshots: dict[int, Groups]  # global groups of older versions that work in flight was started on
 
 
 class FedBuff:
@@ -345,7 +234,7 @@ class FedBuff:
             groups = state.groups if version == state.version else st.snapshots[version]
             config = {**ctx.algorithm.config, "seed": state.seed, "version": version}
             message = Message("fit", groups, config, version)
-            instructions = [Instruction(w.client_id, {"round": w.seq + 1}) for w in works]
+            instructions = [Instruction(w.client_id, {**ctx.records("fit", w.seq + 1), "round": w.seq + 1}) for w in works]
             for pos, outcome in ctx.channel.run(message, instructions, ctx.timeout_s):
                 failed = isinstance(outcome, ClientFailure)
                 done[works[pos].seq] = (None, outcome) if failed else (outcome, None)
@@ -364,7 +253,7 @@ class FedBuff:
         rctx = RoundContext(r, state.seed, self.buffer_size, ctx.num_clients, state.version)
         accs = ctx.algorithm.start(state.groups, state.steps, rctx)
         failures: list[ClientFailure] = []
-        fit_metrics, staleness = WeightedMean(), []
+        fit_metrics, staleness = ctx.mean("fit"), []
         count = 0
         for i in range(self.buffer_size):
             if st.in_flight[0].reply is None and st.in_flight[0].failure is None:
@@ -399,3 +288,7 @@ class FedBuff:
 
 
 POLICIES = ("sync", "fedbuff")
+
+# step.py's names are taken from here too: by the loop, and by checkpoints written before step.py
+# existed (their policy state names cohort.server.policies:FedBuffState and :InFlight)
+__all__ = ["POLICIES", "ClientSpeeds", "FedBuff", "FedBuffState", "InFlight", "StepContext", "StepOutcome", "Synchronous"]

@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -22,9 +22,6 @@ from cohort.channel.grpc.auth import digest_of, hello_bytes, load_public, new_no
 from cohort.channel.grpc.serde import decode, outcome_from
 from cohort.core.errors import TransportError
 from cohort.core.types import ClientFailure, FailureStage
-
-if TYPE_CHECKING:
-    from cohort.channel.grpc.server import GrpcChannel
 
 CLOSE = object()  # put on a session's outbound queue: its stream ends
 
@@ -78,7 +75,11 @@ def _refusal(text: str):
 
 
 class Servicer(rpc.FederationServicer):
-    def __init__(self, channel: "GrpcChannel") -> None:
+    """Every client's Join stream. ``channel`` is the ``GrpcChannel`` (``server.py``) that owns the
+    sessions and registers this servicer: it is handed in, never imported, so only the channel
+    imports this module."""
+
+    def __init__(self, channel) -> None:
         self.channel = channel
 
     def Join(self, request_iterator, context):
