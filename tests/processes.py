@@ -22,9 +22,11 @@ def cohort(*args):
 class Federation:
     """A server process and its clients; everything is killed on exit, whatever happened."""
 
-    def __init__(self, out: Path, sets: list[str], server_args=()) -> None:
+    def __init__(self, out: Path, sets: list[str], server_args=(), *, env=None, cwd=TESTS, command=None) -> None:
+        """``command``: what runs ``cohort`` (default: ``python -m cohort.cli``); ``env`` and ``cwd``: of every process."""
         self.out, self.sets, self.procs = out, sets, []
-        args = cohort("server", "--address", "127.0.0.1:0", "--out", str(out), "--no-progress", "--wait-s", "60",
+        self.env, self.cwd = env or ENV, cwd
+        args = (command or cohort)("server", "--address", "127.0.0.1:0", "--out", str(out), "--no-progress", "--wait-s", "60",
                       *server_args, *[a for s in sets for a in ("--set", s)])
         self.server = self._start(args)
         # the server's lines, read by a thread of their own: a line read ahead into a text buffer would be
@@ -60,7 +62,7 @@ class Federation:
         return line
 
     def _start(self, args):
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=TESTS)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=self.cwd)
         self.procs.append(proc)
         return proc
 

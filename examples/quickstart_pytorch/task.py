@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from cohort.data.mnist import load_mnist
+from cohort.data.mnist import load_mnist, load_mnist_test
 from cohort.data.partition import iid
 
 
@@ -35,13 +35,13 @@ class Net(nn.Module):
 
 def _tensors(images, labels):
     x = torch.from_numpy((images.astype(np.float32) / 255.0 - 0.5) / 0.5)  # [-1, 1]
-    return TensorDataset(x, torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+    return TensorDataset(x, torch.from_numpy(np.array(labels, dtype=np.int64)))
 
 
 def load_data(partition_id, num_partitions, batch_size, examples=0, seed=0):
     """The training loader of one client (an IID share of MNIST's training set; ``examples`` > 0 keeps
     that many of them) and the shared test loader."""
-    train, test = load_mnist()
+    train, _ = load_mnist()
     rows = iid(len(train.y), num_partitions, seed)[partition_id]
     rows = rows[:examples] if examples else rows
     g = torch.Generator().manual_seed(seed * 1000 + partition_id)
@@ -51,7 +51,7 @@ def load_data(partition_id, num_partitions, batch_size, examples=0, seed=0):
 
 def load_test(batch_size=64, examples=0):
     """MNIST's test set (``examples`` > 0: its first ones), normalised as for training."""
-    _, test = load_mnist()
+    test = load_mnist_test()  # the test files only: a server that evaluates never opens the training set
     n = examples or len(test.y)
     return DataLoader(_tensors(test.x[:n], test.y[:n]), batch_size=batch_size)
 

@@ -120,6 +120,27 @@ def _md5_of_gzip(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=4)
+def load_mnist_test(data_dir: str | os.PathLike[str] | None = None, *, download: bool = True,
+                    mirrors: tuple[str, ...] = MIRRORS, timeout_s: float = 30.0) -> ArrayDataset:
+    """MNIST's 10,000 test images alone, reading only the two test files: for a server that evaluates and
+    must not open the training set."""
+    folder = resolve_data_dir(data_dir) / "mnist"
+    names = [n for n in FILES if n.startswith("t10k")]
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        if not download:
+            raise DataError(_missing_message(folder, missing, "download=False, so no mirror was tried."))
+        _download_missing(folder, missing, mirrors, timeout_s)
+    return _load_test(str(folder.resolve()))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_test(folder: str) -> ArrayDataset:
+    path = Path(folder)
+    return _as_dataset(_read_idx(path / "t10k-images-idx3-ubyte.gz"), _read_idx(path / "t10k-labels-idx1-ubyte.gz"),
+                       "mnist-test")
+
+
 def _load_folder(folder: str) -> tuple[ArrayDataset, ArrayDataset]:
     path = Path(folder)
     x_train = _read_idx(path / "train-images-idx3-ubyte.gz")

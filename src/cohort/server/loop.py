@@ -244,7 +244,8 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
 def _round_zero(state: ServerState, channel: Channel, num_clients: int, settings: LoopSettings, evaluate, algorithm):
     """The initial model's evaluation, recorded as round 0 (nothing trained, nothing sent up)."""
     started = time.perf_counter()
-    record: dict[str, Any] = {"round": 0, "status": "initial", "version": state.version}
+    record: dict[str, Any] = {"round": 0, "status": "initial", "version": state.version, "clients_sampled": 0,
+                              "clients_succeeded": 0, "clients_failed": 0}
     rows: list = []
     failures: list[ClientFailure] = []
     if evaluate is not None:

@@ -17,7 +17,10 @@ def format_record(record: Mapping[str, Any]) -> str:
     parts = [f"{label} {record[key]:.4f}" for key, label in SHOWN if isinstance(record.get(key), (float, np.floating))]
     if isinstance(record.get("dp_epsilon"), (int, float, np.floating)):
         parts.append(f"ε {record['dp_epsilon']:.3g} (δ {record['dp_delta']:g})")
-    parts.append(f"clients {record['clients_succeeded']}/{record['clients_sampled']}")
+    if record.get("status") == "initial":
+        parts.append("(the initial model)")
+    else:
+        parts.append(f"clients {record['clients_succeeded']}/{record['clients_sampled']}")
     if record.get("status") == "skipped":
         parts.append("[skipped: too few updates]")
     parts.append(f"{record['seconds']:.2f}s")
