@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cohort.core.tasks import run_task
+
 from cohort.algorithms import ALGORITHMS
 from cohort.channel import InProcessChannel
 from cohort.client.site import SiteClient, site_count, site_table
@@ -162,7 +164,7 @@ def test_a_site_without_the_agreement_or_with_a_bad_one_fails_clearly(hospitals)
     with pytest.raises(ConfigError, match="holds site 'aarhus', client 0; asked for 1"):
         site(1)
     with pytest.raises(ConfigError, match="no site data"):
-        ALGORITHMS["fedavg"]().client.handle(Message("data_schema", {}, {}), object(), None)
+        run_task(ALGORITHMS["fedavg"]().client, Message("data_schema", {}, {}), object(), None)  # the runtime's path
 
 
 def test_a_label_no_other_site_had_is_refused_by_name(hospitals, tmp_path):
@@ -232,9 +234,10 @@ def test_under_secure_aggregation_the_server_learns_only_sums(hospitals, mode):
             assert below - width - 1e-9 <= fill <= above + width + 1e-9, (j, fill, below, above)
     # what reached the server: schemas and category names in the clear, every statistic masked
     tasks = {t for t, _ in channel.received}
-    assert {"data_statistics", "data_spread", "data_histogram"} <= tasks
+    assert {"secagg:data_statistics", "secagg:data_spread", "secagg:data_histogram"} <= tasks  # the protocol around each
+    assert not tasks & {"data_statistics", "data_spread", "data_histogram"}  # none of them in the clear
     for task, outcome in channel.received:
-        if task in ("data_statistics", "data_spread", "data_histogram"):
+        if task.startswith("secagg:"):
             assert set(outcome.arrays) == {"secagg"} and set(outcome.arrays["secagg"]) == {"y"}
     counts = [site.answer(Message("data_statistics", {}, {"site_columns": plain.columns, "site_labels": None,
                                                             "site_clients": 4, "site_categories": {}})).arrays["site"]["sum"]

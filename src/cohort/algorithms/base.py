@@ -30,17 +30,8 @@ class ClientHalf:
     requires: tuple[str, ...] = ()  # trainer methods a client must have beyond fit/evaluate ("train", "gradient")
 
     def handle(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply | EvaluateResult, ClientState]:
-        if message.task.startswith("secagg_") or message.config.get("secagg"):  # a secure round's exchanges
-            from cohort.client.accounting import account
-            from cohort.secagg.tasks import handle
-
-            return handle(self, message, trainer, state, account)
-        if message.task.startswith("data_"):  # a deployment's statistics exchange, before round 1 (cohort.data.exchange)
-            answer = getattr(trainer, "answer", None)
-            if answer is None:
-                raise ConfigError(f"task {message.task!r} asks for this site's data statistics; this client holds no "
-                                  "site data (start it as `cohort client --config CONFIG.toml --id ID --data FILE`)")
-            return answer(message), state
+        """Answer one of this algorithm's own tasks. The client runtime reaches it through the task
+        registry (:mod:`cohort.core.tasks`), where protocols and other components answer theirs."""
         if message.task not in self.tasks:
             raise ConfigError(f"task {message.task!r} is not one of this algorithm's: {', '.join(self.tasks)}")
         return getattr(self, message.task)(message, trainer, state)

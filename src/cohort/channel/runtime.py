@@ -15,7 +15,9 @@ from dataclasses import replace
 
 from cohort.algorithms.base import ClientHalf, ClientState
 from cohort.client.base import ClientFn, as_trainer
+from cohort.client.accounting import account
 from cohort.client.context import ClientApp
+from cohort.core.tasks import run_task
 from cohort.core.types import MODEL, ClientFailure, EvaluateResult, FailureStage, Message, Reply
 
 Outcome = Reply | EvaluateResult | ClientFailure
@@ -33,7 +35,7 @@ def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, mes
             client, context, own = app.open(client_id, message, state)
         else:
             client, own = client_fn(client_id), state
-        result, new_state = client_half.handle(message, as_trainer(client), own)
+        result, new_state = run_task(client_half, message, as_trainer(client), own, account)
         if app is not None:
             new_state = app.keep(context, new_state)
     except (Exception, SystemExit) as e:  # user code: its exceptions, even sys.exit, fail this client only
@@ -63,8 +65,6 @@ def run_client(client_fn: ClientFn, client_half: ClientHalf, client_id: int, mes
 def _after_reply(reply: Reply, state: ClientState, message: Message, client_id: int) -> tuple[Reply, ClientState]:
     """What happens to every reply on its way out, in order: client-side DP accounting (the client's
     ledger and ε, from facts its trainer reported), then compression as the server's config asks."""
-    from cohort.client.accounting import account
-
     reply, state = account(reply, state)
     compression = message.config.get("compression") if isinstance(message.config, Mapping) else None
     if isinstance(compression, Mapping) and isinstance(reply.arrays, Mapping) and MODEL in reply.arrays:

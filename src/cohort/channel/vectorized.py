@@ -70,8 +70,8 @@ class VectorizedChannel(InProcessChannel):
             return "models with frozen parameters"
         if len(f.model.state_dict()) != len(dict(f.model.named_parameters())):  # the update names every entry
             return "models with tied (shared) parameters"
-        if isinstance(message.config.get("compression"), dict) or message.config.get("secagg"):
-            return "compression or secure aggregation"
+        if isinstance(message.config.get("compression"), dict):  # (a secure round's fit is another task: secagg:fit)
+            return "compression"
         return None
 
     def run(self, message: Message, instructions: Sequence[Instruction],

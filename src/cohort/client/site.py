@@ -15,6 +15,7 @@ import numpy as np
 
 from cohort import frameworks
 from cohort.core.errors import ConfigError, DataError
+from cohort.core.tasks import register_task
 from cohort.core.types import Config, EvaluateResult, Message, Reply
 from cohort.data import ArrayDataset, Partition
 from cohort.data import exchange as X
@@ -181,3 +182,14 @@ def _only(client_id: int, rows: np.ndarray) -> Partition:
     offsets = np.zeros(client_id + 2, np.int64)
     offsets[-1] = len(rows)
     return Partition(np.asarray(rows, np.int64), offsets)
+
+
+@register_task(*X.TASKS)
+def answer(half, message: Message, trainer, state, account, under=None):
+    """A deployment's data agreement before round 1 (:mod:`cohort.data.exchange`): the site's part,
+    computed by the client that holds its rows. ``under`` = "secagg": the answer will be masked."""
+    site_answer = getattr(trainer, "answer", None)
+    if site_answer is None:
+        raise ConfigError(f"task {message.task!r} asks for this site's data statistics; this client holds no "
+                          "site data (start it as `cohort client --config CONFIG.toml --id ID --data FILE`)")
+    return (site_answer(message, secure=True) if under == "secagg" else site_answer(message)), state

@@ -79,7 +79,7 @@ class FailureStage(str, enum.Enum):
 
     @classmethod
     def of_task(cls, task: str) -> "FailureStage":
-        return {"fit": cls.FIT, "evaluate": cls.EVALUATE}.get(task, cls.TASK)
+        return {"fit": cls.FIT, "evaluate": cls.EVALUATE}.get(task.rpartition(":")[2], cls.TASK)  # secagg:fit is a fit
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,7 +119,6 @@ def _md5_of_gzip(path: Path) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=4)
 def load_mnist_test(data_dir: str | os.PathLike[str] | None = None, *, download: bool = True,
                     mirrors: tuple[str, ...] = MIRRORS, timeout_s: float = 30.0) -> ArrayDataset:
     """MNIST's 10,000 test images alone, reading only the two test files: for a server that evaluates and
@@ -141,6 +140,7 @@ def _load_test(folder: str) -> ArrayDataset:
                        "mnist-test")
 
 
+@functools.lru_cache(maxsize=4)
 def _load_folder(folder: str) -> tuple[ArrayDataset, ArrayDataset]:
     path = Path(folder)
     x_train = _read_idx(path / "train-images-idx3-ubyte.gz")

@@ -53,7 +53,7 @@ def _bytes(reply: Reply, name: str, size: int | None = None) -> bytes:
 
 def secure_sum(ex: Exchange, ids: list[int], settings, seed: int, round_: int, task: str, arrays, config: dict[str, Any],
                length: int, accepted=lambda cid, reply: True) -> tuple[np.ndarray, set[int]]:
-    """The protocol's four exchanges with clients ``ids``; ``task`` (with ``config["secagg"]``) is the one
+    """The protocol's four exchanges with clients ``ids``; ``task`` (sent as ``secagg:TASK``) is the one
     whose answer each client masks: a uint32 vector of ``length``. Returns (Σ of the survivors' vectors
     mod 2^32, the survivors); raises SecAggError when fewer than t remain. ``accepted(cid, reply)`` sees each
     masked reply of the right shape, and may refuse it (False)."""
@@ -79,7 +79,7 @@ def secure_sum(ex: Exchange, ids: list[int], settings, seed: int, round_: int, t
         except ValueError as e:
             ex.refuse(c, f"malformed shares: {e}")
     inbox = server.route(sent)
-    got = ex(task, arrays, {**config, "secagg": True}, inbox,
+    got = ex(f"secagg:{task}", arrays, config, inbox,
              lambda c: {"secagg_inbox": {str(u): b64(ct) for u, ct in inbox[c].items()}})
     ys = {}
     for c, r in got.items():

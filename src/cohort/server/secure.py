@@ -74,7 +74,7 @@ def secure_round(ctx, state, cohort, rctx, fit_config: dict[str, Any], accs):
     model = state.groups[MODEL]
     length = num_parameters(model)
     ex = Exchange(ctx, state.version)
-    config = {**fit_config, "secagg": True, "secagg_clip_range": settings.clip_range, "secagg_bits": bits}
+    config = {**fit_config, "secagg_clip_range": settings.clip_range, "secagg_bits": bits}
     private = ctx.algorithm.aggregators[MODEL].privacy
     if private is not None:  # central DP: the clients clip, since the server never sees an update
         config["secagg_l2_clip"] = float(state.steps[MODEL].privacy.clip)
@@ -117,7 +117,7 @@ def secure_evaluation(channel, timeout_s, settings, state, clients, config: dict
     named = _Named(ex, "evaluate")
     try:
         settings.check(len(ids))
-        total, survivors = secure_sum(ex, ids, settings, state.seed, state.round, "secagg_evaluate", state.groups,
+        total, survivors = secure_sum(ex, ids, settings, state.seed, state.round, "evaluate", state.groups,
                                       config, figures.LENGTH, named)
     except (SecAggError, ConfigError) as e:
         return {"federated_error": f"secure aggregation: {e}"}, ex.failures, []
