@@ -100,7 +100,9 @@ def handler_for(task: str) -> Handler | None:
 
 
 def run_task(half, message: Message, trainer, state, account=lambda reply, state: (reply, state), under=None):
-    """Run ``message.task`` for an algorithm's client half: a registered task or protocol, else the half's own."""
+    """Run ``message.task`` for an algorithm's client half: its own task, else a registered task or protocol."""
+    if message.task in getattr(half, "tasks", ()):  # the algorithm's own ("fit", "evaluate"): no provider is imported
+        return half.handle(message, trainer, state)
     handler = handler_for(message.task)
     if handler is not None:
         return handler(half, message, trainer, state, account, under=under)
