@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(VENV)/bin/cohort run
 
 test: $(STAMP) browser
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile  # two workers, each test file on one: most of the suite waits on processes
 
 # The live view's browser test drives headless Chromium from Debian's packages (no browser download).
 browser:
