@@ -43,6 +43,23 @@ def test_each_client_reports_its_cumulative_epsilon_and_the_seed_cannot_remove_t
     assert any(not np.array_equal(a[k], b[k]) for k in a)  # same seed, other noise: OS entropy
 
 
+def test_the_accounting_facts_are_a_record_of_their_own_that_never_leaves_the_client():
+    """The trainer's raw facts (local DP's multiplier and δ) travel beside its metrics, not in them; the
+    client's accounting turns them into ε and the runtime sends neither them nor an empty record."""
+    from cohort.channel.runtime import run_client
+    from cohort.core.types import MODEL, Message, Reply
+
+    private = build(load_config(None, LDP))
+    start = private.initial_state().model
+    trained = private.client_fn()(3).train(start, {"round": 1, "seed": 0}, Hooks())
+    assert set(trained.facts) == {"ldp_noise_multiplier", "ldp_delta"} and not set(trained.facts) & set(trained.metrics)
+    reply, state = run_client(private.client_fn(), private.algorithm.client, 3,
+                              Message("fit", {MODEL: start}, {"round": 1, "seed": 0}), None)
+    assert isinstance(reply, Reply) and reply.facts == {}
+    assert "ldp_epsilon" in reply.metrics and "ldp_noise_multiplier" not in reply.metrics
+    assert int(state["ldp"]["updates"][0]) == 1  # the ledger is the client's own state
+
+
 def test_the_server_cannot_switch_it_off_and_bad_settings_are_refused():
     s = TrainSettings(ldp=True, ldp_clip=0.5)
     assert s.override({"ldp": False, "ldp_clip": 100.0}) == s

@@ -18,7 +18,7 @@ class LocalSteps(ClientHalf):
 
     def fit(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply, ClientState]:
         t = trainer.train(message.arrays[MODEL], message.config, Hooks())
-        return Reply({MODEL: t.delta}, t.num_examples, t.metrics), state
+        return Reply({MODEL: t.delta}, t.num_examples, t.metrics, facts=t.facts), state
 
 
 def model_pipeline(server_lr: float, server_momentum: float, weighted: bool, pre: Sequence[Step] = ()):

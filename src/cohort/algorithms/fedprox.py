@@ -32,7 +32,7 @@ class ProximalSteps(ClientHalf):
 
     def fit(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply, ClientState]:
         t = trainer.train(message.arrays[MODEL], message.config, Hooks(proximal_mu=self.mu))
-        return Reply({MODEL: t.delta}, t.num_examples, t.metrics), state
+        return Reply({MODEL: t.delta}, t.num_examples, t.metrics, facts=t.facts), state
 
 
 def fedprox(mu: float = 0.01, server_lr: float = 1.0, server_momentum: float = 0.0, weighted: bool = True) -> Algorithm:

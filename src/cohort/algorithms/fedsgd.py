@@ -19,7 +19,7 @@ class FullGradient(ClientHalf):
 
     def fit(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply, ClientState]:
         t = trainer.gradient(message.arrays[MODEL], message.config)
-        return Reply({MODEL: {k: -g for k, g in t.delta.items()}}, t.num_examples, t.metrics), state
+        return Reply({MODEL: {k: -g for k, g in t.delta.items()}}, t.num_examples, t.metrics, facts=t.facts), state
 
 
 def fedsgd(server_lr: float = 0.1, server_momentum: float = 0.0, weighted: bool = True) -> Algorithm:

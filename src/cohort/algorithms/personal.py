@@ -148,7 +148,7 @@ class PersonalLayers(ClientHalf):
         shared, own = self._model(message, state)
         t = trainer.train({**shared, **own}, message.config, Hooks())
         kept = _updated(own, t.delta, "personal layers")
-        return Reply({MODEL: {k: t.delta[k] for k in shared}}, t.num_examples, t.metrics), {**(state or {}), PERSONAL: kept}
+        return Reply({MODEL: {k: t.delta[k] for k in shared}}, t.num_examples, t.metrics, facts=t.facts), {**(state or {}), PERSONAL: kept}
 
     def evaluate(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[EvaluateResult, ClientState]:
         shared, own = self._model(message, state)
@@ -203,7 +203,7 @@ class PersonalModel(ClientHalf):
         except FloatingPointError:  # the personal steps diverged (lr·λ too large): keep the last personal model;
             kept = v  # the global model's update is good and still goes up
             metrics["personal_diverged"] = 1.0
-        return Reply({MODEL: t.delta}, t.num_examples, metrics), {**(state or {}), PERSONAL: kept}
+        return Reply({MODEL: t.delta}, t.num_examples, metrics, facts=t.facts), {**(state or {}), PERSONAL: kept}
 
     def evaluate(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[EvaluateResult, ClientState]:
         w = message.arrays[MODEL]

@@ -62,7 +62,7 @@ class ControlledSteps(ClientHalf):
             raise FloatingPointError("SCAFFOLD's new control variate is not finite (the local training diverged); "
                                      "the client keeps its previous one")
         dc = {k: c_new[k] - c_i[k] for k in c}
-        return Reply({MODEL: t.delta, CONTROL: dc}, t.num_examples, t.metrics), {**(state or {}), CONTROL: c_new}
+        return Reply({MODEL: t.delta, CONTROL: dc}, t.num_examples, t.metrics, facts=t.facts), {**(state or {}), CONTROL: c_new}
 
 
 def _groups(model: NamedArrays) -> Groups:

@@ -66,6 +66,8 @@ def _after_reply(reply: Reply, state: ClientState, message: Message, client_id: 
     """What happens to every reply on its way out, in order: client-side DP accounting (the client's
     ledger and ε, from facts its trainer reported), then compression as the server's config asks."""
     reply, state = account(reply, state)
+    if reply.facts:  # facts no accountant of this client read: they stay here too
+        reply = replace(reply, facts={})
     compression = message.config.get("compression") if isinstance(message.config, Mapping) else None
     if isinstance(compression, Mapping) and isinstance(reply.arrays, Mapping) and MODEL in reply.arrays:
         reply, state = _compressed(reply, state, compression, message, client_id)

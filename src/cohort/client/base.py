@@ -13,7 +13,7 @@ client the trainer interface and says clearly what it cannot do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -64,6 +64,7 @@ class Trained:
     num_steps: int = 0  # optimizer steps taken (SCAFFOLD's K)
     lr: float = 0.0  # the local learning rate used (SCAFFOLD's η_l)
     metrics: Metrics = field(default_factory=dict)
+    facts: Mapping[str, float] = field(default_factory=dict)  # for the client's own privacy accounting, never sent (Reply.facts)
 
 
 @runtime_checkable

@@ -66,8 +66,8 @@ def account(reply, state):
     """Fold a DP-SGD round's facts into the client's ledger (its state) and report its cumulative ε."""
     from opacus.accountants import RDPAccountant
 
-    metrics = dict(reply.metrics)
-    z, q, steps, delta = (metrics.pop(k) for k in RAW)
+    metrics, facts = dict(reply.metrics), dict(reply.facts)
+    z, q, steps, delta = (facts.pop(k) for k in RAW)
     own = dict(state or {})
     ledger = own.get(GROUP, {}).get("ledger", np.zeros((0, 3)))
     ledger = np.vstack([ledger, [[z, q, steps]]])
@@ -76,4 +76,4 @@ def account(reply, state):
     metrics["dp_sgd_epsilon"] = float(accountant.get_epsilon(delta))
     metrics["dp_sgd_delta"] = delta
     own[GROUP] = {"ledger": ledger}
-    return replace(reply, metrics=metrics), own
+    return replace(reply, metrics=metrics, facts=facts), own

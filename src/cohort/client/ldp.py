@@ -36,11 +36,11 @@ def account(reply, state):
     """Count this noised update in the client's state and report its cumulative (ε, δ)."""
     from cohort.privacy.accountant import epsilon
 
-    metrics = dict(reply.metrics)
-    z, delta = (metrics.pop(k) for k in RAW)
+    metrics, facts = dict(reply.metrics), dict(reply.facts)
+    z, delta = (facts.pop(k) for k in RAW)
     own = dict(state or {})
     count = int(own.get(GROUP, {}).get("updates", np.zeros(1, np.int64))[0]) + 1
     metrics["ldp_epsilon"] = epsilon(((1.0, z / 2, count),), delta, "rdp")
     metrics["ldp_delta"] = delta
     own[GROUP] = {"updates": np.array([count], np.int64)}
-    return replace(reply, metrics=metrics), own
+    return replace(reply, metrics=metrics, facts=facts), own

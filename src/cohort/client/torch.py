@@ -90,7 +90,7 @@ class TorchClient(FrameworkClient):
 
             delta, ldp_facts = privatize(delta, settings.ldp_clip, settings.ldp_noise_multiplier, settings.ldp_delta)
             facts = {**facts, **ldp_facts}
-        return Trained(delta, len(self.x), steps, settings.lr, {"train_loss": mean_loss, **facts})
+        return Trained(delta, len(self.x), steps, settings.lr, {"train_loss": mean_loss}, facts)
 
     def gradient(self, arrays: NamedArrays, config: Config) -> Trained:
         settings = self.settings.override(config)

@@ -42,6 +42,9 @@ class Reply:
     metrics: Metrics = field(default_factory=dict)
     version: int = 0  # the model version the reply was computed from (set by the client runtime)
     seconds: float = 0.0  # the client's own time on the task (set by the client runtime)
+    # control facts for the client's own accounting (DP-SGD's steps and sampling rate, local DP's
+    # multiplier): a record of their own, read and dropped by the client runtime; never sent, never a metric
+    facts: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
