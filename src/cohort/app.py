@@ -285,7 +285,7 @@ def build_app(config: RunConfig, app: App, *, deployed_clients: int | None = Non
                                base.native_save if base is not None and app.arrays is None else None)
     settings = _with_app(settings, experiment)
     size = settings.check(num_clients, experiment.reported())
-    check_client_privacy(config)
+    check_client_privacy(config, experiment.algorithm)
     check_protections(experiment.algorithm, settings, size)
     experiment.algorithm.check_cohort(size)
     from dataclasses import replace

@@ -31,8 +31,8 @@ from cohort.options import (  # the optional sections, and the check every secti
 DATASETS = ("mnist", "breast_cancer", "diabetes", "csv", "shakespeare", "synthetic")
 PARTITIONS = ("iid", "shards", "dirichlet", "quantity", "column", "files", "assigned", "speaker", "generated")
 NATURAL = ("column", "files", "assigned", "speaker", "generated")  # partitions the data brings: one client per site, speaker, ...
-BACKENDS = ("inprocess", "processes", "vectorized", "ray")
-POLICIES = ("sync", "fedbuff", "fedasync")
+from cohort.channel import BACKENDS  # noqa: E402  (each list kept where its components are)
+from cohort.server.policies import POLICIES  # noqa: E402
 
 
 @dataclass(frozen=True)

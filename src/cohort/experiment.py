@@ -87,7 +87,7 @@ class Experiment:
         ev = self.config.evaluate
         return _reported_metrics(self.train.task, centralized=ev.centralized and self.test is not None,
                                  federated=self.config.federated_fraction > 0,
-                                 personal=self.config.server.algorithm in PERSONALIZED)
+                                 personal=self.algorithm.needs.personal)
 
     def example_counts(self) -> np.ndarray | None:
         """Each client's training examples, when the server may record them."""
@@ -174,27 +174,28 @@ def build(config: RunConfig, sites=None) -> Experiment:
         raise ConfigError(f"federated evaluation (evaluate.federated_fraction = {config.federated_fraction:g}"
                           f"{'' if config.evaluate.federated_fraction is not None else ', the default here'}) needs "
                           "held-out client data: set data.holdout_fraction > 0, or evaluate.federated_fraction = 0")
-    if config.server.algorithm == "scaffold" and (config.client.optimizer != "sgd" or config.client.momentum > 0):
-        raise ConfigError(f"server.algorithm = 'scaffold' needs plain local SGD (its control variates are (x − y)/(K·lr)); "
-                          f"client.optimizer is {config.client.optimizer!r} and client.momentum {config.client.momentum}: "
-                          "set client.optimizer = 'sgd' and client.momentum = 0, or use fedavg/fedprox")
-    if config.server.algorithm == "fedper" and ev.centralized and test is not None:
-        raise ConfigError("server.algorithm = 'fedper' keeps each client's personal layers on the client, so the server "
-                          "has no complete model to test on its own data: set evaluate.centralized = false, and evaluate "
-                          "every client on its own held-out data with data.holdout_fraction > 0 and "
+    algorithm = make_algorithm(config)
+    needs, name = algorithm.needs, config.server.algorithm
+    if needs.plain_sgd and (config.client.optimizer != "sgd" or config.client.momentum > 0):
+        raise ConfigError(f"server.algorithm = {name!r} needs plain local SGD (SCAFFOLD's control variates are "
+                          f"(x − y)/(K·lr)); client.optimizer is {config.client.optimizer!r} and client.momentum "
+                          f"{config.client.momentum}: set client.optimizer = 'sgd' and client.momentum = 0, or use fedavg/fedprox")
+    if needs.partial_model and ev.centralized and test is not None:
+        raise ConfigError(f"server.algorithm = {name!r} keeps part of the model on the clients ({needs.partial_model}), so "
+                          "the server has no complete model to test on its own data: set evaluate.centralized = false, "
+                          "and evaluate every client on its own held-out data with data.holdout_fraction > 0 and "
                           "evaluate.federated_fraction > 0")
     settings = loop_settings(config)
     reported = _reported_metrics(train.task, centralized=ev.centralized and test is not None,
-                                 federated=config.federated_fraction > 0, personal=config.server.algorithm in PERSONALIZED)
+                                 federated=config.federated_fraction > 0, personal=needs.personal)
     size = settings.check(len(partition), reported)
-    check_client_privacy(config)
+    check_client_privacy(config, algorithm)
     if config.output.trackers:
         from cohort.tracking.trackers import check_trackers
 
         check_trackers(config.output.trackers)
     if config.attack.kind == "label_flip":
         train = flip_attackers_labels(train, partition, config)
-    algorithm = make_algorithm(config)
     check_protections(algorithm, settings, size)
     algorithm.check_cohort(size)
     return Experiment(config, train, test, partition, holdout, framework, model_fn, algorithm, settings, size, fed.names,
@@ -209,9 +210,6 @@ def _check_model_task(model: str, task: str) -> None:
         raise ConfigError(f"model.name = {model!r} needs a regression dataset; for class labels use 'logistic_regression'")
     if model not in REGRESSORS and task == "regression":
         raise ConfigError(f"model.name = {model!r} is a classifier; the dataset is a regression one: use 'linear_regression' (torch) or 'sgd_regressor' (sklearn)")
-
-
-PERSONALIZED = ("fedper", "ditto")  # algorithms whose clients keep a model of their own (personal_* metrics)
 
 
 def _reported_metrics(task: str, *, centralized: bool, federated: bool, personal: bool = False) -> list[str]:
@@ -360,8 +358,8 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
         if folder is not None:
             try:
                 meta = {"round": str(state.round), "name": config.name}
-                if config.server.algorithm == "fedper":  # say what is not in it
-                    meta["note"] = "FedPer: the shared layers only; each client keeps its personal layers"
+                if exp.algorithm.needs.partial_model:  # say what is not in it
+                    meta["note"] = exp.algorithm.needs.partial_model
                 folder.save_model(state.model, meta, exp.native_save)
                 folder.write_summary(summary)
             except (OSError, CohortError) as e:

@@ -44,7 +44,7 @@ def make_algorithm(config: RunConfig) -> Algorithm:
         algorithm = with_privacy(algorithm, config.privacy.mechanism())
     c = config.compression
     if c.kind != "none":
-        if config.server.policy != "sync":
+        if _async_policy(config) is not None:
             raise ConfigError("compression.kind must be 'none' with an asynchronous server.policy: its staleness "
                               "weighting works on dense updates (use server.policy = 'sync')")
         if config.secagg.mode != "none":
@@ -102,17 +102,23 @@ def protections(config: RunConfig) -> str:
     return "protections: " + "; ".join(parts)
 
 
-def check_client_privacy(config: RunConfig) -> None:
-    """Client-side privacy ([client] ldp, dp_sgd) runs where it is built: refuse the rest at start."""
+def check_client_privacy(config: RunConfig, algorithm: Algorithm) -> None:
+    """Client-side privacy ([client] ldp, dp_sgd) runs where it is built: refuse the rest at start, from what
+    ``algorithm`` declares (the groups it sends, its needs, its client half)."""
+    from cohort.core.types import MODEL
+
     if config.client.ldp and config.model.framework != "torch":
         raise ConfigError(f"client.ldp (local DP) is built into the torch framework's client; this run has {config.model.framework!r}")
-    if config.client.ldp and config.server.algorithm == "scaffold":
-        raise ConfigError("client.ldp noises the model update only; SCAFFOLD's control variates would leave unprotected")
-    if config.client.ldp and config.server.algorithm in ("fedper", "ditto"):
+    others = sorted(g for g in algorithm.aggregators if g != MODEL)
+    if config.client.ldp and others:
+        raise ConfigError(f"client.ldp noises the model update only; {config.server.algorithm} also sends "
+                          f"{', '.join(repr(g) for g in others)} (SCAFFOLD: its control variates), which would leave "
+                          "unprotected: use central DP ([privacy] mode = 'central') or another algorithm")
+    if config.client.ldp and algorithm.needs.personal:
         raise ConfigError(f"client.ldp noises every local training's delta, and {config.server.algorithm}'s clients also "
                           "train a personal model that never leaves them, which it would spoil for nothing: use central "
                           "DP ([privacy] mode = 'central') or secure aggregation with it")
-    if config.client.dp_sgd and (config.model.framework != "torch" or config.server.algorithm != "fedavg"):
+    if config.client.dp_sgd and (config.model.framework != "torch" or not algorithm.client.plain_steps):
         raise ConfigError(f"client.dp_sgd (Opacus) runs in the torch framework's plain local steps, with "
                           f"server.algorithm = 'fedavg'; this run has {config.model.framework!r} and "
                           f"{config.server.algorithm!r}")
@@ -150,13 +156,21 @@ def _network(config: RunConfig) -> tuple[float, float, float] | None:
     return (n.latency_s, n.bandwidth_mbps, n.spread) if n.latency_s > 0 or n.bandwidth_mbps > 0 else None
 
 
-def _async_policy(config: RunConfig) -> FedBuff | None:
-    if config.server.policy == "fedbuff":
-        fb = config.fedbuff
-        return FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent, fb.staleness, fb.hinge_b)
-    if config.server.policy == "fedasync":
-        from cohort.server.fedasync import FedAsync
+def _fedbuff(config: RunConfig) -> FedBuff:
+    fb = config.fedbuff
+    return FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent, fb.staleness, fb.hinge_b)
 
-        fa = config.fedasync
-        return FedAsync(fa.alpha, fa.concurrency, fa.staleness, fa.staleness_a, fa.hinge_b)
-    return None
+
+def _fedasync(config: RunConfig) -> FedBuff:
+    from cohort.server.fedasync import FedAsync
+
+    fa = config.fedasync
+    return FedAsync(fa.alpha, fa.concurrency, fa.staleness, fa.staleness_a, fa.hinge_b)
+
+
+# server.policy -> the round policy a config builds (None: synchronous rounds); each builder reads its own section
+ASYNC_POLICIES = {"sync": lambda config: None, "fedbuff": _fedbuff, "fedasync": _fedasync}
+
+
+def _async_policy(config: RunConfig) -> FedBuff | None:
+    return ASYNC_POLICIES[config.server.policy](config)

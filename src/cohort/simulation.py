@@ -16,7 +16,7 @@ from cohort.core.errors import ConfigError
 from cohort.server.loop import Evaluate, LoopSettings, OnRound, run
 from cohort.server.state import ServerState, initial_state
 
-BACKENDS = ("inprocess", "processes", "vectorized", "ray")
+from cohort.channel import BACKENDS  # noqa: E402  (one list: the config checks against it too)
 
 
 def make_channel(client_fn: ClientFn, algorithm: Algorithm, backend: str = "inprocess", *, workers: int = 0,

@@ -23,11 +23,23 @@ from cohort.core.types import MODEL, ClientUpdate, EvaluateResult, Groups, Messa
 ClientState = Groups | None  # what one client keeps between its rounds (None before its first)
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What an algorithm asks of a run, declared by the algorithm and checked before round 1, so that no
+    check elsewhere tests an algorithm's name."""
+
+    plain_sgd: bool = False  # its local steps must be plain SGD without momentum (SCAFFOLD: c from (x − y)/(K·lr))
+    partial_model: str = ""  # what the server's model lacks, when clients keep part of it ("": nothing); then the
+    # server has no whole model to evaluate on its own, and the saved model says so
+    personal: bool = False  # its clients keep a model of their own and report personal_* metrics
+
+
 class ClientHalf:
     """What a client does with each task. Subclasses define ``fit`` (and may add tasks)."""
 
     tasks: tuple[str, ...] = ("fit", "evaluate")
     requires: tuple[str, ...] = ()  # trainer methods a client must have beyond fit/evaluate ("train", "gradient")
+    plain_steps: bool = False  # its fit is plain local steps and nothing else (what DP-SGD's accounting covers)
 
     def handle(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply | EvaluateResult, ClientState]:
         """Answer one of this algorithm's own tasks. The client runtime reaches it through the task
@@ -63,6 +75,7 @@ class Algorithm:
     config: Mapping[str, Any] = field(default_factory=dict)  # sent to every client, every round
     secure: Any = None  # cohort.secagg.SecureAggregation: the server learns only the sum of each round
     compression: str = "none"  # how the model delta travels up: none | fp16 | int8 | topk (cohort.client.compression)
+    needs: Needs = field(default_factory=Needs)  # what it asks of a run (checked by the experiment before round 1)
 
     def __post_init__(self) -> None:
         if MODEL not in self.aggregators:

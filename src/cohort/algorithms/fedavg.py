@@ -16,6 +16,8 @@ from cohort.core.types import MODEL, Message, Reply
 class LocalSteps(ClientHalf):
     """Plain local training from the received model; the model delta goes back."""
 
+    plain_steps = True
+
     def fit(self, message: Message, trainer: Trainer, state: ClientState) -> tuple[Reply, ClientState]:
         t = trainer.train(message.arrays[MODEL], message.config, Hooks())
         return Reply({MODEL: t.delta}, t.num_examples, t.metrics, facts=t.facts), state

@@ -24,7 +24,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from cohort.algorithms.base import Algorithm, ClientHalf, ClientState
+from cohort.algorithms.base import Needs, Algorithm, ClientHalf, ClientState
 from cohort.algorithms.fedavg import model_pipeline
 from cohort.client.base import Hooks, Trainer
 from cohort.client.settings import MAX_EPOCHS
@@ -160,7 +160,9 @@ def fedper(personal: tuple[str, ...] | list[str] = (), personal_layers: int = 1,
            server_momentum: float = 0.0, weighted: bool = True) -> Algorithm:
     settings = FedPerSettings(personal, personal_layers)
     return Algorithm("fedper", PersonalLayers(), {MODEL: model_pipeline(server_lr, server_momentum, weighted)},
-                     groups=PersonalSplit(settings), whole=whole_model)
+                     groups=PersonalSplit(settings), whole=whole_model,
+                     needs=Needs(partial_model="FedPer: the shared layers only; each client keeps its personal layers",
+                                 personal=True))
 
 
 # ----------------------------------------------------------------------------------------------- Ditto
@@ -217,4 +219,4 @@ def ditto(lam: float = 0.1, personal_epochs: int = 0, server_lr: float = 1.0, se
           weighted: bool = True) -> Algorithm:
     settings = DittoSettings(lam, personal_epochs)
     return Algorithm("ditto", PersonalModel(float(settings.lam), settings.personal_epochs),
-                     {MODEL: model_pipeline(server_lr, server_momentum, weighted)})
+                     {MODEL: model_pipeline(server_lr, server_momentum, weighted)}, needs=Needs(personal=True))

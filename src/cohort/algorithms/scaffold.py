@@ -22,7 +22,7 @@ import numpy as np
 from cohort.aggregation.compose import process
 from cohort.aggregation.server_opt import sgd
 from cohort.aggregation.weighting import divide_by_population, uniform_weights
-from cohort.algorithms.base import Algorithm, ClientHalf, ClientState
+from cohort.algorithms.base import Needs, Algorithm, ClientHalf, ClientState
 from cohort.algorithms.fedavg import model_pipeline
 from cohort.client.base import Hooks, Trainer
 from cohort.core.arrays import NamedArrays
@@ -72,4 +72,5 @@ def _groups(model: NamedArrays) -> Groups:
 def scaffold(server_lr: float = 1.0, server_momentum: float = 0.0, weighted: bool = True) -> Algorithm:
     control = process(pre=[uniform_weights()], post=[divide_by_population()], server_optimizer=sgd(1.0))
     return Algorithm("scaffold", ControlledSteps(),
-                     {MODEL: model_pipeline(server_lr, server_momentum, weighted), CONTROL: control}, groups=_groups)
+                     {MODEL: model_pipeline(server_lr, server_momentum, weighted), CONTROL: control}, groups=_groups,
+                     needs=Needs(plain_sgd=True))

@@ -4,4 +4,6 @@ from cohort.channel.base import Channel, SimulationChannel, readonly
 from cohort.channel.inprocess import InProcessChannel
 from cohort.channel.pool import ProcessPoolChannel
 
-__all__ = ["Channel", "InProcessChannel", "ProcessPoolChannel", "SimulationChannel", "readonly"]
+BACKENDS = ("inprocess", "processes", "vectorized", "ray")  # the simulation backends (cohort.simulation.make_channel)
+
+__all__ = ["BACKENDS", "Channel", "InProcessChannel", "ProcessPoolChannel", "SimulationChannel", "readonly"]

@@ -287,7 +287,7 @@ class FedBuff:
         return StepOutcome(new, stands, record, failures)
 
 
-POLICIES = ("sync", "fedbuff")
+POLICIES = ("sync", "fedbuff", "fedasync")  # server.policy's names (FedAsync: cohort.server.fedasync, on FedBuff)
 
 # step.py's names are taken from here too: by the loop, and by checkpoints written before step.py
 # existed (their policy state names cohort.server.policies:FedBuffState and :InFlight)
