@@ -133,3 +133,11 @@ def until(condition, timeout_s, what):
     while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
+
+
+def end_all(procs) -> None:
+    """Kill the processes of ``procs`` still running (a test's cleanup, whatever happened)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.communicate(timeout=30)

@@ -18,7 +18,7 @@ from cohort.app import App, load_app
 from cohort.cli import main
 from cohort.core.arrays import load_safetensors
 from cohort.core.errors import ConfigError
-from processes import ENV, TESTS, cohort as cohort_cmd
+from processes import ENV, TESTS, cohort as cohort_cmd, end_all
 
 
 def records(folder: Path) -> list[dict]:
@@ -188,9 +188,7 @@ def test_context_state_survives_sigkill_and_resume(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_all([proc])
     (folder,) = (tmp_path / "killed").glob("counting-*")
     assert not (folder / "summary.json").exists()
     resumed = subprocess.run(cohort_cmd("run", "--resume", str(folder), "--no-progress", "--quiet"),

@@ -11,7 +11,7 @@ import pytest
 
 from cohort.cli import main
 from cohort.core.arrays import load_safetensors
-from processes import ENV, TESTS, Federation, cohort, free_port
+from processes import ENV, TESTS, Federation, cohort, end_all, free_port
 
 pytestmark = pytest.mark.slow
 SETS = ["rounds=3", "server.fraction=1.0", "app.lr=0.25", "data.num_clients=2"]
@@ -71,10 +71,7 @@ def test_client_state_outlives_a_paused_server(tmp_path):
             out, err = c.communicate(timeout=60)
             assert c.returncode == 0 and "done (the run has ended)" in out, err
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate(timeout=30)
+        end_all(procs)
     rs = records(folder)
     assert [r["round"] for r in rs] == [1, 2, 3, 4, 5, 6]
     counts = [r["train_rounds"] for r in rs]

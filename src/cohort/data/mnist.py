@@ -55,13 +55,7 @@ def load_mnist(
     Missing files are fetched from ``mirrors`` in turn when ``download`` is true. Arrays are read-only
     and shared between calls with the same folder.
     """
-    folder = resolve_data_dir(data_dir) / "mnist"
-    missing = [name for name in FILES if not (folder / name).is_file()]
-    if missing:
-        if not download:
-            raise DataError(_missing_message(folder, missing, "download=False, so no mirror was tried."))
-        _download_missing(folder, missing, mirrors, timeout_s)
-    return _load_folder(str(folder.resolve()))
+    return _load_folder(str(_present(data_dir, FILES, download, mirrors, timeout_s).resolve()))
 
 
 def _missing_message(folder: Path, missing: list[str], tried: str) -> str:
@@ -123,14 +117,19 @@ def load_mnist_test(data_dir: str | os.PathLike[str] | None = None, *, download:
                     mirrors: tuple[str, ...] = MIRRORS, timeout_s: float = 30.0) -> ArrayDataset:
     """MNIST's 10,000 test images alone, reading only the two test files: for a server that evaluates and
     must not open the training set."""
-    folder = resolve_data_dir(data_dir) / "mnist"
     names = [n for n in FILES if n.startswith("t10k")]
+    return _load_test(str(_present(data_dir, names, download, mirrors, timeout_s).resolve()))
+
+
+def _present(data_dir, names, download: bool, mirrors: tuple[str, ...], timeout_s: float) -> Path:
+    """The MNIST folder, once ``names`` are in it (fetched from ``mirrors`` when missing and ``download``)."""
+    folder = resolve_data_dir(data_dir) / "mnist"
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         if not download:
             raise DataError(_missing_message(folder, missing, "download=False, so no mirror was tried."))
         _download_missing(folder, missing, mirrors, timeout_s)
-    return _load_test(str(folder.resolve()))
+    return folder
 
 
 @functools.lru_cache(maxsize=4)
