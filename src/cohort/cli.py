@@ -52,9 +52,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             kept = "; no run folder had been written yet"
         err.print(f"{'interrupted' if isinstance(e, KeyboardInterrupt) else 'terminated (SIGTERM)'}{kept}",
                   highlight=False, markup=False, soft_wrap=True)
-        return 130 if isinstance(e, KeyboardInterrupt) else 143
+        return _leave(130 if isinstance(e, KeyboardInterrupt) else 143)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _leave(code: int, grace_s: float = 10.0) -> int:
+    """After an interrupt: ``code``, once the threads still running have ended. An interrupt that landed
+    inside concurrent.futures' machinery can leave its manager thread waiting for ever, and Python's exit
+    joins it without a timeout; everything is written by now (the run folder, the model, the summary),
+    so after ``grace_s`` the process leaves without waiting for such a thread."""
+    import os
+    import threading
+    import time
+
+    deadline = time.monotonic() + grace_s
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+    return code
 
 
 def _view(args: argparse.Namespace) -> int:
