@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -288,15 +288,11 @@ def build_app(config: RunConfig, app: App, *, deployed_clients: int | None = Non
     check_client_privacy(config, experiment.algorithm)
     check_protections(experiment.algorithm, settings, size)
     experiment.algorithm.check_cohort(size)
-    from dataclasses import replace
-
     return replace(experiment, settings=settings, cohort_size=size)
 
 
 def _with_app(settings: LoopSettings, experiment: AppExperiment) -> LoopSettings:
     """The loop's settings with the app's records on every task and its metric aggregation."""
-    from dataclasses import replace
-
     app, config = experiment.app, experiment.config
     app_settings = dict(config.app)
     makers = {"fit": app.fit_config, "evaluate": app.evaluate_config}

@@ -245,13 +245,13 @@ def server_threads(evaluate: Callable, config: RunConfig) -> Callable:
     """``evaluate`` run with the torch threads of ``evaluate.threads``, unset: the clients' (simulation.threads),
     so the server's evaluation neither races the clients for cores nor depends on torch's default."""
     from cohort.channel.inprocess import torch_threads
-    from cohort.server.loop import RoundEvaluate
+    from cohort.server.loop import RoundEvaluate, evaluated
 
     n = config.evaluate.threads if config.evaluate.threads is not None else config.simulation.threads
 
     def threaded(arrays, r=0):
         with torch_threads(n):
-            return evaluate(arrays, r) if isinstance(evaluate, RoundEvaluate) else evaluate(arrays)
+            return evaluated(evaluate, arrays, r)
 
     return RoundEvaluate(threaded)
 

@@ -45,7 +45,8 @@ class RoundEvaluate:
         return self.fn(arrays, round)
 
 
-def _evaluated(evaluate: Callable, arrays: Mapping[str, Any], r: int) -> Mapping[str, float]:
+def evaluated(evaluate: Callable, arrays: Mapping[str, Any], r: int) -> Mapping[str, float]:
+    """``evaluate``'s metrics of ``arrays`` after round ``r``, whether it takes the round or not."""
     return evaluate(arrays, r) if isinstance(evaluate, RoundEvaluate) else evaluate(arrays)
 OnRound = Callable[[Mapping[str, Any], ServerState], None]
 Policy = Synchronous | FedBuff
@@ -205,7 +206,7 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
         record.update(algorithm.report(state.steps))
         if r % settings.evaluate_every == 0 or r == settings.rounds:
             if evaluate is not None:
-                record.update(checked_evaluation(_evaluated(evaluate, dict(state.model), r)))
+                record.update(checked_evaluation(evaluated(evaluate, dict(state.model), r)))
             if settings.federated_fraction > 0:
                 metrics, eval_failures = federated_evaluation(state, channel, num_clients, settings, rows, algorithm.secure)
                 record.update(metrics, evaluations_failed=len(eval_failures))
@@ -249,7 +250,7 @@ def _round_zero(state: ServerState, channel: Channel, num_clients: int, settings
     rows: list = []
     failures: list[ClientFailure] = []
     if evaluate is not None:
-        record.update(checked_evaluation(_evaluated(evaluate, dict(state.model), 0)))
+        record.update(checked_evaluation(evaluated(evaluate, dict(state.model), 0)))
     if settings.federated_fraction > 0:
         metrics, failures = federated_evaluation(state, channel, num_clients, settings, rows, algorithm.secure)
         record.update(metrics, evaluations_failed=len(failures))
