@@ -18,21 +18,21 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from cohort.algorithms.fedprox import FedProxSettings
-from cohort.algorithms.personal import DittoSettings, FedPerSettings
-from cohort.algorithms.scaffold import ScaffoldSettings
+from cohort.algorithms import ALGORITHMS  # importing a component's module registers its section
+from cohort.channel import BACKENDS
 from cohort.client.settings import TrainSettings
 from cohort.core.errors import ConfigError
 from cohort.core.limits import MAX_LR, MAX_ROUNDS, MAX_SEED, MAX_TIMEOUT_S
+from cohort.core.sections import SECTIONS
 from cohort.options import (  # the optional sections, and the check every section shares
-    AttackConfig, CompressionConfig, FedAsyncConfig, NetworkConfig, PrivacyConfig, SecAggConfig, _check,
+    AttackConfig, CompressionConfig, NetworkConfig, PrivacyConfig, SecAggConfig, _check,
 )
+from cohort.server.kinds import POLICIES
+from cohort.server.sampling import check_sampling
 
 DATASETS = ("mnist", "breast_cancer", "diabetes", "csv", "shakespeare", "synthetic")
 PARTITIONS = ("iid", "shards", "dirichlet", "quantity", "column", "files", "assigned", "speaker", "generated")
 NATURAL = ("column", "files", "assigned", "speaker", "generated")  # partitions the data brings: one client per site, speaker, ...
-from cohort.channel import BACKENDS  # noqa: E402  (each list kept where its components are)
-from cohort.server.policies import POLICIES  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -198,12 +198,9 @@ class ServerConfig:
         return None
 
     def __post_init__(self) -> None:
-        from cohort.algorithms import ALGORITHMS
-
         _check(self.algorithm in ALGORITHMS, "server.algorithm", self.algorithm, f"one of {', '.join(ALGORITHMS)}")
         _check(self.policy in POLICIES, "server.policy", self.policy, f"one of {', '.join(POLICIES)}")
-        _check(0 < self.fraction <= 1, "server.fraction", self.fraction, "0 < fraction <= 1")
-        _check(self.min_clients >= 1, "server.min_clients", self.min_clients, "an integer >= 1")
+        check_sampling(self.fraction, self.min_clients, self.over_selection)
         _check(0 < self.lr <= MAX_LR, "server.lr", self.lr, f"a number in (0, {MAX_LR:g}] (larger rates overflow)")
         _check(0 <= self.momentum < 1, "server.momentum", self.momentum, "0 <= momentum < 1")
         _check(self.min_successful_clients >= 1, "server.min_successful_clients", self.min_successful_clients, "an integer >= 1")
@@ -211,10 +208,9 @@ class ServerConfig:
         self.stragglers()  # checks both, naming their keys
         _check(self.round_timeout_s is None or 0 <= self.round_timeout_s <= MAX_TIMEOUT_S, "server.round_timeout_s",
                self.round_timeout_s, f"0 (no deadline) or a number of seconds up to {MAX_TIMEOUT_S:.0f}")
-        _check(0 <= self.over_selection <= 10, "server.over_selection", self.over_selection,
-               "0 (none) to 10, e.g. 0.3 for 30% more clients than a round needs")
-        _check(self.over_selection == 0 or self.policy == "sync", "server.over_selection", self.over_selection,
-               "0 with an asynchronous server.policy (over-selection is for synchronous rounds)")
+        _check(self.over_selection == 0 or self.policy not in POLICIES or POLICIES[self.policy].samples_rounds,
+               "server.over_selection", self.over_selection, f"0 with server.policy = {self.policy!r} (over-selection "
+               f"is for policies that sample each round's clients: {', '.join(n for n, k in POLICIES.items() if k.samples_rounds)})")
         _check(self.optimizer in ("sgd", "adam", "yogi", "adagrad"), "server.optimizer", self.optimizer,
                "one of sgd, adam, yogi, adagrad")
         _check(self.optimizer == "sgd" or self.momentum == 0, "server.momentum", self.momentum,
@@ -231,25 +227,6 @@ class ServerConfig:
 
 
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
-
-
-@dataclass(frozen=True)
-class FedBuffConfig:
-    """``[fedbuff]``: buffered asynchronous aggregation (server.policy = "fedbuff")."""
-
-    buffer_size: int = 10  # K: arrivals per server step
-    concurrency: int = 20  # M: clients training at once
-    staleness_exponent: float = 0.5  # a: polynomial (1 + s) ** -a; hinge 1 / (a (s - b) + 1) past b
-    staleness: str = "polynomial"  # constant | polynomial | hinge (FedAsync's staleness functions)
-    hinge_b: int = 4  # hinge: versions of staleness still at full weight
-
-    def __post_init__(self) -> None:
-        _check(1 <= self.buffer_size <= 1_000_000, "fedbuff.buffer_size", self.buffer_size, "an integer from 1 to 1000000")
-        _check(1 <= self.concurrency <= 1_000_000, "fedbuff.concurrency", self.concurrency, "an integer from 1 to 1000000")
-        _check(0 <= self.staleness_exponent < math.inf, "fedbuff.staleness_exponent", self.staleness_exponent, "a finite number >= 0")
-        _check(self.staleness in ("constant", "polynomial", "hinge"), "fedbuff.staleness", self.staleness,
-               "one of constant, polynomial, hinge")
-        _check(self.hinge_b >= 0, "fedbuff.hinge_b", self.hinge_b, "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -287,12 +264,12 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         _check(self.backend in BACKENDS, "simulation.backend", self.backend, f"one of {', '.join(BACKENDS)}")
         _check(0 <= self.workers <= 1024, "simulation.workers", self.workers, "an integer from 0 (one per core) to 1024")
-        _check(not self.ray_address or self.backend == "ray", "simulation.ray_address", self.ray_address,
-               "set only with simulation.backend = 'ray'")
-        if self.backend == "ray":
-            from cohort.channel.cluster import check_address
-
-            check_address(self.ray_address)
+        for name, backend in BACKENDS.items():  # a backend's own keys are left at their defaults under another
+            for key in backend.own if name != self.backend else ():
+                _check(getattr(self, key) == getattr(SimulationConfig, key), f"simulation.{key}", getattr(self, key),
+                       f"set only with simulation.backend = {name!r}")
+        if BACKENDS[self.backend].check is not None:
+            BACKENDS[self.backend].check(self)
         _check(0 <= self.threads <= 1024, "simulation.threads", self.threads, "an integer from 0 (torch's default) to 1024")
         _check(1 <= self.speed_spread < math.inf, "simulation.speed_spread", self.speed_spread, "a finite number >= 1")
         _check(0 <= self.client_state_mb <= 2**30, "simulation.client_state_mb", self.client_state_mb, "an integer >= 0")
@@ -320,12 +297,6 @@ class RunConfig:
     client: TrainSettings = field(default_factory=TrainSettings)
     server: ServerConfig = field(default_factory=ServerConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    fedprox: FedProxSettings = field(default_factory=FedProxSettings)
-    scaffold: ScaffoldSettings = field(default_factory=ScaffoldSettings)
-    fedper: FedPerSettings = field(default_factory=FedPerSettings)
-    ditto: DittoSettings = field(default_factory=DittoSettings)
-    fedbuff: FedBuffConfig = field(default_factory=FedBuffConfig)
-    fedasync: FedAsyncConfig = field(default_factory=FedAsyncConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
@@ -334,8 +305,21 @@ class RunConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     app: dict[str, Any] = field(default_factory=dict)  # your app's own settings, free-form (cohort run --app): context.settings
+    # the components' own sections ([fedprox], [fedbuff], ...: cohort.core.sections), each read as config.<name>;
+    # in the TOML they are top-level tables like the rest
+    sections: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        unknown = [n for n in self.sections if n not in SECTIONS]
+        if unknown:
+            raise ConfigError(f"unknown config section [{unknown[0]}]; registered sections: {', '.join(SECTIONS)}")
+        full = {}
+        for name, section in SECTIONS.items():
+            value = self.sections.get(name, None)
+            if value is not None and not isinstance(value, section.settings):
+                raise ConfigError(f"[{name}] is a {type(value).__name__}; expected {section.settings.__name__}")
+            full[name] = value if value is not None else section.settings()
+        object.__setattr__(self, "sections", full)  # every registered section, at its defaults unless given
         _check(1 <= self.rounds <= MAX_ROUNDS, "rounds", self.rounds, f"an integer from 1 to {MAX_ROUNDS}")
         _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, "an integer from 0 to 2**63 - 1")
         _check(is_plain_name(self.name), "name", self.name,
@@ -343,6 +327,21 @@ class RunConfig:
         if self.secagg.mode != "none" and self.privacy.mode == "central" and self.privacy.adaptive_clip:
             raise ConfigError("privacy.adaptive_clip cannot run with secure aggregation: it counts the updates the server "
                               "clipped, and under secure aggregation the server never sees one. Set a fixed privacy.clip")
+
+    def __getattr__(self, name: str) -> Any:  # config.fedprox: a registered section
+        sections = self.__dict__.get("sections")  # (absent while unpickling)
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def chosen(self, key: str) -> Any:
+        """The section of the component that setting ``key`` picks (``"server.algorithm"``: ``[fedprox]`` when
+        it is "fedprox"), or None when that component has no section of its own."""
+        node: Any = self
+        for part in key.split("."):
+            node = getattr(node, part)
+        section = SECTIONS.get(node)
+        return self.sections[node] if section is not None and section.chosen_by == key else None
 
     @property
     def federated_fraction(self) -> float:
@@ -357,7 +356,9 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict; unset (None) values are left out, as TOML has no null."""
-        return _drop_none(asdict(self))
+        d = asdict(self)
+        d.update(d.pop("sections"))  # the components' sections are top-level tables
+        return _drop_none(d)
 
     def to_toml(self) -> str:
         import tomli_w
@@ -410,7 +411,7 @@ def _merged(below: dict[str, Any], above: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, data, "")
+    return _build(RunConfig, data, "", {name: s.settings for name, s in SECTIONS.items()})
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:
@@ -431,11 +432,13 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     node[last] = value
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def _build(cls: type, data: Any, where: str, sections: Mapping[str, type] | None = None) -> Any:
+    """``cls`` from the table ``data``; with ``sections`` (the registered ones, for RunConfig), those tables
+    go into its ``sections`` field."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where.rstrip('.') or 'the config'} is {data!r}; expected a table of settings")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)} - ({"sections"} if sections is not None else set()) | set(sections or ())
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
@@ -447,8 +450,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
                 close = [lower[key.lower()]] if isinstance(key, str) and key.lower() in lower else close
                 hint = f"; did you mean '{where}{close[0]}'?" if close else hint
             raise ConfigError(f"unknown config key '{where}{key}'{hint} Known keys{' in [' + where.rstrip('.') + ']' if where else ''}: {', '.join(sorted(known))}")
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        if sections is not None and key in sections:
+            kwargs.setdefault("sections", {})[key] = _build(sections[key], value, f"{key}.")
+            continue
         kind = hints[key]
         if is_dataclass(kind):
             kwargs[key] = _build(kind, value, f"{where}{key}.")

@@ -1,38 +1,14 @@
-"""The optional sections of a run's config, each checked where it is built: ``[fedasync]``,
-``[privacy]``, ``[secagg]``, ``[compression]``, ``[network]`` and ``[attack]`` (``config.py`` holds
-the rest and the loading)."""
+"""The optional sections of a run's config, each checked where it is built: ``[privacy]``,
+``[secagg]``, ``[compression]``, ``[network]`` and ``[attack]`` (``config.py`` holds the rest and
+the loading; components bring their own sections, ``cohort.core.sections``)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from cohort.core.errors import ConfigError
-
-
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} is {value!r}; expected {expected}")
-
-
-@dataclass(frozen=True)
-class FedAsyncConfig:
-    """``[fedasync]``: every arrival mixed into the model at once (server.policy = "fedasync")."""
-
-    alpha: float = 0.6  # α: the mixing weight of a fresh update
-    concurrency: int = 20  # clients training at once
-    staleness: str = "polynomial"  # constant | polynomial | hinge
-    staleness_a: float = 0.5  # a of the polynomial (t − τ + 1)^-a, or of the hinge 1 / (a (t − τ − b) + 1)
-    hinge_b: int = 4  # hinge: versions of staleness still at full weight
-
-    def __post_init__(self) -> None:
-        _check(0 < self.alpha <= 1, "fedasync.alpha", self.alpha, "0 < α <= 1")
-        _check(1 <= self.concurrency <= 1_000_000, "fedasync.concurrency", self.concurrency, "an integer from 1 to 1000000")
-        _check(self.staleness in ("constant", "polynomial", "hinge"), "fedasync.staleness", self.staleness,
-               "one of constant, polynomial, hinge")
-        _check(0 <= self.staleness_a < math.inf, "fedasync.staleness_a", self.staleness_a, "a finite number >= 0")
-        _check(self.hinge_b >= 0, "fedasync.hinge_b", self.hinge_b, "an integer >= 0")
+from cohort.core.errors import check as _check
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from cohort.algorithms import ALGORITHMS, Algorithm
 from cohort.config import RunConfig
 from cohort.core.errors import ConfigError
 from cohort.data import ArrayDataset, Partition
+from cohort.server.kinds import POLICIES
 from cohort.server.loop import LoopSettings, Target
 from cohort.server.policies import FedBuff
 
@@ -22,8 +23,8 @@ from cohort.server.policies import FedBuff
 def algorithm_settings(config: RunConfig) -> dict[str, Any]:
     """The keyword arguments of ``server.algorithm``'s factory: the server's settings and its own section's."""
     s = config.server
-    own = getattr(config, s.algorithm, None)  # e.g. [fedprox] mu
-    extra = dataclasses.asdict(own) if dataclasses.is_dataclass(own) else {}
+    own = config.chosen("server.algorithm")  # its own section, e.g. [fedprox] mu
+    extra = dataclasses.asdict(own) if own is not None else {}
     return {"server_lr": s.lr, "server_momentum": s.momentum, "weighted": s.weighted, **extra}
 
 
@@ -50,8 +51,9 @@ def make_algorithm(config: RunConfig) -> Algorithm:
         if config.secagg.mode != "none":
             raise ConfigError("compression.kind must be 'none' with secure aggregation: its masked vectors are "
                               "already fixed-point in the ring, and the server cannot decode a masked update")
-        algorithm = dataclasses.replace(algorithm, compression=c.kind, config={
-            **algorithm.config, "compression": {"kind": c.kind, "topk_fraction": c.topk_fraction}})
+        from cohort.client.compression import with_compression
+
+        algorithm = with_compression(algorithm, c.kind, c.topk_fraction)
     if config.secagg.mode != "none":
         from cohort.secagg.settings import with_secure_aggregation
 
@@ -156,21 +158,7 @@ def _network(config: RunConfig) -> tuple[float, float, float] | None:
     return (n.latency_s, n.bandwidth_mbps, n.spread) if n.latency_s > 0 or n.bandwidth_mbps > 0 else None
 
 
-def _fedbuff(config: RunConfig) -> FedBuff:
-    fb = config.fedbuff
-    return FedBuff(fb.buffer_size, fb.concurrency, fb.staleness_exponent, fb.staleness, fb.hinge_b)
-
-
-def _fedasync(config: RunConfig) -> FedBuff:
-    from cohort.server.fedasync import FedAsync
-
-    fa = config.fedasync
-    return FedAsync(fa.alpha, fa.concurrency, fa.staleness, fa.staleness_a, fa.hinge_b)
-
-
-# server.policy -> the round policy a config builds (None: synchronous rounds); each builder reads its own section
-ASYNC_POLICIES = {"sync": lambda config: None, "fedbuff": _fedbuff, "fedasync": _fedasync}
-
-
 def _async_policy(config: RunConfig) -> FedBuff | None:
-    return ASYNC_POLICIES[config.server.policy](config)
+    """The round policy ``server.policy`` names, built from its own section (None: synchronous rounds)."""
+    kind = POLICIES[config.server.policy]
+    return kind.build(config.chosen("server.policy")) if kind.build is not None else None

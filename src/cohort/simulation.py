@@ -7,35 +7,22 @@ from collections.abc import Iterable, Mapping
 from cohort.algorithms.base import Algorithm
 from cohort.algorithms.fedavg import fedavg
 from cohort.channel.base import SimulationChannel
-from cohort.channel.inprocess import InProcessChannel
-from cohort.channel.pool import ProcessPoolChannel
 from cohort.client.base import ClientFn
 from cohort.client.store import ClientStateStore
 from cohort.core.arrays import NamedArrays
 from cohort.core.errors import ConfigError
 from cohort.server.loop import Evaluate, LoopSettings, OnRound, run
 from cohort.server.state import ServerState, initial_state
-
-from cohort.channel import BACKENDS  # noqa: E402  (one list: the config checks against it too)
+from cohort.channel import BACKENDS  # the one table of backends: the config checks against it too
 
 
 def make_channel(client_fn: ClientFn, algorithm: Algorithm, backend: str = "inprocess", *, workers: int = 0,
                  threads: int = 1, states: ClientStateStore | None = None, ray_address: str = "") -> SimulationChannel:
     """The simulation channel ``backend`` names: "inprocess", "processes", "vectorized" (plain local SGD of a
     whole cohort at once; other clients and tasks as "inprocess") or "ray" (the ``ray`` extra)."""
-    if backend == "processes":
-        return ProcessPoolChannel(client_fn, algorithm.client, workers=workers, threads=threads, states=states)
-    if backend == "inprocess":
-        return InProcessChannel(client_fn, algorithm.client, threads=threads, states=states)
-    if backend == "vectorized":
-        from cohort.channel.vectorized import VectorizedChannel
-
-        return VectorizedChannel(client_fn, algorithm.client, threads=threads, states=states)
-    if backend == "ray":
-        from cohort.channel.cluster import RayChannel
-
-        return RayChannel(client_fn, algorithm.client, workers=workers, threads=threads, address=ray_address,
-                          states=states)
+    kind = BACKENDS.get(backend)
+    if kind is not None:
+        return kind.build(client_fn, algorithm.client, workers=workers, threads=threads, states=states, address=ray_address)
     raise ConfigError(f"backend is {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 

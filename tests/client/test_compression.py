@@ -162,3 +162,32 @@ def test_algorithms_with_client_state_of_their_own_keep_the_residual_too(algorit
             before = state[RESIDUAL][k] if state else 0.0
             np.testing.assert_allclose(sent[k] + after[RESIDUAL][k], d + before, rtol=1e-3, atol=1e-6)
         state = after
+
+
+def test_compression_wraps_the_algorithm_as_a_decode_step_of_its_model_pipeline():
+    """The protocol composes with the algorithm: a decode step on the model's pipeline and a config record
+    for the clients; a malformed update is refused before validation and the round is left as it was."""
+    import dataclasses
+
+    from cohort import fedavg
+    from cohort.client.compression import with_compression
+    from cohort.core.types import MODEL, Reply, RoundContext
+
+    plain = fedavg()
+    algorithm = with_compression(plain, "int8")
+    assert "compression" not in {f.name for f in dataclasses.fields(algorithm)}
+    assert plain.aggregators[MODEL].decode is None and algorithm.aggregators[MODEL].decode is not None
+    assert algorithm.config["compression"] == {"kind": "int8", "topk_fraction": 0.01}
+    assert with_compression(plain, "none") is plain
+    model = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in LIKE.items()}
+    groups, steps = algorithm.init(model)
+    accs = algorithm.start(groups, steps, RoundContext(1, 0, 2, 2))
+    sent, _ = compress(update(1), "int8", 0.01, np.random.default_rng(0))
+    accs = algorithm.add(accs, 0, Reply({MODEL: sent}, 10))
+    with pytest.raises(UpdateRejected, match="int8-compressed update does not decode"):
+        algorithm.add(accs, 1, Reply({MODEL: {**sent, "w": sent["w"][:3]}}, 10))
+    new, _ = algorithm.finish(accs, groups, steps)
+    expected = decompress(sent, model, "int8")
+    np.testing.assert_allclose(new[MODEL]["w"], expected["w"], rtol=1e-6)
+    with pytest.raises(ConfigError):
+        with_compression(plain, "zip")

@@ -98,7 +98,7 @@ def test_over_selection_in_a_config(tmp_path):
 
     with pytest.raises(ConfigError, match="server.over_selection"):
         load_config(None, ["server.over_selection=-1"])
-    with pytest.raises(ConfigError, match="over-selection is for synchronous rounds"):
+    with pytest.raises(ConfigError, match="over-selection is for policies that sample each round.s clients: sync"):
         load_config(None, ["server.over_selection=0.3", "server.policy='fedbuff'"])
     config = load_config(None, ["server.over_selection=0.3", "server.fraction=0.5", "rounds=2", "data.num_clients=6",
                                 f"output.dir='{tmp_path}'"])

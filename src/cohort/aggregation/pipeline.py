@@ -18,7 +18,7 @@ after the combine, and its state (the clip, the privacy ledger) is checkpointed 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -137,6 +137,9 @@ class Aggregator:
     server_optimizer: Step  # mean delta -> step added to the global arrays
     privacy: Mechanism | None = None  # clips each update and noises the sum (central DP)
     bound: Bound | None = None  # bounds each update's norm and weight by the recent updates' medians
+    # how updates arrive encoded (a compression): (the update's arrays, the global arrays) -> the dense update,
+    # before validation; raises UpdateRejected on anything that does not decode
+    decode: Callable[[NamedArrays, NamedArrays], NamedArrays] | None = None
 
     def init(self, arrays: NamedArrays) -> AggregatorState:
         return AggregatorState(self.pre.init(arrays), self.post.init(arrays), self.server_optimizer.init(arrays),
@@ -161,6 +164,8 @@ class Aggregator:
         """Run the per-client steps (validation first), then the privacy clip, then measure the update
         for the bound. Raises ``UpdateRejected`` and changes nothing if a step refuses the update;
         :meth:`fold` then takes what this returns."""
+        if self.decode is not None and isinstance(update.delta, Mapping):  # anything else: refused by validation
+            update = replace(update, delta=self.decode(update.delta, round_acc.arrays))
         update, pre_state = self.pre.update(update, round_acc.state.pre, round_acc.ctx)
         privacy_state = round_acc.state.privacy
         if self.privacy is not None:

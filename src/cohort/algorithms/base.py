@@ -74,7 +74,6 @@ class Algorithm:
     whole: Callable[[Groups], NamedArrays] = _model_group  # the inverse: a model with every array ``groups`` split off
     config: Mapping[str, Any] = field(default_factory=dict)  # sent to every client, every round
     secure: Any = None  # cohort.secagg.SecureAggregation: the server learns only the sum of each round
-    compression: str = "none"  # how the model delta travels up: none | fp16 | int8 | topk (cohort.client.compression)
     needs: Needs = field(default_factory=Needs)  # what it asks of a run (checked by the experiment before round 1)
 
     def __post_init__(self) -> None:
@@ -96,10 +95,6 @@ class Algorithm:
         """Fold every group of ``reply`` in, or none: raises UpdateRejected (``accs`` unchanged) if any
         group is missing, unexpected or refused by a step."""
         arrays = reply.arrays
-        if self.compression != "none" and isinstance(arrays, Mapping) and isinstance(arrays.get(MODEL), Mapping):
-            from cohort.client.compression import decompress
-
-            arrays = {**arrays, MODEL: decompress(arrays[MODEL], accs[MODEL].arrays, self.compression)}
         if not isinstance(arrays, Mapping) or set(arrays) != set(self.aggregators):
             got = sorted(arrays) if isinstance(arrays, Mapping) else type(arrays).__name__
             raise UpdateRejected(f"reply of client {client_id} has groups {got}; {self.name} expects "
@@ -119,13 +114,15 @@ class Algorithm:
             agg.combine.check(size)
 
     def with_model_pipeline(self, combine: Combine | None = None, pre: tuple[Step, ...] = (),
-                            server_optimizer: Step | None = None) -> "Algorithm":
+                            server_optimizer: Step | None = None, decode=None) -> "Algorithm":
         """This algorithm with the model group's combine replaced (a robust one), ``pre`` steps added
-        after its own (norm bounding), or its server optimizer replaced (FedAdam, ...)."""
+        after its own (norm bounding), its server optimizer replaced (FedAdam, ...), or its updates
+        decoded before validation (``decode``: a compression's, which the clients learn from ``config``)."""
         agg = self.aggregators[MODEL]
         agg = replace(agg, combine=combine if combine is not None else agg.combine,
                       pre=chain(agg.pre, *pre) if pre else agg.pre,
-                      server_optimizer=server_optimizer if server_optimizer is not None else agg.server_optimizer)
+                      server_optimizer=server_optimizer if server_optimizer is not None else agg.server_optimizer,
+                      decode=decode if decode is not None else agg.decode)
         return replace(self, aggregators={**self.aggregators, MODEL: agg})
 
     def with_bound(self, bound) -> "Algorithm":

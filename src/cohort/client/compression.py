@@ -17,6 +17,9 @@ aggregation, central DP and secure aggregation see ordinary deltas.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
+
 import numpy as np
 
 from cohort.core.arrays import NamedArrays
@@ -129,3 +132,14 @@ def decompress(arrays: NamedArrays, like: NamedArrays, kind: str) -> NamedArrays
     except (KeyError, ValueError, AttributeError) as e:
         raise UpdateRejected(f"a {kind}-compressed update does not decode: {e}") from e
     return out
+
+
+def with_compression(algorithm, kind: str, topk_fraction: float = 0.01):
+    """``algorithm`` (read by its fields, as ``with_privacy`` does) with its model updates sent compressed:
+    the clients learn the encoding from every message's config, and the model's pipeline decodes each
+    update before validating it. Nothing else in the server knows."""
+    check(kind, topk_fraction)
+    if kind == "none":
+        return algorithm
+    algorithm = algorithm.with_model_pipeline(decode=partial(decompress, kind=kind))
+    return replace(algorithm, config={**algorithm.config, "compression": {"kind": kind, "topk_fraction": topk_fraction}})

@@ -36,3 +36,9 @@ class AuthError(CohortError):
 
 class PrivacyBudgetExceeded(CohortError):
     """Going on would spend more privacy budget than allowed."""
+
+
+def check(ok: bool, key: str, value: object, expected: str) -> None:
+    """A setting's check: raise ConfigError naming ``key``, the ``value`` seen and what was ``expected``."""
+    if not ok:
+        raise ConfigError(f"{key} is {value!r}; expected {expected}")

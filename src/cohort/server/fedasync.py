@@ -12,17 +12,40 @@ and server SGD with lr 1 give exactly the mix above. Its state is FedBuff's (``F
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from cohort.aggregation.weighting import staleness_function
 from cohort.core.arrays import check_like, spec_of
-from cohort.core.errors import ConfigError, UpdateRejected
+from cohort.core.errors import ConfigError, UpdateRejected, check
 from cohort.core.types import ClientFailure, FailureStage, Groups, Reply, RoundContext
 from cohort.server.policies import FedBuff
 from cohort.server.step import InFlight
+
+
+@dataclass(frozen=True)
+class FedAsyncSettings:
+    """``[fedasync]``: every arrival mixed into the model at once (server.policy = "fedasync")."""
+
+    alpha: float = 0.6  # α: the mixing weight of a fresh update
+    concurrency: int = 20  # clients training at once
+    staleness: str = "polynomial"  # constant | polynomial | hinge
+    staleness_a: float = 0.5  # a of the polynomial (t − τ + 1)^-a, or of the hinge 1 / (a (t − τ − b) + 1)
+    hinge_b: int = 4  # hinge: versions of staleness still at full weight
+
+    def __post_init__(self) -> None:
+        check(0 < self.alpha <= 1, "fedasync.alpha", self.alpha, "0 < α <= 1")
+        check(1 <= self.concurrency <= 1_000_000, "fedasync.concurrency", self.concurrency, "an integer from 1 to 1000000")
+        check(self.staleness in ("constant", "polynomial", "hinge"), "fedasync.staleness", self.staleness,
+               "one of constant, polynomial, hinge")
+        check(0 <= self.staleness_a < math.inf, "fedasync.staleness_a", self.staleness_a, "a finite number >= 0")
+        check(self.hinge_b >= 0, "fedasync.hinge_b", self.hinge_b, "an integer >= 0")
+
+    def policy(self) -> "FedAsync":
+        return FedAsync(self.alpha, self.concurrency, self.staleness, self.staleness_a, self.hinge_b)
 
 
 class FedAsync(FedBuff):

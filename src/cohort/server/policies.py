@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from cohort.aggregation.weighting import staleness_function, staleness_weight
 from cohort.channel.base import is_live
-from cohort.core.errors import ConfigError
+from cohort.core.errors import ConfigError, check
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import ClientFailure, ClientUpdate, Groups, Instruction, Message, Reply, RoundContext
 from cohort.server.live import live_step
 from cohort.server.records import train_metrics
-from cohort.server.sampling import cohort_size, sample_cohort
+from cohort.server.sampling import check_sampling, cohort_size, sample_cohort
 from cohort.server.state import ServerState
 from cohort.server.step import (ClientSpeeds, FedBuffState, InFlight, StepContext, StepOutcome, finish_step,
                                 fold_replies)
@@ -46,14 +46,7 @@ class Synchronous:
     name = "sync"
 
     def __init__(self, fraction: float = 1.0, min_clients: int = 1, over_selection: float = 0.0) -> None:
-        if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 1):
-            raise ConfigError(f"server.fraction is {fraction!r}; expected 0 < fraction <= 1")
-        if not (isinstance(min_clients, int) and not isinstance(min_clients, bool) and min_clients >= 1):
-            raise ConfigError(f"server.min_clients is {min_clients!r}; expected an integer >= 1")
-        if not (isinstance(over_selection, (int, float)) and not isinstance(over_selection, bool)
-                and 0 <= over_selection <= 10):
-            raise ConfigError(f"server.over_selection is {over_selection!r}; expected 0 (none) to 10, e.g. 0.3 "
-                              "samples 30% more clients than a round needs")
+        check_sampling(fraction, min_clients, over_selection)
         self.fraction, self.min_clients = float(fraction), min_clients
         self.over_selection = float(over_selection)
 
@@ -162,6 +155,28 @@ class Synchronous:
             accs, n = fold_replies(ctx, accs, replies, failures, fit_metrics)
             count += n
         return accs, count, order[:start]
+
+
+@dataclass(frozen=True)
+class FedBuffSettings:
+    """``[fedbuff]``: buffered asynchronous aggregation (server.policy = "fedbuff")."""
+
+    buffer_size: int = 10  # K: arrivals per server step
+    concurrency: int = 20  # M: clients training at once
+    staleness_exponent: float = 0.5  # a: polynomial (1 + s) ** -a; hinge 1 / (a (s - b) + 1) past b
+    staleness: str = "polynomial"  # constant | polynomial | hinge (FedAsync's staleness functions)
+    hinge_b: int = 4  # hinge: versions of staleness still at full weight
+
+    def __post_init__(self) -> None:
+        check(1 <= self.buffer_size <= 1_000_000, "fedbuff.buffer_size", self.buffer_size, "an integer from 1 to 1000000")
+        check(1 <= self.concurrency <= 1_000_000, "fedbuff.concurrency", self.concurrency, "an integer from 1 to 1000000")
+        check(0 <= self.staleness_exponent < math.inf, "fedbuff.staleness_exponent", self.staleness_exponent, "a finite number >= 0")
+        check(self.staleness in ("constant", "polynomial", "hinge"), "fedbuff.staleness", self.staleness,
+              "one of constant, polynomial, hinge")
+        check(self.hinge_b >= 0, "fedbuff.hinge_b", self.hinge_b, "an integer >= 0")
+
+    def policy(self) -> "FedBuff":
+        return FedBuff(self.buffer_size, self.concurrency, self.staleness_exponent, self.staleness, self.hinge_b)
 
 
 class FedBuff:
@@ -287,8 +302,6 @@ class FedBuff:
         return StepOutcome(new, stands, record, failures)
 
 
-POLICIES = ("sync", "fedbuff", "fedasync")  # server.policy's names (FedAsync: cohort.server.fedasync, on FedBuff)
-
 # step.py's names are taken from here too: by the loop, and by checkpoints written before step.py
 # existed (their policy state names cohort.server.policies:FedBuffState and :InFlight)
-__all__ = ["POLICIES", "ClientSpeeds", "FedBuff", "FedBuffState", "InFlight", "StepContext", "StepOutcome", "Synchronous"]
+__all__ = ["ClientSpeeds", "FedBuff", "FedBuffSettings", "FedBuffState", "InFlight", "StepContext", "StepOutcome", "Synchronous"]
