@@ -47,7 +47,8 @@ class DataConfig:
     csv_delimiter: str = ","
     missing_values: tuple[str, ...] = ()  # codes that mean "missing" in every column, e.g. ["?", "NA"] (empty cells always do)
     missing_by_column: dict[str, tuple[str, ...]] = field(default_factory=dict)  # e.g. {chol = ["0"]}: 0 is impossible there
-    categorical: tuple[str, ...] = ()  # columns of categories: one-hot encoded over the federation's categories
+    categorical: tuple[str, ...] = ()  # columns of categories: one-hot encoded over the federation's categories (numbers canonical: 1 = 1.0 = " 1")
+    missing_category: bool = False  # categorical columns: a missing cell is a category of its own ("<missing>"); false: all zeros
     impute: str = "none"  # missing numbers: none (refused) | mean | median | constant (impute_value)
     impute_value: float = 0.0
     target_binarize: str = ""  # e.g. "> 0": a 0-4 diagnosis becomes 0 / 1
@@ -67,6 +68,7 @@ class DataConfig:
     synthetic_beta: float = 1.0  # synthetic: how much the clients' data differ (LEAF's β)
     alpha: float = 0.5  # partition = "dirichlet" | "quantity": concentration; small is skewed
     holdout_fraction: float | None = None  # share of each client's data kept for evaluation; unset: 0.2 for natural partitions, else 0
+    holdout_rows: dict[str, int] = field(default_factory=dict)  # csv, natural partitions: rows each site keeps for evaluation, by name, e.g. {cleveland = 104, hungarian = 89}; instead of holdout_fraction
 
     def __post_init__(self) -> None:
         _check(self.dataset in DATASETS, "data.dataset", self.dataset, f"one of {', '.join(DATASETS)}")
@@ -78,6 +80,15 @@ class DataConfig:
         _check(0 < self.alpha < math.inf, "data.alpha", self.alpha, "a finite number > 0")
         _check(self.holdout_fraction is None or 0 <= self.holdout_fraction < 1, "data.holdout_fraction",
                self.holdout_fraction, "0 <= fraction < 1")
+        if self.holdout_rows:
+            _check(self.holdout_fraction is None, "data.holdout_fraction", self.holdout_fraction,
+                   "unset when data.holdout_rows gives each site's held-out rows (one or the other)")
+            _check(self.dataset == "csv" and self.partition in ("column", "files", "assigned"), "data.holdout_rows",
+                   self.holdout_rows, "unset unless data.dataset = 'csv' with a natural partition (files, column or "
+                   "assigned): its keys are the sites' names")
+            _check(all(k and isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 10**9
+                       for k, v in self.holdout_rows.items()), "data.holdout_rows", self.holdout_rows,
+                   "a table of site name = rows it holds out, whole numbers from 1, e.g. {cleveland = 104}")
         _check(self.impute in ("none", "mean", "median", "constant"), "data.impute", self.impute, "one of none, mean, median, constant")
         _check(math.isfinite(self.impute_value), "data.impute_value", self.impute_value, "a finite number")
         _check(self.statistics in ("federated", "local"), "data.statistics", self.statistics, "'federated' or 'local'")
@@ -118,8 +129,16 @@ class DataConfig:
 
     @property
     def holdout(self) -> float:
-        """The held-out share in effect: unset, 0.2 for natural partitions (each site keeps a test share)."""
+        """The held-out share in effect: unset, 0.2 for natural partitions (each site keeps a test share);
+        0 with holdout_rows, which gives counts instead (see holds_out)."""
+        if self.holdout_rows:
+            return 0.0
         return self.holdout_fraction if self.holdout_fraction is not None else (0.2 if self.natural else 0.0)
+
+    @property
+    def holds_out(self) -> bool:
+        """Every client keeps rows for evaluation: a share (holdout) or per-site counts (holdout_rows)."""
+        return bool(self.holdout_rows) or self.holdout > 0
 
 
 @dataclass(frozen=True)

@@ -113,9 +113,9 @@ def test_the_zoos_clients_never_warn(tmp_path):
     examples = Path(__file__).resolve().parents[2] / "examples"
     for config, sets in ((None, ["rounds=2"]),  # the demo: logistic regression on the hospitals' data
                          (None, ["data.dataset=mnist", "data.num_clients=100", "model.name=mlp", "rounds=2",
-                                 "server.fraction=0.05", "evaluate.every=2"]),
-                         (None, ["data.dataset=mnist", "data.num_clients=100", "model.name=cnn", "rounds=2",
-                                 "server.fraction=0.03", "evaluate.every=2"]),
+                                 "server.fraction=0.05", "evaluate.centralized=false"]),  # the fit replies are what is looked at
+                         (None, ["data.dataset=mnist", "data.num_clients=100", "model.name=cnn", "rounds=2", "client.epochs=1",
+                                 "server.fraction=0.03", "evaluate.centralized=false"]),
                          (examples / "sklearn_sgd.toml", ["rounds=2"]),
                          (None, ["server.algorithm=scaffold", "rounds=3"]),
                          (None, ["server.algorithm=fedprox", "rounds=3"])):

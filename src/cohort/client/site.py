@@ -20,7 +20,7 @@ from cohort.core.types import Config, EvaluateResult, Message, Reply
 from cohort.data import ArrayDataset, Partition
 from cohort.data import exchange as X
 from cohort.data import features as F
-from cohort.data.sites import _assigned, _holdout, own_preprocessing, spec_of
+from cohort.data.sites import _assigned, _holdout, holdout_counts, own_preprocessing, spec_of
 from cohort.data.table import Table, expand_files, read_table
 
 NATURAL_CSV = ("files", "column", "assigned")
@@ -49,7 +49,13 @@ def site_table(cfg, client_id: int, data_file: str | None = None) -> tuple[Table
         if data_file:
             path = Path(data_file)
         else:
-            files = expand_files(cfg.client_files)
+            try:
+                files = expand_files(cfg.client_files)
+            except DataError as e:  # the config's files are the simulation's, not this machine's
+                reason = str(e).removeprefix("data.client_files: ")
+                raise DataError(f"this site was started without --data, so it looked for its rows among the config's "
+                                f"data.client_files, as a simulation does ({reason}). A deployed site reads its own "
+                                f"file: start it with cohort client --config CONFIG.toml --id {client_id} --data FILE") from None
             if not 0 <= client_id < len(files):
                 raise ConfigError(f"--id is {client_id}; data.client_files names {len(files)} files (ids 0 to "
                                   f"{len(files) - 1}); give this site's own file with --data")
@@ -107,7 +113,8 @@ class SiteClient:
             raise ConfigError(f"this site's config has secagg.mode = {self.config.secagg.mode!r}: its statistics "
                               f"leave it only masked, in a secure aggregation round; {message.task!r} came in the clear")
         if message.task == "data_schema":
-            schema = {"name": self.name, "columns": self.table.columns, "labels": X.distinct_targets(self.table, cfg)}
+            schema = {"name": self.name, "columns": self.table.columns, "labels": X.distinct_targets(self.table, cfg),
+                      "kinds": F.category_kinds(self.table, spec_of(cfg))}
             return Reply({X.GROUP: {"schema": X.to_json_bytes(schema)}}, len(self.table.rows))
         columns, labels = message.config.get("site_columns"), message.config.get("site_labels")
         enc, train, held = self._encode(columns, labels)
@@ -130,8 +137,9 @@ class SiteClient:
                 raise DataError("the server sent no agreed column order (site_columns)")
             cfg = self.config.data
             enc = F.encode([X.reorder(self.table, columns)], spec_of(cfg), labels)
+            counts = holdout_counts(cfg, [self.name], [len(enc.y)], every_site=False)
             train, held = _holdout([np.arange(len(enc.y))], enc.y, cfg.holdout, self.config.seed, cfg.csv_task,
-                                   ids=[self.client_id])
+                                   ids=[self.client_id], counts=counts)
             if len(train[0]) == 0:
                 raise DataError(f"site {self.name!r} keeps no training rows (it has {len(enc.y)}); it needs 2 or more")
             self._encoded = (key, enc, train[0], held[0])
@@ -162,7 +170,7 @@ class SiteClient:
         factory = frameworks.Factory(model.factory, tuple(data.feature_shape), num_classes or 1) if model.factory else None
         model_fn = self.framework.build_model(model.name, factory, tuple(data.feature_shape), num_classes or 1, data)
         trainer = self.framework.client_fn(model_fn, data, _only(self.client_id, train),
-                                           _only(self.client_id, held) if cfg.holdout > 0 else None,
+                                           _only(self.client_id, held) if cfg.holds_out else None,
                                            self.config.client, self.config.seed)(self.client_id)
         self._trainer = (key, trainer)
         return trainer

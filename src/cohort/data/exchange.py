@@ -4,8 +4,10 @@ In simulation :func:`cohort.data.sites.load_sites` reads every site's rows in on
 the same statistics. In a deployment (``cohort server`` with a CSV config and a natural partition) the
 server never reads a row. Before round 1 it asks every connected client, on the open task set:
 
-1. ``data_schema``: the site's name, its columns and (for a target without a mapping) its distinct
-   target values. The server agrees the column order and the classes.
+1. ``data_schema``: the site's name, its columns, (for a target without a mapping) its distinct
+   target values, and what its categorical columns hold, numbers or text, with an example value
+   (:func:`cohort.data.features.category_kinds`). The server agrees the column order and the classes,
+   and stops, naming two sites, where they disagree on a column's kind.
 2. ``data_statistics``: per numeric column the count, mean, M2, min and max of the site's *training*
    rows, and its categories' counts (:func:`cohort.data.features.client_statistics`). Never a row.
 3. ``data_histogram`` (``impute = "median"`` only): counts in 4,096 bins over the federation's range.
@@ -109,7 +111,7 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
     ids = [c for c in channel.available() if c < num_clients]
     if not ids:
         raise DataError("no client is connected to agree the data with")
-    schemas = ask(channel, "data_schema", {}, ids, timeout_s, lambda r, cid: _schema(r))
+    schemas = ask(channel, "data_schema", {}, ids, timeout_s, lambda r, cid: _schema(r, cfg))
     first = schemas[ids[0]]
     for cid, s in schemas.items():
         if sorted(s["columns"]) != sorted(first["columns"]):
@@ -118,6 +120,7 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
     names = {cid: s["name"] for cid, s in schemas.items()}
     if len(set(names.values())) != len(names):
         raise DataError(f"two sites share a name ({sorted(names.values())}); give each client its own --name")
+    F.agree_kinds({names[cid]: schemas[cid]["kinds"] for cid in ids})  # as load_sites: numbers or text, everywhere
     columns = first["columns"]
     mapped = cfg.csv_task == "regression" or cfg.target_binarize or cfg.target_classes
     labels = None if mapped else F.label_vocabulary([v for s in schemas.values() for v in s["labels"]])
@@ -131,10 +134,12 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
     if secure is not None:
         from cohort.data.exchange_secure import secure_statistics
 
-        total, median, sizes = secure_statistics(channel, ids, cfg, agreed, timeout_s, secure, seed)
+        kinds = {cid: schemas[cid]["kinds"] for cid in ids}
+        total, median, sizes = secure_statistics(channel, ids, cfg, agreed, timeout_s, secure, seed, kinds)
         train_sizes, held_sizes = ({c: sizes[c][k] for c in ids} for k in (0, 1))
     else:
-        stats = ask(channel, "data_statistics", agreed, ids, timeout_s, lambda r, cid: _statistics(r, cfg))
+        stats = ask(channel, "data_statistics", agreed, ids, timeout_s,
+                    lambda r, cid: _statistics(r, cfg, schemas[cid]["kinds"]))
         p = len(next(iter(stats.values()))[0].mean)
         if any(len(s.mean) != p for s, _, _ in stats.values()):
             raise DataError("the sites sent statistics of different numbers of columns")
@@ -145,7 +150,7 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
             hists = ask(channel, "data_histogram", config, ids, timeout_s, lambda r, cid: _histogram(r, stats[cid][0].count))
             median = F.median_from(sum(hists[c] for c in ids), total.low, total.high)
         train_sizes, held_sizes = {c: stats[c][1] for c in ids}, {c: stats[c][2] for c in ids}
-    categories = {n: sorted(c) for n, c in total.categories.items()}  # as load_sites: the same columns, in the same order
+    categories = {n: F.category_order(c) for n, c in total.categories.items()}  # as load_sites: the same columns, in the same order
     wide = [n for n, c in categories.items() if len(c) > MAX_CATEGORIES]
     if wide:
         raise DataError(f"categorical column {wide[0]!r} has {len(categories[wide[0]]):,} values across the sites; at "
@@ -156,18 +161,24 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
     return Agreement(num_clients, names, train_sizes, held_sizes, columns, labels, num_classes, prep, cfg.statistics == "local")
 
 
-def _schema(r: Reply) -> dict:
+def _schema(r: Reply, cfg) -> dict:
     s = from_json_bytes(r.arrays[GROUP].get("schema"), "the schema")
     if not (isinstance(s, dict) and isinstance(s.get("name"), str) and 0 < len(s["name"]) <= 200
             and isinstance(s.get("columns"), list) and s["columns"] and all(isinstance(c, str) for c in s["columns"])
             and len(s["columns"]) <= 100_000 and all(len(c) <= 200 for c in s["columns"])
             and isinstance(s.get("labels"), list) and all(isinstance(v, str) and len(v) <= 200 for v in s["labels"])
             and len(s["labels"]) <= MAX_CATEGORIES):
-        raise ValueError("its schema is not {name, columns, labels} with a name of 1 to 200 characters")
+        raise ValueError("its schema is not {name, columns, labels, kinds} with a name of 1 to 200 characters")
+    kinds = s.get("kinds")
+    if not (isinstance(kinds, dict) and all(
+            name in cfg.categorical and isinstance(k, list) and len(k) == 2 and k[0] in ("number", "text")
+            and isinstance(k[1], str) and len(k[1]) <= 200 for name, k in kinds.items())):
+        raise ValueError("its schema's kinds are not {column: [\"number\" or \"text\", example]} over the declared "
+                         f"categorical columns ({list(cfg.categorical)}); is it a cohort client of the same version?")
     return s
 
 
-def _statistics(r: Reply, cfg) -> tuple[F.ClientStats, int, int]:
+def _statistics(r: Reply, cfg, kinds: dict) -> tuple[F.ClientStats, int, int]:
     g = r.arrays[GROUP]
     a = {k: g.get(k) for k in ("count", "mean", "m2", "low", "high")}
     if not all(isinstance(v, np.ndarray) and v.dtype == np.float64 and v.ndim == 1 for v in a.values()):
@@ -189,6 +200,7 @@ def _statistics(r: Reply, cfg) -> tuple[F.ClientStats, int, int]:
         raise ValueError("its column statistics do not fit any rows: counts from 0 to its training rows, each mean "
                          "between its min and max, 0 <= M2 <= count·(max − min)², zeros where a column has no value")
     cats = check_categories(from_json_bytes(g.get("categories"), "the category counts"), cfg)
+    F.check_declared(cats, kinds)  # numbers written one way, as the site declared in its schema
     if any(sum(c.values()) > train for c in cats.values()):
         raise ValueError("its category counts exceed its training rows")
     return (F.ClientStats(count, mean, m2, np.where(seen, low, np.inf), np.where(seen, high, -np.inf), cats),
@@ -255,7 +267,7 @@ def remote_data(agreement: Agreement, cfg):
     y = np.zeros(1, np.float32 if cfg.csv_task == "regression" else np.int64)  # one made-up row: what a model is checked with
     shape = ArrayDataset(np.zeros((1, agreement.width), np.float32), y, cfg.csv_task, agreement.num_classes, name="sites")
     names = [agreement.names.get(c, f"client {c}") for c in range(n)]
-    return FederatedData(shape, None, SiteSizes(train), SiteSizes(held) if cfg.holdout > 0 else None, names)
+    return FederatedData(shape, None, SiteSizes(train), SiteSizes(held) if cfg.holds_out else None, names)
 
 
 class SiteSizes:

@@ -37,18 +37,20 @@ SPREAD = 4.0  # the median's histogram covers mean ± SPREAD standard deviations
 
 # --------------------------------------------------------------------------------------- server side
 
-def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, settings, seed: int):
-    """(the federation's ClientStats, the median or None, {client: (training rows, held-out rows)})."""
+def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, settings, seed: int, kinds=None):
+    """(the federation's ClientStats, the median or None, {client: (training rows, held-out rows)}).
+    ``kinds``: client -> what its schema declared its categorical columns hold (numbers or text)."""
     from cohort.secagg.crypto import SecAggError
     from cohort.secagg.exchange import Exchange, secure_sum
     from cohort.secagg.protocol import MAX_EXACT_CLIENTS, from_limbs
 
     if len(ids) > MAX_EXACT_CLIENTS:
         raise DataError(f"{len(ids)} sites: secure statistics sum at most {MAX_EXACT_CLIENTS} sites exactly")
-    seen = ask(channel, "data_categories", agreed, ids, timeout_s, lambda r, cid: _categories(r, cfg))
+    kinds = kinds or {}
+    seen = ask(channel, "data_categories", agreed, ids, timeout_s, lambda r, cid: _categories(r, cfg, kinds.get(cid, {})))
     vocab: dict[str, list[str]] = {}
     for name in cfg.categorical:
-        values = sorted({v for c in ids for v in seen[c][0].get(name, [])})
+        values = F.category_order({v for c in ids for v in seen[c][0].get(name, [])})  # as the plain exchange
         if len(values) > MAX_CATEGORIES:
             raise DataError(f"categorical column {name!r} has {len(values):,} values across the sites; at most "
                             f"{MAX_CATEGORIES:,} (is it really categorical?)")
@@ -101,11 +103,12 @@ def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, set
     return total, median, {c: seen[c][1] for c in ids}
 
 
-def _categories(r: Reply, cfg):
+def _categories(r: Reply, cfg, kinds: dict):
     d = from_json_bytes(r.arrays[GROUP].get("schema"), "the category values")
     if not (isinstance(d, dict) and isinstance(d.get("numeric"), int) and 0 <= d["numeric"] <= 100_000):
         raise ValueError("its category values are not {categories: {column: [values]}, numeric}")
     cats = check_categories(d.get("categories"), cfg, "category values", counts=False)
+    F.check_declared(cats, kinds)  # numbers written one way, as the site declared in its schema
     return cats, row_counts(r.metrics), d["numeric"]
 
 

@@ -2,8 +2,10 @@
 
 - :func:`encode`: numeric columns become float64 with NaN where a cell is missing (empty, a declared
   missing-value code, or a per-column code such as ``0`` where 0 is impossible), declared categorical
-  columns stay text, and the target is mapped (``binarize = "> 0"``, a value-to-class table, or its
-  distinct values in order).
+  columns become canonical categories (below), and the target is mapped (``binarize = "> 0"``, a
+  value-to-class table, or its distinct values in order).
+- Categories are canonical (:mod:`cohort.data.categories`): ``1``, ``1.0`` and `` 1`` are one
+  category of a numeric-valued column, and a missing cell is none unless ``missing_category`` asks.
 - :func:`client_statistics` is what one client sends: for each numeric column its count, mean and sum
   of squared deviations (Chan et al.'s parallel form of sums and counts, stable in floating point), its
   min and max, and for each categorical column its value counts. Never a row.
@@ -22,6 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cohort.core.errors import ConfigError, DataError
+from cohort.data.categories import (  # noqa: F401  (re-exported: the sites and the exchanges use them as F.*)
+    MISSING, agree_kinds, canonical_number, categories_of, category_kinds, category_order, check_declared, missing_codes,
+)
+from cohort.data.categories import is_number as _is_number
 from cohort.data.table import ALWAYS_MISSING, Table
 
 BINS = 4096
@@ -40,13 +46,14 @@ class Spec:
     missing_by_column: dict[str, tuple[str, ...]] = field(default_factory=dict)
     binarize: str = ""
     classes: dict[str, int] = field(default_factory=dict)
+    missing_category: bool = False  # a missing categorical cell is the category MISSING (else no category)
 
 
 @dataclass(frozen=True, eq=False)
 class Encoded:
     numeric: np.ndarray  # (n, p) float64, NaN where missing
     numeric_names: list[str]
-    categorical: dict[str, list[str | None]]  # name -> n values, None where missing
+    categorical: dict[str, list[str | None]]  # name -> n canonical values, None where missing (MISSING if asked)
     y: np.ndarray
     num_classes: int
     where: list[tuple[str, int]]  # (file, line) of every row, for messages
@@ -87,10 +94,8 @@ def encode(tables: list[Table], spec: Spec, labels: list[str] | None = None) -> 
         missing = {*ALWAYS_MISSING, *spec.missing_values, *spec.missing_by_column.get(name, ())}
         for i, cell in enumerate(cells[name]):
             numeric[i, j] = np.nan if cell in missing else _number(cell, name, where[i])
-    categorical = {}
-    for name in spec.categorical:
-        missing = {*ALWAYS_MISSING, *spec.missing_values, *spec.missing_by_column.get(name, ())}
-        categorical[name] = [None if v in missing else v for v in cells[name]]
+    categorical = {name: categories_of(cells[name], missing_codes(spec, name), spec.missing_category)
+                   for name in spec.categorical}
     y, num_classes = _target(cells[spec.target], spec, where, labels)
     return Encoded(numeric, numeric_names, categorical, y, num_classes, where)
 
@@ -165,14 +170,6 @@ def label_vocabulary(values) -> list[str]:
             by_value.setdefault(float(v), v)
         return [by_value[k] for k in sorted(by_value)]
     return distinct
-
-
-def _is_number(v: str) -> bool:
-    try:
-        float(v)
-    except ValueError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------ federated statistics
@@ -291,7 +288,7 @@ def preprocessing(stats: ClientStats, impute: str, impute_value: float, standard
     std = np.where((std > 0) & np.isfinite(std), std, 1.0)
     fill = {"mean": stats.mean, "median": median if median is not None else stats.mean,
             "constant": np.full_like(stats.mean, impute_value), "none": stats.mean}[impute]
-    cats = categories if categories is not None else {n: sorted(c) for n, c in stats.categories.items()}
+    cats = categories if categories is not None else {n: category_order(c) for n, c in stats.categories.items()}
     return Preprocessing(np.asarray(fill, np.float64), stats.mean, std, cats, standardize)
 
 

@@ -3,8 +3,10 @@
 The partition is natural (one client per value of ``partition_column``, per file of ``client_files``, or
 as a ``partition_file`` assigns rows) or synthetic (iid, shards, dirichlet, quantity, after a server test
 split). Clients keep names (the column's value, the file's stem). With a natural partition every client
-holds out a stratified, seeded share of its rows (``data.holdout_fraction``, 0.2 unless set) and there is
-no server test set: the global model is scored on every site's share.
+holds out a stratified, seeded share of its rows (``data.holdout_fraction``, 0.2 unless set), or as many
+rows as ``data.holdout_rows`` gives its name, and there is no server test set: the global model is
+scored on every site's held-out rows. The sites must agree on what each categorical column holds,
+numbers or text (:func:`cohort.data.features.agree_kinds`).
 
 Imputation, z-scoring and one-hot categories use statistics that the clients send as sums and counts of
 their *training* rows (:mod:`cohort.data.features`), or, with ``data.statistics = "local"``, each
@@ -75,7 +77,12 @@ def load_sites(cfg, seed: int, split=None) -> Sites:
     rows_of = [np.flatnonzero(client_of == c) for c in range(clients)]
     if any(len(r) == 0 for r in rows_of):
         raise DataError(f"client {names[[len(r) for r in rows_of].index(0)]!r} has no rows")
-    train_rows, held_rows = _holdout(rows_of, enc.y, cfg.holdout, seed, cfg.csv_task)
+    if test_rows is None:  # natural partitions: the sites must agree on their categorical columns' kinds
+        spec = spec_of(cfg)
+        F.agree_kinds({names[c]: F.category_kinds(tables[c], spec) if cfg.partition == "files"
+                       else F.category_kinds(tables[0], spec, rows_of[c]) for c in range(clients)})
+    counts = holdout_counts(cfg, names, [len(r) for r in rows_of])
+    train_rows, held_rows = _holdout(rows_of, enc.y, cfg.holdout, seed, cfg.csv_task, counts=counts)
     prep, per_client = _preprocess(enc, train_rows, cfg)
     x = np.empty((n, _width(enc, prep)), np.float32)
     for c in range(clients):
@@ -91,7 +98,7 @@ def load_sites(cfg, seed: int, split=None) -> Sites:
     remap = np.cumsum(assigned) - 1  # row -> position among the clients' rows
     partition = Partition(remap[np.concatenate(train_rows)], _offsets(np.array([len(r) for r in train_rows])))
     holdout = (Partition(remap[np.concatenate(held_rows)], _offsets(np.array([len(r) for r in held_rows])))
-               if cfg.holdout > 0 else None)
+               if cfg.holds_out else None)
     return Sites(data, test, partition, holdout, names, prep)
 
 
@@ -99,7 +106,7 @@ def spec_of(cfg) -> F.Spec:
     """How ``cfg`` (a DataConfig) reads the columns."""
     return F.Spec(cfg.csv_target, cfg.csv_task, tuple(cfg.categorical),
                   (cfg.partition_column,) if cfg.partition == "column" else (), tuple(cfg.missing_values),
-                  dict(cfg.missing_by_column), cfg.target_binarize, dict(cfg.target_classes))
+                  dict(cfg.missing_by_column), cfg.target_binarize, dict(cfg.target_classes), cfg.missing_category)
 
 
 def _width(enc: F.Encoded, prep: F.Preprocessing) -> int:
@@ -118,13 +125,40 @@ def _server_split(enc: F.Encoded, cfg, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.flatnonzero(~is_test), test
 
 
-def _holdout(rows_of: list[np.ndarray], y: np.ndarray, fraction: float, seed: int, task: str, ids=None):
+def holdout_counts(cfg, names: list[str], sizes: list[int], every_site: bool = True) -> list[int] | None:
+    """``data.holdout_rows`` as each client's count of held-out rows (None: the config gives a share),
+    checked: every site named, each keeping a training row. ``every_site``: ``names`` are all the
+    federation's sites, so a name in the setting that is none of them is refused too (a typo)."""
+    if not cfg.holdout_rows:
+        return None
+    unnamed = [n for n in names if n not in cfg.holdout_rows]
+    if unnamed:
+        raise DataError(f"data.holdout_rows gives no count for site(s) {unnamed}; it names {sorted(cfg.holdout_rows)}. "
+                        "Give every site its held-out rows by its name (a file's stem, the partition column's "
+                        "value, or the client of data.partition_file)")
+    unknown = sorted(set(cfg.holdout_rows) - set(names)) if every_site else []
+    if unknown:
+        raise DataError(f"data.holdout_rows names {unknown}, which are no site; the sites are {names}")
+    counts = [cfg.holdout_rows[n] for n in names]
+    for n, k, size in zip(names, counts, sizes):
+        if k > size - 1:
+            raise DataError(f"data.holdout_rows holds out {k} rows of site {n!r}, which has {size}; at most "
+                            f"{size - 1} (a site keeps at least one training row)")
+    return counts
+
+
+def _holdout(rows_of: list[np.ndarray], y: np.ndarray, fraction: float, seed: int, task: str, ids=None, counts=None):
     """Each client's (training, held-out) rows: a seeded share, stratified by class for classification;
-    a client of 2 rows or more keeps at least one of each. ``ids``: the clients' ids (default 0, 1, ...)."""
+    a client of 2 rows or more keeps at least one of each. ``counts``: each client's held-out rows
+    instead of a share (checked by :func:`holdout_counts`), drawn the same way. ``ids``: the clients'
+    ids (default 0, 1, ...)."""
     train, held = [], []
-    for c, rows in zip(range(len(rows_of)) if ids is None else ids, rows_of):
-        k = int(np.floor(fraction * len(rows) + 0.5))
-        k = min(max(k, 1 if fraction > 0 and len(rows) >= 2 else 0), max(len(rows) - 1, 0))
+    for i, (c, rows) in enumerate(zip(range(len(rows_of)) if ids is None else ids, rows_of)):
+        if counts is not None:
+            k = counts[i]
+        else:
+            k = int(np.floor(fraction * len(rows) + 0.5))
+            k = min(max(k, 1 if fraction > 0 and len(rows) >= 2 else 0), max(len(rows) - 1, 0))
         gen = rng(seed, 0, Stage.HOLDOUT, c)
         pick = (_stratified_pick(y[rows], k, gen) if task == "classification" else gen.permutation(len(rows))[:k]) if k else []
         mask = np.zeros(len(rows), bool)
@@ -144,7 +178,7 @@ def _preprocess(enc: F.Encoded, train_rows: list[np.ndarray], cfg) -> tuple[F.Pr
     if cfg.impute == "median":  # the second exchange: histograms over the federation's range
         hist = sum(F.histogram(enc.numeric[r], total.low, total.high) for r in train_rows)
         median = F.median_from(hist, total.low, total.high)
-    categories = {n: sorted(c) for n, c in total.categories.items()}
+    categories = {n: F.category_order(c) for n, c in total.categories.items()}
     glob = F.preprocessing(total, cfg.impute, cfg.impute_value, cfg.standardize, median, categories)
     if cfg.statistics == "federated":
         return glob, [glob] * len(train_rows)
