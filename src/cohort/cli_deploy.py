@@ -10,6 +10,7 @@ import sys
 
 from cohort.cli_lifecycle import BEFORE_THE_RUN, ROUND_TIMEOUT_S, goodbye_for, limit_updates, round_deadline
 from cohort.core.errors import CohortError, ConfigError
+from cohort.core.records import SITE
 
 
 def sites_first(args: argparse.Namespace, config, app, console, channel_for):
@@ -24,7 +25,7 @@ def sites_first(args: argparse.Namespace, config, app, console, channel_for):
 
     from cohort.cli_run import experiment_of
     from cohort.client.site import is_site_federation, site_count
-    from cohort.data.exchange import Agreement, agree
+    from cohort.data.exchange import AGREEMENT, Agreement, agree
 
     if app is not None or not is_site_federation(config):
         # an app's clients hold their own data: a server that only coordinates waits for the clients it is
@@ -48,7 +49,7 @@ def sites_first(args: argparse.Namespace, config, app, console, channel_for):
             secure = config.secagg.settings() if config.secagg.mode != "none" else None  # then only sums reach the server
             sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or ROUND_TIMEOUT_S,
                           secure=secure, seed=config.seed)
-        channel.message_config["site_data"] = sites.message_config()
+        channel.message_config[SITE] = {AGREEMENT: sites.message_config()}  # every task's config carries it
         experiment = experiment_of(config, None, sites=sites)
         limit_updates(args, channel, experiment, console)
         return channel, sites, experiment

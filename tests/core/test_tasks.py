@@ -56,11 +56,11 @@ def test_the_providers_register_on_first_need():
 
 
 def test_a_config_flag_makes_no_protocol():
-    """The old flag (config["secagg"]) is just a key now: a fit with it is a plain fit, and a site's statistics
-    asked in the clear stay in the clear (under is None), whatever the message's config says."""
-    outcome = run("fit", {"round": 1, "secagg": True, "secagg_id": 0})
+    """A config record makes no protocol: a fit whose config carries the secagg record is a plain fit, and a
+    site's statistics asked in the clear stay in the clear (under is None), whatever the message's config says."""
+    outcome = run("fit", {"round": 1, "secagg": {"id": 0, "clip_range": 1.0, "bits": 16}})
     assert isinstance(outcome, Reply) and set(outcome.arrays) == {MODEL}
-    assert run("count_rows", {"secagg": True}).arrays["rows"]["n"].tolist() == [7.0]
+    assert run("count_rows", {"secagg": {"id": 0}}).arrays["rows"]["n"].tolist() == [7.0]
 
 
 def test_names_are_checked_when_registered():

@@ -68,7 +68,7 @@ def test_the_agreement_is_the_simulations_preprocessing(hospitals, extra):
     # every site prepares its rows exactly as the simulation prepared them
     fed = federated_data(config.data, config.seed)
     for c, site in sites.items():
-        trainer = site._inner({X.KEY: agreement.message_config()})
+        trainer = site._inner({"site": {X.AGREEMENT: agreement.message_config()}})
         rows = np.concatenate([fed.partition[c], fed.holdout[c]])
         mine = site._trainer[1]
         assert trainer is mine
@@ -159,8 +159,8 @@ def test_a_site_without_the_agreement_or_with_a_bad_one_fails_clearly(hospitals)
     with pytest.raises(DataError, match="has not received how to prepare its rows"):
         site.train({}, {"round": 1, "seed": 0}, None)
     with pytest.raises(DataError, match="malformed"):
-        site.evaluate({}, {X.KEY: {"fill": [1.0], "mean": [0.0], "std": [0.0], "columns": [], "categories": {},
-                                   "labels": None, "num_classes": 2, "standardize": True}})
+        site.evaluate({}, {"site": {X.AGREEMENT: {"fill": [1.0], "mean": [0.0], "std": [0.0], "columns": [],
+                                                  "categories": {}, "labels": None, "num_classes": 2, "standardize": True}}})
     with pytest.raises(ConfigError, match="holds site 'aarhus', client 0; asked for 1"):
         site(1)
     with pytest.raises(ConfigError, match="no site data"):
@@ -239,8 +239,8 @@ def test_under_secure_aggregation_the_server_learns_only_sums(hospitals, mode):
     for task, outcome in channel.received:
         if task.startswith("secagg:"):
             assert set(outcome.arrays) == {"secagg"} and set(outcome.arrays["secagg"]) == {"y"}
-    counts = [site.answer(Message("data_statistics", {}, {"site_columns": plain.columns, "site_labels": None,
-                                                            "site_clients": 4, "site_categories": {}})).arrays["site"]["sum"]
+    counts = [site.answer(Message("data_statistics", {}, {"site": {"columns": plain.columns, "labels": None,
+                                                                     "clients": 4, "categories": {}}})).arrays["site"]["sum"]
               for site in sites.values()]
     from cohort.secagg.protocol import to_limbs
 
@@ -267,8 +267,8 @@ def test_a_site_under_secure_aggregation_gives_no_statistic_in_the_clear(hospita
     columns = json.loads(schema.arrays["site"]["schema"].tobytes())["columns"]
     for task in ("data_statistics", "data_histogram", "data_spread"):
         with pytest.raises(ConfigError, match="only masked"):
-            site.answer(Message(task, {}, {"site_columns": columns, "site_labels": None, "site_clients": 2,
-                                           "site_categories": {}}))
+            site.answer(Message(task, {}, {"site": {"columns": columns, "labels": None, "clients": 2,
+                                                    "categories": {}}}))
 
 
 def test_impute_none_refuses_missing_cells_at_a_site_as_in_simulation(hospitals):

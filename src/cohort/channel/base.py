@@ -16,6 +16,7 @@ from cohort.channel.runtime import Outcome, run_client
 from cohort.client.store import ClientStateStore
 from cohort.core.arrays import nbytes
 from cohort.core.errors import ConfigError
+from cohort.core.records import merged
 from cohort.core.types import ClientFailure, FailureStage, Groups, Instruction, Message, Reply
 
 
@@ -90,7 +91,7 @@ def reply_nbytes(outcome: Outcome) -> int:
 
 def client_message(message: Message, instruction: Instruction) -> Message:
     """One client's message: its own dicts (what it adds or removes reaches no one else), the arrays shared."""
-    config = {**message.config, **instruction.config}
+    config = merged(message.config, instruction.config)
     return Message(message.task, {g: dict(arrays) for g, arrays in message.arrays.items()}, config, message.version)
 
 

@@ -17,6 +17,7 @@ from cohort.algorithms.base import ClientHalf, ClientState
 from cohort.client.base import ClientFn, as_trainer
 from cohort.client.accounting import account
 from cohort.client.context import ClientApp
+from cohort.core.records import COMPRESSION
 from cohort.core.tasks import run_task
 from cohort.core.types import MODEL, ClientFailure, EvaluateResult, FailureStage, Message, Reply
 
@@ -68,7 +69,7 @@ def _after_reply(reply: Reply, state: ClientState, message: Message, client_id: 
     reply, state = account(reply, state)
     if reply.facts:  # facts no accountant of this client read: they stay here too
         reply = replace(reply, facts={})
-    compression = message.config.get("compression") if isinstance(message.config, Mapping) else None
+    compression = message.config.get(COMPRESSION) if isinstance(message.config, Mapping) else None  # its record
     if isinstance(compression, Mapping) and isinstance(reply.arrays, Mapping) and MODEL in reply.arrays:
         reply, state = _compressed(reply, state, compression, message, client_id)
     return reply, state

@@ -33,6 +33,7 @@ from cohort.channel.inprocess import InProcessChannel, torch_threads
 from cohort.channel.runtime import Outcome
 from cohort.client.torch import LazyTorchClients, TorchClientFactory, seed_torch, to_tensors
 from cohort.core.errors import ConfigError
+from cohort.core.records import COMPRESSION
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import MODEL, ClientFailure, FailureStage, Instruction, Message, Reply
 
@@ -70,7 +71,7 @@ class VectorizedChannel(InProcessChannel):
             return "models with frozen parameters"
         if len(f.model.state_dict()) != len(dict(f.model.named_parameters())):  # the update names every entry
             return "models with tied (shared) parameters"
-        if isinstance(message.config.get("compression"), dict):  # (a secure round's fit is another task: secagg:fit)
+        if isinstance(message.config.get(COMPRESSION), dict):  # (a secure round's fit is another task: secagg:fit)
             return "compression"
         return None
 

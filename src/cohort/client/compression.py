@@ -24,6 +24,7 @@ import numpy as np
 
 from cohort.core.arrays import NamedArrays
 from cohort.core.errors import ConfigError, UpdateRejected
+from cohort.core.records import COMPRESSION
 
 KINDS = ("none", "fp16", "int8", "topk")
 SCALE, INDEX = "::bounds", "::index"
@@ -142,4 +143,4 @@ def with_compression(algorithm, kind: str, topk_fraction: float = 0.01):
     if kind == "none":
         return algorithm
     algorithm = algorithm.with_model_pipeline(decode=partial(decompress, kind=kind))
-    return replace(algorithm, config={**algorithm.config, "compression": {"kind": kind, "topk_fraction": topk_fraction}})
+    return replace(algorithm, config={**algorithm.config, COMPRESSION: {"kind": kind, "topk_fraction": topk_fraction}})

@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from cohort.core import records
 from cohort.core.errors import ConfigError
 from cohort.core.types import Groups, Message
 
-APP = "app"  # the message config's key for the app's records, and the client state's group for Context.state
+# the app's record in the message's config (cohort.core.records), and the client state's group for Context.state
+APP = records.APP
 
 Scalar = bool | int | float | str
 StateValue = np.ndarray | bool | int | float

@@ -2,7 +2,7 @@
 
 The site answers the statistics exchange (:mod:`cohort.data.exchange`) from its training rows, then
 trains and evaluates with the framework's own client over its rows prepared as the federation agreed
-(the ``site_data`` of every message's config). Its rows, held-out share and preprocessing are those
+(the ``site`` record of every message's config). Its rows, held-out share and preprocessing are those
 the simulation gives the same client id, so a deployed federation of sites reproduces the simulation.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from cohort import frameworks
 from cohort.core.errors import ConfigError, DataError
+from cohort.core.records import SITE, record
 from cohort.core.tasks import register_task
 from cohort.core.types import Config, EvaluateResult, Message, Reply
 from cohort.data import ArrayDataset, Partition
@@ -116,10 +117,11 @@ class SiteClient:
             schema = {"name": self.name, "columns": self.table.columns, "labels": X.distinct_targets(self.table, cfg),
                       "kinds": F.category_kinds(self.table, spec_of(cfg))}
             return Reply({X.GROUP: {"schema": X.to_json_bytes(schema)}}, len(self.table.rows))
-        columns, labels = message.config.get("site_columns"), message.config.get("site_labels")
+        site = record(message.config, SITE)
+        columns, labels = site.get("columns"), site.get("labels")
         enc, train, held = self._encode(columns, labels)
         F.refuse_missing(enc, cfg.impute)  # as the simulation does
-        if message.task == "data_categories" or "site_clients" in message.config:  # under secure aggregation
+        if message.task == "data_categories" or "clients" in site:  # under secure aggregation
             from cohort.data.exchange_secure import site_answer
 
             return site_answer(message.task, enc, train, held, message.config)
@@ -134,7 +136,7 @@ class SiteClient:
         key = json.dumps([columns, labels])
         if self._encoded is None or self._encoded[0] != key:
             if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
-                raise DataError("the server sent no agreed column order (site_columns)")
+                raise DataError("the server sent no agreed column order (the site record's columns)")
             cfg = self.config.data
             enc = F.encode([X.reorder(self.table, columns)], spec_of(cfg), labels)
             counts = holdout_counts(cfg, [self.name], [len(enc.y)], every_site=False)
@@ -147,9 +149,10 @@ class SiteClient:
 
     # --- training, through the framework's client --------------------------------------------
     def _inner(self, config: Config):
-        d = config.get(X.KEY) if hasattr(config, "get") else None
+        d = record(config, SITE).get(X.AGREEMENT)
         if d is None:
-            raise DataError(f"site {self.name!r} has not received how to prepare its rows ({X.KEY!r}); the server "
+            raise DataError(f"site {self.name!r} has not received how to prepare its rows (the site record's "
+                            f"{X.AGREEMENT!r}); the server "
                             "sends it after the data exchange")
         key = json.dumps(d, sort_keys=True)
         if self._trainer is not None and self._trainer[0] == key:

@@ -12,7 +12,7 @@ server never reads a row. Before round 1 it asks every connected client, on the 
    rows, and its categories' counts (:func:`cohort.data.features.client_statistics`). Never a row.
 3. ``data_histogram`` (``impute = "median"`` only): counts in 4,096 bins over the federation's range.
 
-The result, an :class:`Agreement`, goes out in every later message's config (``site_data``): the
+The result, an :class:`Agreement`, goes out in every later message's config (the ``site`` record's ``agreement``): the
 columns, classes, fill values, z-score means and standard deviations and one-hot categories. Every
 site applies it with :func:`cohort.data.features.transform`, exactly as the simulation does, so the
 two give the same bits. How a site is asked, and its answers checked, is :mod:`cohort.data.answers`.
@@ -25,14 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cohort.core.errors import DataError
+from cohort.core.errors import ConfigError, DataError
+from cohort.core.records import SITE, merged, record
 from cohort.core.types import Reply
 from cohort.data import features as F
 from cohort.data.answers import GROUP, MAX_CATEGORIES, ask, check_categories, from_json_bytes, row_counts, to_json_bytes
 from cohort.data.table import Table
 
 TASKS = ("data_schema", "data_statistics", "data_histogram", "data_categories", "data_spread")
-KEY = "site_data"  # the message config key that carries the agreement
+AGREEMENT = "agreement"  # the key of the site record (cohort.core.records.SITE) that carries the agreement
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -59,7 +60,7 @@ class Agreement:
         return json.dumps({"num_clients": self.num_clients, "names": {str(k): v for k, v in self.names.items()},
                            "train_sizes": {str(k): v for k, v in self.train_sizes.items()},
                            "held_sizes": {str(k): v for k, v in self.held_sizes.items()},
-                           "site_data": self.message_config()}, indent=1)
+                           "site_data": self.message_config()}, indent=1)  # (the file's key since its first version)
 
     @classmethod
     def from_json(cls, text: str, where: str = "sites.json") -> "Agreement":
@@ -94,7 +95,7 @@ def read_agreement(d) -> tuple[list[str], list[str] | None, int, F.Preprocessing
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
-        raise DataError(f"the server's {KEY!r} (how to prepare this site's rows) is malformed; is it a cohort server "
+        raise DataError(f"the server's agreement (how to prepare this site's rows) is malformed; is it a cohort server "
                         "of the same version?")
     prep = F.Preprocessing(arrays[0], arrays[1], arrays[2], {k: list(v) for k, v in d["categories"].items()},
                            bool(d["standardize"]))
@@ -130,7 +131,7 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
     if labels is not None and len(labels) < 2:
         raise DataError(f"the sites' target {cfg.csv_target!r} has {len(labels)} distinct value(s) {labels}; "
                         "classification needs at least 2")
-    agreed = {"site_columns": columns, "site_labels": labels}
+    agreed = {SITE: {"columns": columns, "labels": labels}}
     if secure is not None:
         from cohort.data.exchange_secure import secure_statistics
 
@@ -146,7 +147,7 @@ def agree(channel, num_clients: int, cfg, timeout_s: float | None, secure=None, 
         total = F.combine([stats[c][0] for c in ids])
         median = None
         if cfg.impute == "median":
-            config = {**agreed, "site_low": total.low.tolist(), "site_high": total.high.tolist()}
+            config = merged(agreed, {SITE: {"low": total.low.tolist(), "high": total.high.tolist()}})
             hists = ask(channel, "data_histogram", config, ids, timeout_s, lambda r, cid: _histogram(r, stats[cid][0].count))
             median = F.median_from(sum(hists[c] for c in ids), total.low, total.high)
         train_sizes, held_sizes = {c: stats[c][1] for c in ids}, {c: stats[c][2] for c in ids}
@@ -238,9 +239,10 @@ def distinct_targets(table: Table, cfg) -> list[str]:
 
 def histogram_reply(numeric: np.ndarray, config) -> Reply:
     try:
-        low, high = (np.asarray(config[k], np.float64) for k in ("site_low", "site_high"))
-    except (KeyError, TypeError, ValueError):
-        raise DataError("data_histogram came without the federation's range (site_low, site_high)") from None
+        site = record(config, SITE)
+        low, high = (np.asarray(site[k], np.float64) for k in ("low", "high"))
+    except (KeyError, TypeError, ValueError, ConfigError):
+        raise DataError("data_histogram came without the federation's range (the site record's low and high)") from None
     if low.shape != (numeric.shape[1],) or high.shape != low.shape:
         raise DataError(f"data_histogram's range has {low.size} columns; this site has {numeric.shape[1]}")
     return Reply({GROUP: {"hist": F.histogram(numeric, low, high)}}, len(numeric))

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from cohort.core.errors import DataError
+from cohort.core.records import SITE, merged, record
 from cohort.core.types import Reply
 from cohort.data import features as F
 from cohort.data.answers import GROUP, MAX_CATEGORIES, ask, check_categories, from_json_bytes, row_counts, to_json_bytes
@@ -56,7 +57,7 @@ def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, set
                             f"{MAX_CATEGORIES:,} (is it really categorical?)")
         if values:
             vocab[name] = values
-    base = {**agreed, "site_clients": len(ids), "site_categories": vocab}
+    base = merged(agreed, {SITE: {"clients": len(ids), "categories": vocab}})
     ctx = SimpleNamespace(channel=channel, timeout_s=timeout_s)
     def summed(task: str, config: dict, length: int) -> np.ndarray:
         ex = Exchange(ctx, 0)
@@ -82,7 +83,7 @@ def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, set
     total_sum = first[p:2 * p].astype(np.float64) / 2**FRACTION_BITS
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total_sum / np.maximum(count, 1), 0.0)
-    m2 = summed("data_spread", {**base, "site_mean": mean.tolist()}, p).astype(np.float64) / 2**FRACTION_BITS
+    m2 = summed("data_spread", merged(base, {SITE: {"mean": mean.tolist()}}), p).astype(np.float64) / 2**FRACTION_BITS
     m2 = np.maximum(m2, 0.0)
     cats, at = {}, 2 * p
     for name, values in vocab.items():
@@ -94,7 +95,7 @@ def secure_statistics(channel, ids: list[int], cfg, agreed: dict, timeout_s, set
     total = F.ClientStats(count, mean, m2, np.where(count > 0, low, np.inf), np.where(count > 0, high, -np.inf), cats)
     median = None
     if cfg.impute == "median":
-        hist = summed("data_histogram", {**base, "site_low": low.tolist(), "site_high": high.tolist()}, p * F.BINS)
+        hist = summed("data_histogram", merged(base, {SITE: {"low": low.tolist(), "high": high.tolist()}}), p * F.BINS)
         hist = hist.reshape(p, F.BINS)
         if (hist < 0).any() or (hist.sum(axis=1) != count).any():
             raise DataError("the sites' summed histograms do not add up to their column counts: a site sent garbage")
@@ -123,10 +124,10 @@ def site_answer(task: str, enc: F.Encoded, train: np.ndarray, held: np.ndarray, 
         doc = {"categories": values, "numeric": int(numeric.shape[1])}
         return Reply({GROUP: {"schema": to_json_bytes(doc)}}, len(train),
                      {"rows_train": float(len(train)), "rows_held": float(len(held))})
-    sites = config.get("site_clients")
-    vocab = config.get("site_categories")
+    site = record(config, SITE)
+    sites, vocab = site.get("clients"), site.get("categories")
     if not (isinstance(sites, int) and sites >= 1 and isinstance(vocab, dict)):
-        raise DataError("the server's secure statistics request lacks site_clients or site_categories")
+        raise DataError("the server's secure statistics request lacks the site record's clients or categories")
     observed = ~np.isnan(numeric)
     if task == "data_statistics":
         seen = {name: Counter(values) for name, values in F.rows_of(enc.categorical, train).items()}
@@ -136,14 +137,14 @@ def site_answer(task: str, enc: F.Encoded, train: np.ndarray, held: np.ndarray, 
             parts.append(np.array([counts[v] for v in values], np.int64))
         vector = np.concatenate(parts)
     elif task == "data_spread":
-        mean = np.asarray(config.get("site_mean"), np.float64)
+        mean = np.asarray(site.get("mean"), np.float64)
         if mean.shape != (numeric.shape[1],) or not np.isfinite(mean).all():
-            raise DataError("the server's data_spread request lacks the federation's means (site_mean)")
+            raise DataError("the server's data_spread request lacks the federation's means (the site record's mean)")
         vector = _fixed(np.where(observed, (numeric - mean) ** 2, 0.0).sum(axis=0), sites, enc.numeric_names, "spread")
     elif task == "data_histogram":
-        low, high = (np.asarray(config.get(k), np.float64) for k in ("site_low", "site_high"))
+        low, high = (np.asarray(site.get(k), np.float64) for k in ("low", "high"))
         if low.shape != (numeric.shape[1],) or high.shape != low.shape:
-            raise DataError("the server's data_histogram request lacks the federation's range (site_low, site_high)")
+            raise DataError("the server's data_histogram request lacks the federation's range (the site record's low and high)")
         vector = F.histogram(numeric, low, high).reshape(-1)
     else:
         raise DataError(f"task {task!r} is not part of the secure data exchange")

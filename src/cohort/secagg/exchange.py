@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
+from cohort.core.records import SECAGG
 from cohort.secagg.protocol import SecAggServer, harary_graph
 from cohort.secagg.tasks import GROUP, b64, u8
 
@@ -28,7 +29,7 @@ class Exchange:
         self.failures: list[ClientFailure] = []
 
     def __call__(self, task: str, arrays, config: dict[str, Any], who, per_client=lambda c: {}) -> dict[int, Reply]:
-        instructions = [Instruction(c, {"secagg_id": c, **per_client(c)}) for c in sorted(who)]
+        instructions = [Instruction(c, {SECAGG: {"id": c, **per_client(c)}}) for c in sorted(who)]
         out: dict[int, Reply] = {}
         for pos, outcome in self.ctx.channel.run(Message(task, arrays, config, self.version), instructions, self.ctx.timeout_s):
             cid = instructions[pos].client_id
@@ -61,8 +62,7 @@ def secure_sum(ex: Exchange, ids: list[int], settings, seed: int, round_: int, t
     graph = harary_graph(ids, settings.degree, seed, round_) if settings.degree else None
     server = SecAggServer(t, length, graph)
     base = {"round": round_, "seed": seed, "version": ex.version}
-    got = ex("secagg_advertise", {}, base, ids, lambda c: {"secagg_threshold": t,
-                                                           "secagg_neighbours": sorted(graph[c]) if graph else None})
+    got = ex("secagg_advertise", {}, base, ids, lambda c: {"threshold": t, "neighbours": sorted(graph[c]) if graph else None})
     keys = {}
     for c, r in got.items():
         try:
@@ -80,7 +80,7 @@ def secure_sum(ex: Exchange, ids: list[int], settings, seed: int, round_: int, t
             ex.refuse(c, f"malformed shares: {e}")
     inbox = server.route(sent)
     got = ex(f"secagg:{task}", arrays, config, inbox,
-             lambda c: {"secagg_inbox": {str(u): b64(ct) for u, ct in inbox[c].items()}})
+             lambda c: {"inbox": {str(u): b64(ct) for u, ct in inbox[c].items()}})
     ys = {}
     for c, r in got.items():
         y = r.arrays[GROUP].get("y")
@@ -90,8 +90,7 @@ def secure_sum(ex: Exchange, ids: list[int], settings, seed: int, round_: int, t
         else:
             ex.refuse(c, f"its masked input is not a uint32 vector of length {length}")
     survivors, dropped = server.collect_masked(ys)
-    got = ex("secagg_unmask", {}, {**base, "secagg_survivors": sorted(survivors), "secagg_dropped": sorted(dropped)},
-             survivors)
+    got = ex("secagg_unmask", {}, {**base, SECAGG: {"survivors": sorted(survivors), "dropped": sorted(dropped)}}, survivors)
     reveals = {}
     for c, r in got.items():
         try:

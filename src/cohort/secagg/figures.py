@@ -7,7 +7,7 @@ masks, after its model delta, so that the server learns only their sums over the
 
     [ l2_clipped | range_clipped | slot 0 | slot 1 | ... | slot 15 ]      (uint32, summed mod 2^32)
 
-- ``l2_clipped``: 1 if central DP's clip (``secagg_l2_clip``) scaled this client's delta down: the
+- ``l2_clipped``: 1 if central DP's clip (the ``secagg`` record's ``l2_clip``) scaled this client's delta down: the
   sum is the number of clipped updates, which ``dp_clipped_fraction`` and adaptive clipping need;
 - ``range_clipped``: 1 if a coordinate of the delta lay beyond ``±secagg.clip_range`` (cut before
   encoding): the sum says how many clients the range cut (``secagg_range_clipped``);

@@ -32,6 +32,7 @@ import numpy as np
 
 from cohort.core.arrays import clip_to, flatten
 from cohort.core.errors import ConfigError
+from cohort.core.records import SECAGG, record, without
 from cohort.core.seeding import Stage, rng
 from cohort.core.types import MODEL, EvaluateResult, Message, Reply
 from cohort.core.tasks import register_protocol, register_task
@@ -51,16 +52,16 @@ def _client(message: Message, state):
     held = own.pop(GROUP, None)
     if held is None:
         raise ConfigError(f"task {message.task!r} of a secure round came before this client's keys (secagg_advertise)")
-    return SecAggClient.from_state(held), own, int(message.config["secagg_id"])
+    return SecAggClient.from_state(held), own, int(record(message.config, SECAGG)["id"])
 
 
 @register_task("secagg_advertise")
 def advertise(half, message: Message, trainer, state, account, under=None):
     """1. The client makes its two key pairs and sends the public halves."""
-    cfg = message.config
+    cfg = record(message.config, SECAGG)
     own = {k: v for k, v in dict(state or {}).items() if k != GROUP}
-    neighbours = cfg.get("secagg_neighbours")
-    client = SecAggClient(int(cfg["secagg_id"]), int(cfg["secagg_threshold"]),
+    neighbours = cfg.get("neighbours")
+    client = SecAggClient(int(cfg["id"]), int(cfg["threshold"]),
                           frozenset(neighbours) if neighbours is not None else None)
     c_pk, s_pk = client.advertise()
     return Reply({GROUP: {"c_pk": u8(c_pk), "s_pk": u8(s_pk)}}, 1), {**own, GROUP: client.to_state()}
@@ -81,8 +82,8 @@ def share(half, message: Message, trainer, state, account, under=None):
 def unmask(half, message: Message, trainer, state, account, under=None):
     """4. It reveals the shares the server may have, and forgets the round."""
     client, own, _ = _client(message, state)
-    cfg = message.config
-    revealed = client.unmask(set(cfg["secagg_survivors"]), set(cfg["secagg_dropped"]))
+    cfg = record(message.config, SECAGG)
+    revealed = client.unmask(set(cfg["survivors"]), set(cfg["dropped"]))
     out = {f"{kind}{v}": u8(share) for v, (kind, share) in revealed.items()}
     return Reply({GROUP: out}, 1), (own or None)  # the round's secrets are forgotten
 
@@ -93,22 +94,21 @@ def masked(inner, half, message: Message, trainer, state, account):
     fit's model delta (after the client's privacy accounting, clipped as the round asks) with its
     flags and metrics, an evaluation's loss and metrics, a site's statistics."""
     client, own, cid = _client(message, state)
-    cfg = message.config
-    inbox = {int(v): base64.b64decode(ct) for v, ct in cfg.get("secagg_inbox", {}).items()}
-    plain = Message(message.task, message.arrays, {k: v for k, v in cfg.items() if not k.startswith("secagg")},
-                    message.version)
+    cfg, loop = record(message.config, SECAGG), message.config
+    inbox = {int(v): base64.b64decode(ct) for v, ct in cfg.get("inbox", {}).items()}
+    plain = Message(message.task, message.arrays, without(loop, SECAGG), message.version)
     if message.task == "fit":
         reply, own_after = inner(plain, own or None)
         if not isinstance(reply, Reply) or not isinstance(reply.arrays, Mapping) or MODEL not in reply.arrays:
             raise ConfigError(f"fit returned a {type(reply).__name__} without the model group; expected a Reply")
         reply, own_after = account(reply, own_after)  # before masking: the raw facts must not travel
         delta = reply.arrays[MODEL]
-        l2, l2_clipped = cfg.get("secagg_l2_clip"), False
+        l2, l2_clipped = cfg.get("l2_clip"), False
         if l2:
             delta, l2_clipped = clip_to(delta, float(l2))
-        flat, clip_range = flatten(delta), float(cfg["secagg_clip_range"])
-        g = rng(int(cfg.get("seed", 0)), int(cfg.get("round", 0)), Stage.SECAGG_ROUND, cid)
-        x = quantize(flat, clip_range, int(cfg["secagg_bits"]), g)
+        flat, clip_range = flatten(delta), float(cfg["clip_range"])
+        g = rng(int(loop.get("seed", 0)), int(loop.get("round", 0)), Stage.SECAGG_ROUND, cid)
+        x = quantize(flat, clip_range, int(cfg["bits"]), g)
         names, slots = figures.encode(reply.metrics)
         flags = np.array([bool(l2_clipped), bool((np.abs(flat) > clip_range).any())], np.uint32)
         y = client.masked_input(np.concatenate([x, flags, slots]), inbox)

@@ -26,6 +26,7 @@ import numpy as np
 from cohort.aggregation.pipeline import Aggregate
 from cohort.core.arrays import num_parameters, unflatten
 from cohort.core.errors import ConfigError
+from cohort.core.records import SECAGG, merged
 from cohort.core.types import MODEL, ClientFailure, Reply
 from cohort.secagg import figures
 from cohort.secagg.crypto import SecAggError
@@ -74,10 +75,11 @@ def secure_round(ctx, state, cohort, rctx, fit_config: dict[str, Any], accs):
     model = state.groups[MODEL]
     length = num_parameters(model)
     ex = Exchange(ctx, state.version)
-    config = {**fit_config, "secagg_clip_range": settings.clip_range, "secagg_bits": bits}
+    own = {"clip_range": settings.clip_range, "bits": bits}
     private = ctx.algorithm.aggregators[MODEL].privacy
     if private is not None:  # central DP: the clients clip, since the server never sees an update
-        config["secagg_l2_clip"] = float(state.steps[MODEL].privacy.clip)
+        own["l2_clip"] = float(state.steps[MODEL].privacy.clip)
+    config = merged(fit_config, {SECAGG: own})
     record = facts(settings, len(ids))
     named = _Named(ex, "fit")
     try:

@@ -33,6 +33,7 @@ from cohort.channel.grpc.serde import WIRE_OPTIONS, cut, layout
 from cohort.channel.grpc.session import CLOSE, BulkTask, Servicer, Session, register
 from cohort.channel.stragglers import RoundClock, StragglerRule
 from cohort.core.errors import ConfigError, TransportError
+from cohort.core.records import merged
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
 
 CHUNK_BYTES = 4 * 2**20
@@ -306,7 +307,7 @@ class GrpcChannel:
             if session is None or not session.alive:
                 arrived[pos] = ClientFailure(ins.client_id, FailureStage.TRANSPORT, "not connected")
                 continue
-            config = {**self.message_config, **message.config, **ins.config}
+            config = merged(self.message_config, message.config, ins.config)
             meta = json.dumps({"config": config})
             header = pb.Header(task_id=task_id, task=message.task, version=message.version, meta=meta, payload_bytes=total)
             if session.bulk_down is not None:  # straight from the arrays' memory, on its own socket
