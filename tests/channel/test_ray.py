@@ -39,7 +39,9 @@ def fit():
     return Message("fit", {"model": start_arrays()}, {"round": 1, "seed": 0})
 
 
-@pytest.mark.parametrize("sets", [["server.algorithm=fedavg"], ["server.algorithm=scaffold"],
+# FedAvg with federated evaluation (fit and evaluate tasks on the actors), and SCAFFOLD (client state);
+# each run starts its own actors, the bulk of the time
+@pytest.mark.parametrize("sets", [["server.algorithm=scaffold"],
                                   ["server.algorithm=fedavg", "evaluate.federated_fraction=0.5", "data.holdout_fraction=0.2"]])
 def test_ray_gives_the_in_process_bits(sets):
     base = ["rounds=3", "data.num_clients=6", "server.fraction=0.5", "output.progress=false", *sets]

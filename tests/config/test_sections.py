@@ -81,3 +81,45 @@ def test_declared_abilities_replace_name_checks():
         load_config(None, ["simulation.ray_address=auto"])
     assert load_config(None, ["server.policy=fedasync", "fedasync.alpha=0.3"]).chosen("server.policy").alpha == 0.3
     assert load_config(None, []).chosen("server.policy") is None  # sync has no section
+
+
+APP_MODULE = '''
+from dataclasses import dataclass
+
+from cohort import App
+from cohort.algorithms import fedavg, register_algorithm
+
+
+@dataclass(frozen=True)
+class BoostSettings:
+    boost: float = 1.0
+
+
+def boosted(boost=1.0, server_lr=1.0, server_momentum=0.0, weighted=True):
+    return fedavg(server_lr * boost, server_momentum, weighted)
+
+
+register_algorithm("boosted", boosted, BoostSettings)
+app = App(config={"server": {"algorithm": "boosted"}, "boosted": {"boost": 0.5}, "rounds": 2})
+'''
+
+
+def test_an_apps_module_registers_its_algorithm_before_the_config_is_read(tmp_path, monkeypatch):
+    import sys
+    import tomllib
+
+    from cohort.cli import main
+
+    (tmp_path / "boosted_app.py").write_text(APP_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert main(["run", "--app", "boosted_app:app", "--out", str(tmp_path / "runs"), "--no-progress", "--quiet",
+                     "--set", "boosted.boost=0.25"]) == 0
+        (folder,) = (tmp_path / "runs").iterdir()
+        resolved = tomllib.loads((folder / "config.toml").read_text())
+        assert resolved["server"]["algorithm"] == "boosted" and resolved["boosted"] == {"boost": 0.25}
+        assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
+    finally:
+        ALGORITHMS.pop("boosted", None)
+        SECTIONS.pop("boosted", None)
+        sys.modules.pop("boosted_app", None)
