@@ -89,9 +89,15 @@ class Experiment:
                                  federated=self.config.federated_fraction > 0,
                                  personal=self.algorithm.needs.personal)
 
+    @property
+    def _records_clients(self) -> bool:
+        """Whether the server may record each client's figures (not under secure aggregation's sums)."""
+        rounds = self.algorithm.rounds
+        return rounds is None or rounds.records_clients
+
     def example_counts(self) -> np.ndarray | None:
         """Each client's training examples, when the server may record them."""
-        return None if self.algorithm.secure is not None else self.partition.sizes()
+        return None if not self._records_clients else self.partition.sizes()
 
     @property
     def native_save(self) -> Callable | None:
@@ -101,7 +107,7 @@ class Experiment:
     def describe_clients(self) -> str:
         """Clients, their sizes and, for classification, their label histograms; under secure
         aggregation only their number and total, since the server records no client's figures."""
-        if self.algorithm.secure is not None:
+        if not self._records_clients:
             total = "" if hasattr(self.partition, "federation") else f", {int(self.partition.sizes().sum())} examples"
             return (f"{self.num_clients} clients{total}\nexamples per client: not recorded (secure aggregation: the "
                     "server sees sums only)\nlabels per client: not recorded (secure aggregation)")

@@ -128,3 +128,34 @@ def test_what_cannot_work_is_refused_at_start(sets, why):
     with pytest.raises(ConfigError) as e:
         build(load_config(None, sets))
     assert why in str(e.value)
+
+
+def test_secure_aggregation_is_a_round_protocol_composed_into_the_algorithm():
+    """with_secure_aggregation composes a round protocol (Algorithm.rounds); the policy, the loop and the
+    experiment call it and name no protocol, and the plain algorithm is left as it was."""
+    import dataclasses
+    import inspect
+
+    from cohort import fedavg
+    from cohort.core.errors import ConfigError
+    from cohort.secagg.rounds import SecureRounds
+    from cohort.secagg.settings import SecureAggregation, with_secure_aggregation
+    from cohort.server import loop, policies
+
+    plain = fedavg()
+    secure = with_secure_aggregation(plain, SecureAggregation(threshold=0.6))
+    assert plain.rounds is None and isinstance(secure.rounds, SecureRounds)
+    assert "secure" not in {f.name for f in dataclasses.fields(secure)}
+    assert secure.rounds.records_clients is False and secure.rounds.settings.threshold == 0.6
+    with pytest.raises(ConfigError, match="at least 2 clients per round"):
+        loop.check_protections(secure, cohort_settings(), size=1)
+    with pytest.raises(ConfigError, match="secure aggregation runs synchronous rounds"):
+        loop.check_protections(secure, cohort_settings(over_selection=0.5))
+    for module in (loop, policies):
+        assert "secagg" not in inspect.getsource(module), module.__name__
+
+
+def cohort_settings(**kw):
+    import cohort
+
+    return cohort.LoopSettings(rounds=1, **kw)

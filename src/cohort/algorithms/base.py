@@ -73,7 +73,10 @@ class Algorithm:
     groups: Callable[[NamedArrays], Groups] = _model_only  # the global groups, from the initial model
     whole: Callable[[Groups], NamedArrays] = _model_group  # the inverse: a model with every array ``groups`` split off
     config: Mapping[str, Any] = field(default_factory=dict)  # sent to every client, every round
-    secure: Any = None  # cohort.secagg.SecureAggregation: the server learns only the sum of each round
+    # the round protocol composed in (cohort.secagg.rounds.SecureRounds: the server learns only each round's sum):
+    # it turns a synchronous round's cohort, and federated evaluation, into what reaches the pipelines; None:
+    # every reply is folded on its own. It has name, records_clients, check(size), fit(...) and evaluate(...).
+    rounds: Any = None
     needs: Needs = field(default_factory=Needs)  # what it asks of a run (checked by the experiment before round 1)
 
     def __post_init__(self) -> None:

@@ -3,7 +3,7 @@
 An :class:`Exchange` is one task run with a set of clients (an ordinary ``Channel.run``); a client
 that fails, times out or answers without the protocol's group drops out at that exchange.
 :func:`secure_sum` runs the four (advertise keys, share keys, the masked task, unmask) and returns the
-survivors' sum. A secure round's ``fit`` and federated evaluation (``cohort.server.secure``) and the
+survivors' sum. A secure round's ``fit`` and federated evaluation (``cohort.secagg.rounds``) and the
 sites' secure statistics (``cohort.data.exchange_secure``) are its uses; the client's side is
 ``tasks.py``.
 """

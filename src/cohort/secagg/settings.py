@@ -1,4 +1,5 @@
-"""Secure aggregation as an algorithm's option: ``with_secure_aggregation(algorithm, SecureAggregation(...))``."""
+"""Secure aggregation composed into an algorithm: ``with_secure_aggregation(algorithm, SecureAggregation(...))``
+gives it the round protocol :class:`cohort.secagg.rounds.SecureRounds`."""
 
 from __future__ import annotations
 
@@ -50,7 +51,9 @@ class SecureAggregation:
 
 
 def with_secure_aggregation(algorithm, settings: SecureAggregation):
-    """``algorithm`` whose rounds the server learns only the sum of (see ``cohort.secagg.tasks``)."""
+    """``algorithm`` whose rounds the server learns only the sum of: its round protocol
+    (``Algorithm.rounds``) becomes :class:`cohort.secagg.rounds.SecureRounds` (the clients' side:
+    ``cohort.secagg.tasks``)."""
     if not isinstance(settings, SecureAggregation):
         raise ConfigError(f"settings is a {type(settings).__name__}; expected a cohort.secagg.SecureAggregation")
     others = sorted(g for g in algorithm.aggregators if g != MODEL)
@@ -61,4 +64,6 @@ def with_secure_aggregation(algorithm, settings: SecureAggregation):
     if agg.combine.kind != "sum":
         raise ConfigError("with secure aggregation the server sees only the sum: a robust combine (median, trimmed "
                           "mean, Krum) cannot run; use server.aggregator = 'mean'")
-    return replace(algorithm, secure=settings)
+    from cohort.secagg.rounds import SecureRounds
+
+    return replace(algorithm, rounds=SecureRounds(settings))

@@ -208,7 +208,7 @@ def run_rounds(state: ServerState, *, algorithm: Algorithm, channel: Channel, nu
             if evaluate is not None:
                 record.update(checked_evaluation(evaluated(evaluate, dict(state.model), r)))
             if settings.federated_fraction > 0:
-                metrics, eval_failures = federated_evaluation(state, channel, num_clients, settings, rows, algorithm.secure)
+                metrics, eval_failures = federated_evaluation(state, channel, num_clients, settings, rows, algorithm.rounds)
                 record.update(metrics, evaluations_failed=len(eval_failures))
                 failures += eval_failures
                 rows += [client_row("evaluate", f.client_id, f) for f in eval_failures]
@@ -252,7 +252,7 @@ def _round_zero(state: ServerState, channel: Channel, num_clients: int, settings
     if evaluate is not None:
         record.update(checked_evaluation(evaluated(evaluate, dict(state.model), 0)))
     if settings.federated_fraction > 0:
-        metrics, failures = federated_evaluation(state, channel, num_clients, settings, rows, algorithm.secure)
+        metrics, failures = federated_evaluation(state, channel, num_clients, settings, rows, algorithm.rounds)
         record.update(metrics, evaluations_failed=len(failures))
         rows += [client_row("evaluate", f.client_id, f) for f in failures]
     record["evaluate_seconds"] = record["seconds"] = time.perf_counter() - started
@@ -263,18 +263,18 @@ def _round_zero(state: ServerState, channel: Channel, num_clients: int, settings
 
 
 def check_protections(algorithm: Algorithm, settings: LoopSettings, size: int | None = None) -> None:
-    """Differential privacy is accounted for synchronous rounds of a uniformly sampled cohort; secure
-    aggregation is a synchronous protocol whose cohort must fit its threshold."""
+    """Differential privacy is accounted for synchronous rounds of a uniformly sampled cohort; a round
+    protocol (secure aggregation) runs synchronous rounds whose cohort it checks."""
     if algorithm.private and (settings.policy is not None or settings.over_selection):
         raise ConfigError("differential privacy is accounted for rounds of a uniformly sampled cohort: use "
                           "server.policy = 'sync' without server.over_selection (the fastest clients, or buffered "
                           "asynchronous arrivals, are not a uniform sample)")
-    if algorithm.secure is not None:
+    if algorithm.rounds is not None:
         if settings.policy is not None or settings.over_selection:
-            raise ConfigError("secure aggregation runs synchronous rounds: use server.policy = 'sync' without "
+            raise ConfigError(f"{algorithm.rounds.name} runs synchronous rounds: use server.policy = 'sync' without "
                               "server.over_selection")
         if size is not None:
-            algorithm.secure.check(size)
+            algorithm.rounds.check(size)
 
 
 def privacy_refusal(algorithm: Algorithm, state: ServerState, num_clients: int, policy: Policy,
@@ -306,20 +306,18 @@ def run(state: ServerState, *, on_round: Iterable[OnRound] = (), **kwargs) -> tu
 
 
 def federated_evaluation(state: ServerState, channel: Channel, num_clients: int, settings: LoopSettings,
-                         rows: list | None = None, secure=None) -> tuple[dict[str, float], list[ClientFailure]]:
+                         rows: list | None = None, rounds=None) -> tuple[dict[str, float], list[ClientFailure]]:
     """Example-weighted means of the sampled clients' held-out loss and metrics, and the failures; with
-    ``rows``, each client's result is appended to it as well. With ``secure`` (the run's
-    SecureAggregation) the clients' figures reach the server only as sums: the means count every
-    client once, and a row says only that the client took part (:func:`cohort.server.secure.secure_evaluation`)."""
+    ``rows``, each client's result is appended to it as well. With ``rounds`` (the algorithm's round
+    protocol) the protocol evaluates them: under secure aggregation the clients' figures reach the server
+    only as sums, the means count every client once, and a row says only that the client took part."""
     size = cohort_size(num_clients, settings.federated_fraction)
     clients = sample_cohort(num_clients, size, state.seed, state.round, Stage.EVAL_SAMPLE)
     config = {"round": state.round, "seed": state.seed, "version": state.version}
     if settings.task_config is not None:
         config.update(settings.task_config("evaluate", state.round))
-    if secure is not None:
-        from cohort.server.secure import secure_evaluation
-
-        metrics, failures, taken = secure_evaluation(channel, settings.round_timeout_s, secure, state, clients, config)
+    if rounds is not None:
+        metrics, failures, taken = rounds.evaluate(channel, settings.round_timeout_s, state, clients, config)
         if rows is not None:
             rows.extend(taken)
         return metrics, failures

@@ -90,11 +90,9 @@ class Synchronous:
         failures: list[ClientFailure] = []
         fit_metrics = ctx.mean("fit")
         durations = {int(c): ctx.speeds.duration(int(c)) for c in cohort}
-        secure_problem, secure_record = None, {}
-        if ctx.algorithm.secure is not None:  # four exchanges; the server learns only sums (its record: their means)
-            from cohort.server.secure import secure_round
-
-            accs, count, failures, secure_record, secure_problem = secure_round(ctx, state, cohort, rctx, config, accs)
+        protocol_problem, protocol_record = None, {}
+        if ctx.algorithm.rounds is not None:  # a round protocol (secure aggregation) collects the cohort's answers
+            accs, count, failures, protocol_record, protocol_problem = ctx.algorithm.rounds.fit(ctx, state, cohort, rctx, config, accs)
             used = list(durations)
         elif self.over_selection == 0:
             instructions = [Instruction(int(cid), {}) for cid in cohort]
@@ -106,10 +104,10 @@ class Synchronous:
         else:
             accs, count, used = self._by_virtual_arrival(ctx, message, cohort, durations, accs, failures, fit_metrics)
         new, stands, problem = finish_step(ctx, state, accs, count)
-        problem = problem or secure_problem
+        problem = problem or protocol_problem
         clock = state.clock + max((durations[c] for c in used), default=0.0)
         record: dict[str, Any] = {
-            **train_metrics(fit_metrics), **secure_record, "round": r, "status": "ok" if stands else "skipped",
+            **train_metrics(fit_metrics), **protocol_record, "round": r, "status": "ok" if stands else "skipped",
             "clients_sampled": len(cohort), "clients_succeeded": count, "clients_failed": len(failures),
         }
         if ctx.speeds.network is not None and ctx.speeds.network.on:  # the round's critical path, split

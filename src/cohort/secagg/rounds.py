@@ -1,5 +1,6 @@
-"""A synchronous round under secure aggregation: four exchanges with the cohort, and the server
-learns only the sum of the survivors' model deltas (``cohort.secagg``).
+"""Secure aggregation as a round protocol (:class:`SecureRounds`, which ``with_secure_aggregation``
+composes into an algorithm): a synchronous round is four exchanges with the cohort, and the server
+learns only the sum of the survivors' model deltas.
 
     advertise keys ─► share keys (routed, encrypted) ─► train, mask, send ─► reveal shares ─► Σ
 
@@ -18,6 +19,7 @@ four exchanges (:func:`secure_evaluation`). Every record says which protection w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -66,10 +68,33 @@ class _Named:
         return list(found.pop()) if len(found) == 1 else None
 
 
-def secure_round(ctx, state, cohort, rctx, fit_config: dict[str, Any], accs):
+@dataclass(frozen=True)
+class SecureRounds:
+    """Secure aggregation as the round protocol of an algorithm (``Algorithm.rounds``): the synchronous
+    policy hands it a round's cohort (:meth:`fit`), federated evaluation its sampled clients
+    (:meth:`evaluate`), and neither knows what it does. ``settings``: a ``SecureAggregation``."""
+
+    settings: Any
+    name = "secure aggregation"
+    records_clients = False  # the server sees sums only: no client's examples or metrics are recorded
+
+    def check(self, cohort: int) -> None:
+        """Raise ConfigError if rounds of ``cohort`` clients cannot run (at least 2, at most the exact limit)."""
+        self.settings.check(cohort)
+
+    def fit(self, ctx, state, cohort, rctx, config: dict[str, Any], accs):
+        """One round's fit: (accs with the sum folded in, the survivors' count, the failures, the record's
+        figures, why there is no output or None)."""
+        return secure_round(ctx, state, cohort, rctx, config, accs, self.settings)
+
+    def evaluate(self, channel, timeout_s, state, clients, config: dict[str, Any]):
+        """Federated evaluation: (the ``federated_*`` means, the failures, the clients' rows)."""
+        return secure_evaluation(channel, timeout_s, self.settings, state, clients, config)
+
+
+def secure_round(ctx, state, cohort, rctx, fit_config: dict[str, Any], accs, settings):
     """Run one secure round and put its sum into the round's accumulators ``accs``. Returns (accs, the
     survivors' count, the failures, the record's figures, why there is no output or None)."""
-    settings = ctx.algorithm.secure
     ids = [int(c) for c in cohort]
     bits = bits_for(len(ids))
     model = state.groups[MODEL]
