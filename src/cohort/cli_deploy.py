@@ -38,17 +38,26 @@ def sites_first(args: argparse.Namespace, config, app, console, channel_for):
             channel.close(BEFORE_THE_RUN)
             raise
         return channel, None, experiment
-    channel = channel_for(config, site_count(config.data), console)
+    kept = Path(args.resume, "sites.json") if args.resume else None
+    if kept is not None and kept.is_file():  # a resumed run keeps the preprocessing it was trained with
+        sites = Agreement.from_json(kept.read_text(), str(kept))
+        count, how = sites.num_clients, f"{sites.num_clients} sites, as {kept} says"
+    else:
+        sites = None
+        count, how = site_count(config.data, args.min_clients)
+    channel = channel_for(config, count, console)
     try:
-        kept = Path(args.resume, "sites.json") if args.resume else None
-        if kept is not None and kept.is_file():  # a resumed run keeps the preprocessing it was trained with
-            sites = Agreement.from_json(kept.read_text(), str(kept))
+        console.print(f"the sites: {how}", highlight=False, markup=False, soft_wrap=True)
+        if sites is not None:
             console.print(f"the sites' agreement from {kept}", highlight=False, markup=False, soft_wrap=True)
         else:
             console.print("agreeing the data with the sites (schema, statistics)", highlight=False, soft_wrap=True)
             secure = config.secagg.settings() if config.secagg.mode != "none" else None  # then only sums reach the server
-            sites = agree(channel, site_count(config.data), config.data, config.server.round_timeout_s or ROUND_TIMEOUT_S,
+            sites = agree(channel, count, config.data, config.server.round_timeout_s or ROUND_TIMEOUT_S,
                           secure=secure, seed=config.seed)
+            console.print(f"agreed with {len(sites.names)} sites: "
+                          + ", ".join(f"{n} (client {c})" for c, n in sorted(sites.names.items())),
+                          highlight=False, markup=False, soft_wrap=True)
         channel.message_config[SITE] = {AGREEMENT: sites.message_config()}  # every task's config carries it
         experiment = experiment_of(config, None, sites=sites)
         limit_updates(args, channel, experiment, console)

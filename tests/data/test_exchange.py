@@ -56,7 +56,7 @@ def test_the_agreement_is_the_simulations_preprocessing(hospitals, extra):
     config = config_of(hospitals, *extra)
     sites = {c: SiteClient(config, c, str(f)) for c, f in enumerate(hospitals)}
     assert [s.name for s in sites.values()] == [f.stem for f in hospitals]
-    agreement = X.agree(Sites(sites), site_count(config.data), config.data, 30)
+    agreement = X.agree(Sites(sites), site_count(config.data)[0], config.data, 30)
     simulated = load_sites(config.data, config.seed)
     p, q = agreement.preprocessing, simulated.preprocessing
     for name in ("fill", "mean", "std"):
@@ -189,7 +189,7 @@ def test_site_tables_from_a_shared_file_or_its_own(tmp_path):
         site_table(cfg, 7, None)
     files = load_config(None, ["data.dataset=csv", "data.partition=files", "data.client_files=['/no/where.csv', '/no/else.csv']",
                                "data.csv_target=y"]).data
-    assert site_count(files) == 2
+    assert site_count(files)[0] == 2
     with pytest.raises(DataError, match="--data"):
         site_table(files, 0, "/no/where.csv")
 

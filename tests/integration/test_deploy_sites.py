@@ -97,3 +97,43 @@ def test_a_site_whose_columns_differ_stops_the_server_before_round_one(hospitals
             out, _ = c.communicate(timeout=60)
             assert "the server stopped before the run began" in out
     assert not list(tmp_path.glob("bad-*/metrics.jsonl"))
+
+
+def test_a_glob_in_client_files_deploys(hospitals, tmp_path):
+    """The hospitals example's habit: data.client_files is a pattern. A server where it matches no file
+    cannot count the sites and says to give --min-clients; with it, the sites name themselves and the run
+    ends; a server where the pattern matches counts the files and says which."""
+    pattern = [str(Path("/nonexistent") / "*.csv")]
+    sets = ["data.dataset=csv", "data.partition=files", f"data.client_files={pattern}", "data.csv_target=diagnosis",
+            "data.categorical=['sex','chest_pain','smoker']", "data.missing_values=['?']", "data.impute=mean",
+            "data.missing_by_column={cholesterol=['0']}", "model.name=logistic_regression", "rounds=2"]
+    refused = subprocess.run(cohort("server", "--address", "127.0.0.1:0", "--out", str(tmp_path), "--no-progress",
+                                    "--wait-s", "5", *[a for s in sets for a in ("--set", s)]),
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "match no file on this machine" in refused.stderr and "--min-clients N" in refused.stderr, refused.stderr
+    with Federation(tmp_path, [*sets, "name=globbed"], ["--min-clients", str(len(hospitals))]) as fed:
+        clients = [fed._start(cohort("client", "--server", fed.address, "--id", str(c), "--retry-s", "20", "--data", str(f),
+                                     *[a for s in sets for a in ("--set", s)]))
+                   for c, f in enumerate(hospitals)]
+        out = fed.wait()
+        for c in clients:
+            c_out, c_err = c.communicate(timeout=60)
+            assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
+    assert f"the sites: {len(hospitals)} sites (--min-clients)" in out and "so the sites name themselves" in out
+    assert "agreed with 3 sites: " + ", ".join(f"{f.stem} (client {c})" for c, f in enumerate(hospitals)) in out
+    _, folder = model_of(tmp_path, "globbed")
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
+    from cohort.client.site import site_count
+    from cohort.config import load_config
+
+    import shutil
+
+    (tmp_path / "mine").mkdir()
+    for f in hospitals:
+        shutil.copy(f, tmp_path / "mine" / f.name)
+    here = load_config(None, [*sets[:2], f"data.client_files=['{tmp_path / 'mine'}/*.csv']", *sets[3:]]).data
+    count, how = site_count(here)
+    assert count == len(hospitals) and all(f.stem in how for f in hospitals)
+    with pytest.raises(Exception, match="--min-clients is 2 but data.client_files matches 3 files here"):
+        site_count(here, 2)

@@ -32,14 +32,33 @@ def is_site_federation(config) -> bool:
     return config.data.dataset == "csv" and config.data.partition in NATURAL_CSV
 
 
-def site_count(cfg) -> int:
-    """How many sites a server of ``cfg`` (a DataConfig) expects: one per listed file (no patterns),
-    else ``data.num_clients``."""
+def site_count(cfg, announced: int | None = None) -> tuple[int, str]:
+    """How many sites a server of ``cfg`` (a DataConfig) waits for, and a line that says why: one per
+    file of ``data.client_files``; patterns there are expanded on the server's machine, and when they
+    match nothing here (the sites' files are theirs) the server takes ``announced`` (its --min-clients)
+    sites, whose names come with their schemas. Other partitions: ``data.num_clients``."""
     import glob
 
-    if cfg.partition == "files" and not any(glob.has_magic(p) for p in cfg.client_files):
-        return len(cfg.client_files)
-    return cfg.num_clients
+    if cfg.partition != "files":
+        return cfg.num_clients, f"{cfg.num_clients} sites (data.num_clients)"
+    patterns = [p for p in cfg.client_files if glob.has_magic(p)]
+    if not patterns:
+        return len(cfg.client_files), f"{len(cfg.client_files)} sites, one per file of data.client_files"
+    try:
+        files = expand_files(cfg.client_files)
+    except DataError as e:
+        if announced is not None:
+            return announced, (f"{announced} sites (--min-clients): data.client_files {patterns} matches no file here "
+                               f"({str(e).removeprefix('data.client_files: ')}), so the sites name themselves")
+        raise ConfigError(f"data.client_files has the pattern(s) {patterns}, which match no file on this machine "
+                          f"({str(e).removeprefix('data.client_files: ')}), so the server cannot count the sites: "
+                          "start it with --min-clients N (the number of sites; each names itself when it connects), "
+                          "or list the sites' files in data.client_files") from None
+    if announced is not None and announced != len(files):
+        raise ConfigError(f"--min-clients is {announced} but data.client_files matches {len(files)} files here "
+                          f"({', '.join(f.stem for f in files)}); give the number of sites, or leave --min-clients out")
+    return len(files), (f"{len(files)} sites: data.client_files {patterns} matches {', '.join(f.stem for f in files)} "
+                        "here")
 
 
 def site_table(cfg, client_id: int, data_file: str | None = None) -> tuple[Table, str]:
