@@ -5,14 +5,14 @@ STAMP := $(VENV)/.installed
 # The shared datasets (MNIST) live beside the project; override with COHORT_DATA_DIR=...
 export COHORT_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test browser bench clean proto
+.PHONY: install run test browser bench clean proto docs
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,torch,deploy,privacy,opacus,keras,hf,tracking,mlflow,wandb,ray,view]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,torch,deploy,privacy,opacus,keras,hf,tracking,mlflow,wandb,ray,view,docs]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -48,9 +48,15 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/vs_flower.py
 	$(VENV)/bin/python bench/view_overhead.py
 
+# The documentation site (mkdocs.yml, docs/): regenerates the reference pages from the code (docs/gen_reference.py),
+# then builds the site into site/ in strict mode (a broken link, a missing page or reference is an error).
+docs: $(STAMP)
+	PYTHONPATH=src $(VENV)/bin/python docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 # Regenerates the gRPC code from the committed .proto (grpcio-tools is in the dev extra).
 proto: $(STAMP)
 	$(VENV)/bin/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src src/cohort/channel/grpc/federation.proto
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) runs site .pytest_cache .hypothesis

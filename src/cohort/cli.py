@@ -108,12 +108,17 @@ def _plot(args: argparse.Namespace) -> int:
                           (args.metric or ["accuracy"])[0])
         print(f"wrote {path}")
         return 0
+    from cohort.tracking.plot import choose_metrics
+
     out = args.output or str(Path(args.runs[0]) / "curves.png")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = plot_runs(args.runs, out, metrics=args.metric or ("accuracy", "loss"))
-    for w in caught:  # damaged lines skipped: one plain line each, no source excerpt
-        print(f"warning: {w.message}", file=sys.stderr)
+        metrics = args.metric or choose_metrics(args.runs)  # none named: the metrics the runs have
+        path = plot_runs(args.runs, out, metrics=metrics)
+    for message in dict.fromkeys(str(w.message) for w in caught):  # damaged lines skipped: one plain line each
+        print(f"warning: {message}", file=sys.stderr)  # (the runs were read twice: each said once)
+    if not args.metric and metrics != ["accuracy", "loss"]:
+        print(f"plotted {', '.join(metrics)}: the metrics these runs report (choose others with --metric)")
     print(f"wrote {path}")
     return 0
 
@@ -160,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="plot the curves of one or more runs, overlaid (PNG, PDF, SVG, ...)")
     plot.add_argument("runs", nargs="+", help="run folders written by `cohort run`")
-    plot.add_argument("--metric", action="append", help="metric to plot (repeatable; default: accuracy and loss)")
+    plot.add_argument("--metric", action="append", help="metric to plot (repeatable; default: accuracy and loss, else what the runs report, e.g. federated_accuracy and federated_loss)")
     plot.add_argument("-o", "--output", help="PNG file (default: curves.png, or sites.png, in the first run folder)")
     plot.add_argument("--per-site", action="store_true",
                       help="one run: a line per client of its held-out metric over the rounds (from clients.jsonl)")

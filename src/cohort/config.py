@@ -44,13 +44,13 @@ class DataConfig:
     csv_target: str = ""  # dataset = "csv": the target column
     csv_task: str = "classification"  # dataset = "csv": classification | regression
     csv_columns: tuple[str, ...] = ()  # the column names of files without a header row
-    csv_delimiter: str = ","
+    csv_delimiter: str = ","  # one character between a row's fields, e.g. ";" or "\t"
     missing_values: tuple[str, ...] = ()  # codes that mean "missing" in every column, e.g. ["?", "NA"] (empty cells always do)
     missing_by_column: dict[str, tuple[str, ...]] = field(default_factory=dict)  # e.g. {chol = ["0"]}: 0 is impossible there
     categorical: tuple[str, ...] = ()  # columns of categories: one-hot encoded over the federation's categories (numbers canonical: 1 = 1.0 = " 1")
     missing_category: bool = False  # categorical columns: a missing cell is a category of its own ("<missing>"); false: all zeros
     impute: str = "none"  # missing numbers: none (refused) | mean | median | constant (impute_value)
-    impute_value: float = 0.0
+    impute_value: float = 0.0  # impute = "constant": the number a missing cell becomes
     target_binarize: str = ""  # e.g. "> 0": a 0-4 diagnosis becomes 0 / 1
     target_classes: dict[str, int] = field(default_factory=dict)  # e.g. {"0" = 0, "1" = 1, "2" = 1}
     statistics: str = "federated"  # csv: imputation and z-scores from the federation's sums and counts | local (each client its own)

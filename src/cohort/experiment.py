@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,11 @@ class Experiment:
 
     def channel(self) -> SimulationChannel:
         return simulation_channel(self.client_fn(), self.algorithm, self.config)
+
+    @property
+    def server_test_set(self) -> bool:
+        """Whether the server holds a test set to evaluate on (not with natural partitions or deployed sites)."""
+        return self.test is not None
 
     def evaluator(self) -> Callable | None:
         if self.test is None or not self.config.evaluate.centralized:
@@ -283,6 +288,9 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     re-raising; with checkpoints on, every finished round can be resumed.
     """
     exp = experiment or build(config)
+    # the folder's config.toml says what runs; an app's run (no such property) may evaluate on its own: kept as given
+    test_set = getattr(exp, "server_test_set", True)
+    config = resolved_config(config, test_set=test_set)
     started = time.perf_counter()
     stopped_by, error, folder = "rounds", None, None
     given, channel = channel, None
@@ -292,7 +300,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     try:
         if resume is not None:
             folder = RunFolder.reopen(resume)
-            check_resumable(folder.path, config)
+            check_resumable(folder.path, config, test_set=test_set)
             found = checkpoint.load(folder.path / "checkpoints")
             for problem in found.skipped:
                 print(f"warning: skipped a damaged checkpoint ({problem}); resuming from {found.path.name}")
@@ -390,14 +398,25 @@ RESUME_MAY_CHANGE = ("rounds", "output.", "simulation.backend", "simulation.work
                      "evaluate.target", "evaluate.target_metric")
 
 
-def check_resumable(folder: Path, config: RunConfig) -> None:
+def resolved_config(config: RunConfig, *, test_set: bool) -> RunConfig:
+    """``config`` as the run carries it out, for its folder's ``config.toml``: with no server test set
+    (natural partitions, a deployment's sites: each site keeps its own held-out data) nothing is evaluated
+    centrally, so ``evaluate.centralized`` is written false rather than the default's true."""
+    if test_set or not config.evaluate.centralized:
+        return config
+    return replace(config, evaluate=replace(config.evaluate, centralized=False))
+
+
+def check_resumable(folder: Path, config: RunConfig, *, test_set: bool = True) -> None:
     """Raise ConfigError if ``config`` differs from the run's own (``folder/config.toml``) in a setting
-    that would make the resumed rounds a different run."""
+    that would make the resumed rounds a different run. ``test_set``: whether the run has a server test
+    set; without one, a folder written before configs were resolved (centralized = true) still fits."""
     from cohort.config import load_config
 
     from cohort.core.tree import flatten
 
-    before, now = flatten(load_config(folder / "config.toml").to_dict()), flatten(config.to_dict())
+    before = resolved_config(load_config(folder / "config.toml"), test_set=test_set)
+    before, now = flatten(before.to_dict()), flatten(resolved_config(config, test_set=test_set).to_dict())
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)
                      and not k.startswith(RESUME_MAY_CHANGE))
     if changed:

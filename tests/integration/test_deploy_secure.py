@@ -27,7 +27,8 @@ def test_only_allowed_clients_with_their_keys_over_tls_take_part(tmp_path: Path)
     cli("keys", "revoke", "--registry", str(registry), "--id", "2", "--reason", "site closed")
     sets = ["data.num_clients=3", "rounds=3", "name=secure", "evaluate.federated_fraction=0"]
     server_args = ("--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"),
-                   "--registry", str(registry), "--min-clients", "2")
+                   "--registry", str(registry), "--min-clients", "2",
+                   "--wait-s", "240")  # the five refused clients come and go first: on a loaded machine, over a minute
     tls = ("--tls-ca", str(certs / "ca.pem"))
     with Federation(tmp_path, sets, server_args=server_args) as fed:
         refused = {

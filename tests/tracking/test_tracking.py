@@ -207,7 +207,8 @@ def test_plot_overlays_runs_one_panel_per_metric(tmp_path, saved_figures):
 
 def test_plot_leaves_out_metrics_no_run_reported_and_rounds_without_it(tmp_path, saved_figures):
     a = make_run(tmp_path / "a", [record(1), {"round": 2, "loss": 0.1}, record(3)])  # round 2: no accuracy
-    plot_runs([a], tmp_path / "c.png", metrics=("accuracy", "r2", "loss"))
+    with pytest.warns(UserWarning, match="no run reported r2: left out of the plot"):
+        plot_runs([a], tmp_path / "c.png", metrics=("accuracy", "r2", "loss"))
     (fig,) = saved_figures
     assert [ax.get_ylabel() for ax in fig.axes] == ["accuracy", "loss"]
     assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 3]

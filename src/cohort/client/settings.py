@@ -30,9 +30,9 @@ class TrainSettings:
     dp_max_grad_norm: float = 1.0  # every example's gradient is clipped to this L2 norm
     dp_delta: float = 1e-5  # δ of the (ε, δ) each client reports
     ldp: bool = False  # local DP: clip the update to ldp_clip and add N(0, (ldp_noise_multiplier · ldp_clip)²) here
-    ldp_clip: float = 1.0
-    ldp_noise_multiplier: float = 1.0
-    ldp_delta: float = 1e-5
+    ldp_clip: float = 1.0  # ldp: the L2 norm each update is clipped to
+    ldp_noise_multiplier: float = 1.0  # ldp: noise std on each coordinate = ldp_noise_multiplier · ldp_clip
+    ldp_delta: float = 1e-5  # ldp: δ of the (ε, δ) each client reports
 
     def __post_init__(self) -> None:
         if not (_is_int(self.epochs) and 1 <= self.epochs <= MAX_EPOCHS):
