@@ -238,6 +238,11 @@ class AppExperiment:
             return server_threads(RoundEvaluate(lambda arrays, r: fn(arrays, self.server_context(r))), self.config)
         return self.base.evaluator() if self.base is not None else None
 
+    @property
+    def server_test_set(self) -> bool:
+        """Whether the server evaluates on its own: the app's evaluate, or the config's test set."""
+        return self.app.evaluate is not None or (self.base is not None and self.base.server_test_set)
+
     def initial_state(self) -> ServerState:
         if self.app.arrays is None:
             return self.base.initial_state()

@@ -288,8 +288,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
     re-raising; with checkpoints on, every finished round can be resumed.
     """
     exp = experiment or build(config)
-    # the folder's config.toml says what runs; an app's run (no such property) may evaluate on its own: kept as given
-    test_set = getattr(exp, "server_test_set", True)
+    test_set = exp.server_test_set  # the folder's config.toml says what runs (no test set: no central evaluation)
     config = resolved_config(config, test_set=test_set)
     started = time.perf_counter()
     stopped_by, error, folder = "rounds", None, None

@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cohort.algorithms import ALGORITHMS
-from cohort.channel import InProcessChannel
 from cohort.client.site import SiteClient, site_table
 from cohort.config import load_config
 from cohort.core.errors import ConfigError, DataError
@@ -20,6 +18,7 @@ from cohort.data import exchange as X
 from cohort.data import features as F
 from cohort.data.from_config import federated_data
 from cohort.data.sites import load_sites
+from sites_channel import Sites
 
 # three hospitals writing chest-pain type 1 as "1", "1.0" and " 1", with NaN, empty and "?" among them
 SITES = {
@@ -46,20 +45,6 @@ def config_of(files, *sets):
                               "data.csv_target=num", "data.categorical=['cp']", "data.missing_values=['?']",
                               "data.standardize=false", "model.name=logistic_regression", *sets],
                        defaults={})  # no embedded demo: it sets data.holdout_fraction, which data.holdout_rows excludes
-
-
-class Sites:
-    """A deployed server's channel to the sites, here in one process (each site its own SiteClient)."""
-
-    def __init__(self, sites):
-        self.sites = sites
-        self.channel = InProcessChannel(lambda c: sites[c], ALGORITHMS["fedavg"]().client)
-
-    def available(self):
-        return sorted(self.sites)
-
-    def run(self, message, instructions, timeout_s=None):
-        return self.channel.run(message, instructions, timeout_s)
 
 
 def deployed(config, files):

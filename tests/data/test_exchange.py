@@ -10,7 +10,6 @@ import pytest
 from cohort.core.tasks import run_task
 
 from cohort.algorithms import ALGORITHMS
-from cohort.channel import InProcessChannel
 from cohort.client.site import SiteClient, site_count, site_table
 from cohort.config import load_config
 from cohort.core.errors import ConfigError, DataError
@@ -20,7 +19,7 @@ from cohort.data import features as F
 from cohort.data.from_config import federated_data
 from cohort.data.sites import load_sites
 from hospitals import make_hospitals
-
+from sites_channel import Sites
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +32,6 @@ def config_of(files, *extra):
             "data.csv_target=diagnosis", "data.categorical=['sex','chest_pain','smoker']", "data.missing_values=['?']",
             "data.missing_by_column={cholesterol=['0']}", "model.name=logistic_regression", *extra]
     return load_config(None, sets)
-
-
-class Sites:
-    """The channel a server would have: the sites' processes, here in this one (each its own SiteClient)."""
-
-    def __init__(self, sites):
-        self.sites = sites
-        self.channel = InProcessChannel(lambda c: sites[c], ALGORITHMS["fedavg"]().client)
-
-    def available(self):
-        return sorted(self.sites)
-
-    def run(self, message, instructions, timeout_s=None):
-        return self.channel.run(message, instructions, timeout_s)
 
 
 @pytest.mark.parametrize("extra", [["data.impute=median", "data.target_binarize='> 0'"],

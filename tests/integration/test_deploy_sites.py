@@ -23,6 +23,18 @@ def sets_for(files, *extra):
             "data.missing_by_column={cholesterol=['0']}", "model.name=logistic_regression", "rounds=3", *extra]
 
 
+def sites_run(fed, files, sets):
+    """One client process per site file, each reading only its own; the server's output once all ended well."""
+    clients = [fed._start(cohort("client", "--server", fed.address, "--id", str(c), "--retry-s", "20", "--data", str(f),
+                                 *[a for s in sets for a in ("--set", s)]))
+               for c, f in enumerate(files)]
+    out = fed.wait()
+    for c in clients:
+        c_out, c_err = c.communicate(timeout=60)
+        assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
+    return out
+
+
 @pytest.mark.parametrize("extra", [["data.impute=median", "data.target_binarize='> 0'"],
                                    ["data.impute=mean", "data.statistics=local", "server.algorithm=scaffold"]])
 def test_sites_with_their_own_files_give_the_simulations_bits(hospitals, tmp_path, extra):
@@ -33,13 +45,7 @@ def test_sites_with_their_own_files_give_the_simulations_bits(hospitals, tmp_pat
     # the server's config names files it does not have: it reads no row
     nowhere = [Path("/nonexistent") / f.name for f in hospitals]
     with Federation(tmp_path, sets_for(nowhere, *extra, "name=dep")) as fed:
-        clients = [fed._start(cohort("client", "--server", fed.address, "--id", str(c), "--retry-s", "20", "--data", str(f),
-                                     *[a for s in sets_for(nowhere, *extra) for a in ("--set", s)]))
-                   for c, f in enumerate(hospitals)]
-        out = fed.wait()
-        for c in clients:
-            c_out, c_err = c.communicate(timeout=60)
-            assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
+        out = sites_run(fed, hospitals, sets_for(nowhere, *extra))
     assert "agreeing the data with the sites" in out and "held by the sites" in out
     deployed, folder = model_of(tmp_path, "dep")
     simulated, sim_folder = model_of(tmp_path, "sim")
@@ -113,13 +119,7 @@ def test_a_glob_in_client_files_deploys(hospitals, tmp_path):
     assert refused.returncode != 0
     assert "match no file on this machine" in refused.stderr and "--min-clients N" in refused.stderr, refused.stderr
     with Federation(tmp_path, [*sets, "name=globbed"], ["--min-clients", str(len(hospitals))]) as fed:
-        clients = [fed._start(cohort("client", "--server", fed.address, "--id", str(c), "--retry-s", "20", "--data", str(f),
-                                     *[a for s in sets for a in ("--set", s)]))
-                   for c, f in enumerate(hospitals)]
-        out = fed.wait()
-        for c in clients:
-            c_out, c_err = c.communicate(timeout=60)
-            assert c.returncode == 0 and "done (the run has ended)" in c_out, c_err
+        out = sites_run(fed, hospitals, sets)
     assert f"the sites: {len(hospitals)} sites (--min-clients)" in out and "so the sites name themselves" in out
     assert "agreed with 3 sites: " + ", ".join(f"{f.stem} (client {c})" for c, f in enumerate(hospitals)) in out
     _, folder = model_of(tmp_path, "globbed")
