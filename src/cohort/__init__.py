@@ -1,6 +1,6 @@
 """cohort: federated learning that reads simply, simulates fast and deploys safely.
 
-The pieces most programs need are here; everything else lives in its module (see README.md).
+The pieces most programs need are here; everything else lives in its module (see docs/architecture.md).
 Importing cohort imports no framework: the torch, Keras and scikit-learn adapters (``TorchClient``,
 ``KerasClient``, ``SklearnClient`` and friends) are loaded the first time one of their names is used.
 """
