@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cohort.core.errors import ConfigError
 from cohort.core.errors import check as _check
 
 
