@@ -69,6 +69,7 @@ class DataConfig:
     alpha: float = 0.5  # partition = "dirichlet" | "quantity": concentration; small is skewed
     holdout_fraction: float | None = None  # share of each client's data kept for evaluation; unset: 0.2 for natural partitions, else 0
     holdout_rows: dict[str, int] = field(default_factory=dict)  # csv, natural partitions: rows each site keeps for evaluation, by name, e.g. {cleveland = 104, hungarian = 89}; instead of holdout_fraction
+    holdout_column: str = ""  # csv, natural partitions: a column marking each row train or test (test rows are held out), as a benchmark's split gives it; not a feature; instead of holdout_fraction and holdout_rows
 
     def __post_init__(self) -> None:
         _check(self.dataset in DATASETS, "data.dataset", self.dataset, f"one of {', '.join(DATASETS)}")
@@ -89,6 +90,14 @@ class DataConfig:
             _check(all(k and isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 10**9
                        for k, v in self.holdout_rows.items()), "data.holdout_rows", self.holdout_rows,
                    "a table of site name = rows it holds out, whole numbers from 1, e.g. {cleveland = 104}")
+        if self.holdout_column:
+            _check(self.holdout_fraction is None and not self.holdout_rows, "data.holdout_column", self.holdout_column,
+                   "unset when data.holdout_fraction or data.holdout_rows chooses the held-out rows (one of the three)")
+            _check(self.dataset == "csv" and self.partition in ("column", "files", "assigned"), "data.holdout_column",
+                   self.holdout_column, "unset unless data.dataset = 'csv' with a natural partition (files, column or assigned)")
+            _check(self.holdout_column not in (self.csv_target, self.partition_column, *self.categorical),
+                   "data.holdout_column", self.holdout_column, "a column of its own, not the target, the partition "
+                   "column or a categorical feature")
         _check(self.impute in ("none", "mean", "median", "constant"), "data.impute", self.impute, "one of none, mean, median, constant")
         _check(math.isfinite(self.impute_value), "data.impute_value", self.impute_value, "a finite number")
         _check(self.statistics in ("federated", "local"), "data.statistics", self.statistics, "'federated' or 'local'")
@@ -130,15 +139,16 @@ class DataConfig:
     @property
     def holdout(self) -> float:
         """The held-out share in effect: unset, 0.2 for natural partitions (each site keeps a test share);
-        0 with holdout_rows, which gives counts instead (see holds_out)."""
-        if self.holdout_rows:
+        0 with holdout_rows or holdout_column, which choose the rows instead (see holds_out)."""
+        if self.holdout_rows or self.holdout_column:
             return 0.0
         return self.holdout_fraction if self.holdout_fraction is not None else (0.2 if self.natural else 0.0)
 
     @property
     def holds_out(self) -> bool:
-        """Every client keeps rows for evaluation: a share (holdout) or per-site counts (holdout_rows)."""
-        return bool(self.holdout_rows) or self.holdout > 0
+        """Every client keeps rows for evaluation: a share (holdout), per-site counts (holdout_rows) or the
+        rows its split column marks test (holdout_column)."""
+        return bool(self.holdout_rows) or bool(self.holdout_column) or self.holdout > 0
 
 
 @dataclass(frozen=True)

@@ -235,3 +235,60 @@ def test_a_client_without_data_says_to_pass_its_own_file(tmp_path):
                              f"data.client_files=['{tmp_path}/sites/*.csv']"]).data
     with pytest.raises(DataError, match=r"started without --data.*matches no file.*--id 0 --data FILE"):
         site_table(cfg, 0, None)
+
+
+# ------------------------------------------------------------------------------ held-out rows by a split column
+
+def write_split(folder: Path, marks: dict[str, str]) -> list[Path]:
+    """Each site's file with a ``split`` column: row i says ``marks[name][i % len]`` (t = test, r = train)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = np.random.default_rng(3)
+    paths = []
+    for name, n in (("cleveland", 30), ("hungarian", 25), ("va", 12)):
+        pattern = marks[name]
+        word = {"t": " Test", "r": "train"}  # case and spaces as a spreadsheet leaves them
+        rows = "".join(f"{gen.integers(30, 80)},{gen.integers(1, 5)},{word[pattern[i % len(pattern)]]},{i % 2}\n"
+                       for i in range(n))
+        path = folder / f"{name}.csv"
+        path.write_text("age,cp,split,num\n" + rows)
+        paths.append(path)
+    return paths
+
+
+def test_holdout_column_holds_out_exactly_the_rows_marked_test_in_simulation_and_deployed(tmp_path):
+    marks = {"cleveland": "rrt", "hungarian": "rrrrt", "va": "rt"}
+    files = write_split(tmp_path, marks)
+    config = config_of(files, "data.holdout_column=split")
+    data = federated_data(config.data, config.seed)
+    offset = 0
+    for c, (name, n) in enumerate((("cleveland", 30), ("hungarian", 25), ("va", 12))):
+        want = [offset + i for i in range(n) if marks[name][i % len(marks[name])] == "t"]
+        assert data.holdout[c].tolist() == want
+        assert sorted(data.partition[c].tolist()) == sorted(set(range(offset, offset + n)) - set(want))
+        offset += n
+    assert data.train.x.shape[1] == 1 + 4  # age and cp's one-hot columns: the split column is no feature
+    # the seed does not move a fixed split
+    assert federated_data(config.data, config.seed + 1).holdout[0].tolist() == data.holdout[0].tolist()
+    # each deployed site holds out the same rows from its own file
+    agreement = X.agree(deployed(config, files), 3, config.data, 30)
+    assert agreement.held_sizes == {0: 10, 1: 5, 2: 6}
+    _, _, held = SiteClient(config, 1, str(files[1]))._encode(agreement.columns, agreement.labels)
+    assert (held + 30).tolist() == data.holdout[1].tolist()
+
+
+def test_holdout_column_is_checked(tmp_path):
+    files = write_split(tmp_path, {"cleveland": "rt", "hungarian": "t", "va": "rt"})
+    with pytest.raises(DataError, match=r"site 'hungarian': data.holdout_column marks all its 25 rows 'test'"):
+        load_sites(config_of(files, "data.holdout_column=split").data, 0)
+    with pytest.raises(ConfigError, match="data.holdout_column is 'split'; expected unset when data.holdout_fraction"):
+        config_of(files, "data.holdout_column=split", "data.holdout_fraction=0.2")
+    with pytest.raises(ConfigError, match="data.holdout_column is 'num'; expected a column of its own"):
+        config_of(files, "data.holdout_column=num")
+    with pytest.raises(DataError, match=r"no column 'fold'"):
+        load_sites(config_of(files, "data.holdout_column=fold").data, 0)
+    bad = tmp_path / "bad"
+    files = write_split(bad, {"cleveland": "rt", "hungarian": "rt", "va": "rt"})
+    files[2].write_text(files[2].read_text().replace("train", "valid", 1))
+    with pytest.raises(DataError, match=r"va.csv, line 2, column 'split' \(data.holdout_column\): 'valid' is neither "
+                                        r"'train' nor 'test'"):
+        load_sites(config_of(files, "data.holdout_column=split").data, 0)

@@ -21,7 +21,7 @@ from cohort.core.types import Config, EvaluateResult, Message, Reply
 from cohort.data import ArrayDataset, Partition
 from cohort.data import exchange as X
 from cohort.data import features as F
-from cohort.data.sites import _assigned, _holdout, holdout_counts, own_preprocessing, spec_of
+from cohort.data.sites import _assigned, _holdout, holdout_counts, own_preprocessing, spec_of, split_marks
 from cohort.data.table import Table, expand_files, read_table
 
 NATURAL_CSV = ("files", "column", "assigned")
@@ -157,10 +157,13 @@ class SiteClient:
             if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
                 raise DataError("the server sent no agreed column order (the site record's columns)")
             cfg = self.config.data
-            enc = F.encode([X.reorder(self.table, columns)], spec_of(cfg), labels)
+            table = X.reorder(self.table, columns)
+            enc = F.encode([table], spec_of(cfg), labels)
             counts = holdout_counts(cfg, [self.name], [len(enc.y)], every_site=False)
+            marked = split_marks(cfg, [table], enc.where)
             train, held = _holdout([np.arange(len(enc.y))], enc.y, cfg.holdout, self.config.seed, cfg.csv_task,
-                                   ids=[self.client_id], counts=counts)
+                                   ids=[self.client_id], counts=counts, marked=None if marked is None else [marked],
+                                   names=[self.name])
             if len(train[0]) == 0:
                 raise DataError(f"site {self.name!r} keeps no training rows (it has {len(enc.y)}); it needs 2 or more")
             self._encoded = (key, enc, train[0], held[0])

@@ -190,7 +190,11 @@ def load_safetensors(path: str | os.PathLike) -> NamedArrays:
 
 def norm(delta: NamedArrays) -> float:
     """The L2 norm of all the arrays together, in float64."""
-    return math.sqrt(sum(float(np.dot(a.ravel().astype(np.float64), a.ravel().astype(np.float64))) for a in delta.values()))
+    total = 0.0
+    for a in delta.values():
+        b = np.asarray(a, dtype=np.float64).ravel()  # one float64 copy per array (a float64 array is not copied)
+        total += float(np.dot(b, b))
+    return math.sqrt(total)
 
 
 def clip_to(delta: NamedArrays, bound: float) -> tuple[NamedArrays, bool]:

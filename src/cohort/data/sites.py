@@ -3,8 +3,9 @@
 The partition is natural (one client per value of ``partition_column``, per file of ``client_files``, or
 as a ``partition_file`` assigns rows) or synthetic (iid, shards, dirichlet, quantity, after a server test
 split). Clients keep names (the column's value, the file's stem). With a natural partition every client
-holds out a stratified, seeded share of its rows (``data.holdout_fraction``, 0.2 unless set), or as many
-rows as ``data.holdout_rows`` gives its name, and there is no server test set: the global model is
+holds out a stratified, seeded share of its rows (``data.holdout_fraction``, 0.2 unless set), as many
+rows as ``data.holdout_rows`` gives its name, or the rows its ``data.holdout_column`` marks ``test``
+(a benchmark's fixed split), and there is no server test set: the global model is
 scored on every site's held-out rows. The sites must agree on what each categorical column holds,
 numbers or text (:func:`cohort.data.features.agree_kinds`).
 
@@ -82,7 +83,9 @@ def load_sites(cfg, seed: int, split=None) -> Sites:
         F.agree_kinds({names[c]: F.category_kinds(tables[c], spec) if cfg.partition == "files"
                        else F.category_kinds(tables[0], spec, rows_of[c]) for c in range(clients)})
     counts = holdout_counts(cfg, names, [len(r) for r in rows_of])
-    train_rows, held_rows = _holdout(rows_of, enc.y, cfg.holdout, seed, cfg.csv_task, counts=counts)
+    marked = split_marks(cfg, tables, enc.where)
+    train_rows, held_rows = _holdout(rows_of, enc.y, cfg.holdout, seed, cfg.csv_task, counts=counts,
+                                     marked=None if marked is None else [marked[r] for r in rows_of], names=names)
     prep, per_client = _preprocess(enc, train_rows, cfg)
     x = np.empty((n, _width(enc, prep)), np.float32)
     for c in range(clients):
@@ -105,7 +108,7 @@ def load_sites(cfg, seed: int, split=None) -> Sites:
 def spec_of(cfg) -> F.Spec:
     """How ``cfg`` (a DataConfig) reads the columns."""
     return F.Spec(cfg.csv_target, cfg.csv_task, tuple(cfg.categorical),
-                  (cfg.partition_column,) if cfg.partition == "column" else (), tuple(cfg.missing_values),
+                  ((cfg.partition_column,) if cfg.partition == "column" else ()) + ((cfg.holdout_column,) if cfg.holdout_column else ()), tuple(cfg.missing_values),
                   dict(cfg.missing_by_column), cfg.target_binarize, dict(cfg.target_classes), cfg.missing_category)
 
 
@@ -147,13 +150,39 @@ def holdout_counts(cfg, names: list[str], sizes: list[int], every_site: bool = T
     return counts
 
 
-def _holdout(rows_of: list[np.ndarray], y: np.ndarray, fraction: float, seed: int, task: str, ids=None, counts=None):
+SPLIT_VALUES = {"train": False, "test": True}
+
+
+def split_marks(cfg, tables: list[Table], where: list[tuple[str, int]]) -> np.ndarray | None:
+    """``data.holdout_column`` as one flag per row of ``tables`` (in order): True where it says ``test``.
+    None when the config chooses held-out rows another way."""
+    if not cfg.holdout_column:
+        return None
+    cells = [v.strip().lower() for t in tables for v in t.column(cfg.holdout_column)]
+    for cell, (source, line) in zip(cells, where):
+        if cell not in SPLIT_VALUES:
+            raise DataError(f"{source}, line {line}, column {cfg.holdout_column!r} (data.holdout_column): {cell!r} is "
+                            "neither 'train' nor 'test'; mark every row with one of them")
+    return np.array([SPLIT_VALUES[c] for c in cells], bool)
+
+
+def _holdout(rows_of: list[np.ndarray], y: np.ndarray, fraction: float, seed: int, task: str, ids=None, counts=None,
+             marked: list[np.ndarray] | None = None, names: list[str] | None = None):
     """Each client's (training, held-out) rows: a seeded share, stratified by class for classification;
     a client of 2 rows or more keeps at least one of each. ``counts``: each client's held-out rows
-    instead of a share (checked by :func:`holdout_counts`), drawn the same way. ``ids``: the clients'
-    ids (default 0, 1, ...)."""
+    instead of a share (checked by :func:`holdout_counts`), drawn the same way. ``marked``: each
+    client's flags from its split column (:func:`split_marks`), taken as they are; a client must keep a
+    training row. ``ids``: the clients' ids (default 0, 1, ...); ``names``: their names, for messages."""
     train, held = [], []
     for i, (c, rows) in enumerate(zip(range(len(rows_of)) if ids is None else ids, rows_of)):
+        if marked is not None:
+            if marked[i].all():
+                who = names[i] if names else c
+                raise DataError(f"site {who!r}: data.holdout_column marks all its {len(rows)} rows 'test'; a site "
+                                "keeps at least one 'train' row")
+            train.append(rows[~marked[i]])
+            held.append(rows[marked[i]])
+            continue
         if counts is not None:
             k = counts[i]
         else:
