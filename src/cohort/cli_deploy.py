@@ -120,7 +120,7 @@ def server(args: argparse.Namespace) -> int:
                               max_update_bytes=args.max_update_mb * 2**20 if args.max_update_mb else FLOOR_BYTES,
                               tls=tls, client_ca=client_ca, registry=registry, heartbeat_s=args.heartbeat_s,
                               num_clients=num_clients, bulk_port=None if args.bulk_port < 0 else args.bulk_port,
-                              goodbye=goodbye)
+                              goodbye=goodbye, declaration=declared(config))
         args.bound_address = channel.address  # what a resume must listen on (port 0 became a port)
         channel.set_stragglers(config.server.stragglers())
         try:
@@ -132,12 +132,39 @@ def server(args: argparse.Namespace) -> int:
             console.print(deadline, highlight=False, markup=False, soft_wrap=True)
             console.file.flush()
             channel.wait_for_clients(want, args.wait_s)
+            check_policies(channel, declared(config), console)
         except BaseException:
             channel.close(BEFORE_THE_RUN)
             raise
         return channel
 
     return run_command(args, lambda config, app, console: sites_first(args, config, app, console, channel_for))
+
+
+def declared(config) -> dict:
+    """The run as the server declares it to the sites' policies (cohort.governance.policy)."""
+    from cohort.client.site import is_site_federation
+    from cohort.governance.policy import declaration
+
+    central = config.privacy.mode == "central"
+    tasks = ("train",) + (("evaluate",) if config.federated_fraction > 0 else ()) \
+        + (("statistics",) if is_site_federation(config) else ())
+    return declaration(algorithm=config.server.algorithm, secagg=config.secagg.mode,
+                       central_noise_multiplier=config.privacy.noise_multiplier if central else 0.0,
+                       clip=config.privacy.clip if central else 0.0, tasks=tasks, rounds=config.rounds)
+
+
+def check_policies(channel, run: dict, console) -> None:
+    """Before round 1: the connected sites' policies against the run. A site that refuses is named with
+    its rule; if every site that sent a policy refuses, the run cannot start and stops here."""
+    from cohort.governance.policy import preflight
+
+    lines, nobody = preflight(channel.site_policies(), run)
+    if nobody:
+        raise ConfigError("no connected site's policy accepts this run, so it stops before round 1:\n  "
+                          + "\n  ".join(lines) + "\nChange the config, or agree the rules with the sites")
+    for line in lines:
+        console.print(f"policy: {line}; its tasks will be refused", highlight=False, markup=False, soft_wrap=True)
 
 
 def _check_readable(path: str, flag: str) -> None:
@@ -167,10 +194,23 @@ def client(args: argparse.Namespace) -> int:
     threads = 1
     if args.id < 0:
         raise ConfigError(f"--id is {args.id}; expected an integer >= 0")
+    policy = None
+    if args.policy:  # the site's own rules, checked before any code of the run is imported
+        from cohort.governance.policy import app_allowed, load_policy
+
+        policy = load_policy(args.policy)
+        if args.app and not app_allowed(policy, args.app):
+            raise ConfigError(f"--app {args.app!r} is not on this site's list of apps (accept.apps in --policy "
+                              f"{args.policy}: {list(policy.accept.apps) or 'none: built-ins only'}); it was not "
+                              "imported. Add it there to run it")
     from cohort.cli_run import load
 
     args.resume = None
     config, _, app = load(args) if (args.app or args.config or args.set) else (None, None, None)
+    if policy is not None:
+        if config is None:
+            config, _, _ = load(args)
+        site_checks(policy, args, config, app)
     if app is not None and app.client is not None:  # the app's client; its settings and records come from the server
         client_fn = app.client_app(args.name)
         threads = config.simulation.threads
@@ -204,9 +244,14 @@ def client(args: argparse.Namespace) -> int:
     def on_task(task, outcome):
         last["task"], last["outcome"] = task, outcome
 
+    gate = None
+    if policy is not None:
+        from cohort.governance.policy import Gate, usage_path
+
+        gate = Gate(policy, args.policy, usage_path(policy, args.policy))
     with torch_threads(threads):  # as in simulation, so the two give the same bits
         reason = serve(args.server, client_fn, args.id, name=args.name or f"client-{args.id}", retry_for_s=args.retry_s,
-                       credentials=credentials, pause_wait_s=args.pause_wait_s, on_task=on_task)
+                       credentials=credentials, pause_wait_s=args.pause_wait_s, on_task=on_task, gate=gate)
     from cohort.core.types import ClientFailure
 
     failed = last.get("outcome")
@@ -215,6 +260,34 @@ def client(args: argparse.Namespace) -> int:
                           f"said: {reason}")
     print(f"client {args.id}: done ({reason})", flush=True)
     return 0
+
+
+def site_checks(policy, args: argparse.Namespace, config, app) -> None:
+    """What a site's policy asks of the site's own side, checked before it dials: the model's code is
+    on its list of apps, and its own DP (which the server cannot change) adds at least the noise required."""
+    from cohort.algorithms import ALGORITHMS
+    from cohort.governance.policy import ANY, app_allowed
+
+    unknown = [a for a in policy.accept.algorithms if a != ANY and a not in ALGORITHMS]
+    if unknown:
+        raise ConfigError(f"accept.algorithms in --policy {args.policy} names {unknown}, which are no algorithm "
+                          f"(known: {', '.join(ALGORITHMS)})")
+    if config.model.factory and not app_allowed(policy, config.model.factory):
+        raise ConfigError(f"the config's model.factory {config.model.factory!r} is not on this site's list of apps "
+                          f"(accept.apps in --policy {args.policy}); it was not imported. Add it there to run it")
+    need = policy.require.local_noise_multiplier
+    if need:
+        if app is not None and app.client is not None:
+            raise ConfigError(f"--policy {args.policy} requires local DP (require.local_noise_multiplier = {need:g}); an "
+                              "app's client trains its own way, so this site cannot check it: run the config's client")
+        c = config.client
+        noise = max(c.ldp_noise_multiplier if c.ldp else 0.0, c.dp_noise_multiplier if c.dp_sgd else 0.0)
+        if noise < need:
+            raise ConfigError(f"--policy {args.policy} requires this site's own DP to add noise of at least {need:g} "
+                              f"(require.local_noise_multiplier); its config has client.ldp = {str(c.ldp).lower()}, "
+                              f"client.dp_sgd = {str(c.dp_sgd).lower()}"
+                              + (f" with noise {noise:g}" if noise else "")
+                              + ". Set client.ldp = true and client.ldp_noise_multiplier (or client.dp_sgd) in its --set")
 
 
 def certs(args: argparse.Namespace) -> int:
@@ -317,6 +390,8 @@ def add_parsers(sub, run_options) -> None:
     client_.add_argument("--data-dir", help="folder of downloadable datasets (with --config)")
     client_.add_argument("--data", help="this site's own CSV file (a config with data.dataset = 'csv' and a natural partition)")
     client_.add_argument("--name", default="", help="a name for the server's logs")
+    client_.add_argument("--policy", help="this site's policy (TOML): the tasks, algorithms, apps, protections, limits "
+                         "and disclosures it accepts, enforced here on every task (docs: Operating a site)")
     client_.add_argument("--tls-ca", help="the CA certificate (PEM) that signed the server's: connect with TLS")
     client_.add_argument("--tls-cert", help="this client's certificate (PEM), for a server that requires mutual TLS")
     client_.add_argument("--tls-key", help="the private key (PEM) of --tls-cert")

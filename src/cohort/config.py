@@ -1,18 +1,14 @@
 """Experiment configs: TOML files of plain, frozen dataclasses, with ``--set key=value`` overrides.
 
-Every section checks its own values; unknown keys are errors with a suggestion. (Written here rather
-than with pydantic: ~100 lines give messages in our words, plain picklable dataclasses and one
-dependency fewer.)
+Every section checks its own values; unknown keys are errors with a suggestion (read by
+:mod:`cohort.core.tables`, which a site's policy shares).
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import tomllib
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from collections.abc import Mapping
@@ -24,6 +20,7 @@ from cohort.client.settings import TrainSettings
 from cohort.core.errors import ConfigError
 from cohort.core.limits import MAX_LR, MAX_ROUNDS, MAX_SEED, MAX_TIMEOUT_S
 from cohort.core.sections import SECTIONS
+from cohort.core.tables import build, plain
 from cohort.options import (  # the optional sections, and the check every section shares
     AttackConfig, CompressionConfig, NetworkConfig, PrivacyConfig, SecAggConfig, _check,
 )
@@ -425,7 +422,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source} is not valid TOML: {e}") from e
     if defaults is not None:
-        data = _merged(_plain(dict(defaults), "the app's config"), data)
+        data = _merged(plain(dict(defaults), "the app's config"), data)
     for item in overrides:
         _apply_override(data, item)
     return from_dict(data)
@@ -440,7 +437,7 @@ def _merged(below: dict[str, Any], above: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, data, "", {name: s.settings for name, s in SECTIONS.items()})
+    return build(RunConfig, data, "", {name: s.settings for name, s in SECTIONS.items()})
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:
@@ -459,79 +456,6 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
     node[last] = value
-
-
-def _build(cls: type, data: Any, where: str, sections: Mapping[str, type] | None = None) -> Any:
-    """``cls`` from the table ``data``; with ``sections`` (the registered ones, for RunConfig), those tables
-    go into its ``sections`` field."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where.rstrip('.') or 'the config'} is {data!r}; expected a table of settings")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)} - ({"sections"} if sections is not None else set()) | set(sections or ())
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean '{where}{close[0]}'?" if close else "."
-            if not known:
-                raise ConfigError(f"unknown config key '{where}{key}': [{where.rstrip('.')}] takes no settings")
-            if not close:
-                lower = {k.lower(): k for k in known}
-                close = [lower[key.lower()]] if isinstance(key, str) and key.lower() in lower else close
-                hint = f"; did you mean '{where}{close[0]}'?" if close else hint
-            raise ConfigError(f"unknown config key '{where}{key}'{hint} Known keys{' in [' + where.rstrip('.') + ']' if where else ''}: {', '.join(sorted(known))}")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if sections is not None and key in sections:
-            kwargs.setdefault("sections", {})[key] = _build(sections[key], value, f"{key}.")
-            continue
-        kind = hints[key]
-        if is_dataclass(kind):
-            kwargs[key] = _build(kind, value, f"{where}{key}.")
-        else:
-            kwargs[key] = _coerce(value, kind, f"{where}{key}")
-    return cls(**kwargs)  # each section's __post_init__ checks its values, naming the full key
-
-
-def _coerce(value: Any, kind: Any, key: str) -> Any:
-    if typing.get_origin(kind) is tuple:  # a list of strings, e.g. fedper.personal = ["4"]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(f"{key} is {value!r}; expected a list of strings, e.g. [\"4\"]")
-    if typing.get_origin(kind) is dict:  # a table, e.g. data.missing_by_column = {chol = ["0"]}
-        _, inner = typing.get_args(kind)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} is {value!r}; expected a table, e.g. {{name = value}}")
-        if inner is Any:  # a free-form table ([app]): TOML's own values, checked to be plain data
-            return {str(k): _plain(v, f"{key}.{k}") for k, v in value.items()}
-        return {str(k): _coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
-    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-    if value is None and type(None) in allowed:
-        return None
-    for t in allowed:
-        if t is bool and isinstance(value, bool):
-            return value
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if t is str and isinstance(value, str):
-            return value
-    names = " or ".join({bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(t, "unset") for t in allowed if t is not type(None))
-    raise ConfigError(f"{key} is {value!r}; expected {names}")
-
-
-def _plain(value: Any, key: str) -> Any:
-    """A free-form table's value: a number, boolean or string, or a list or table of them."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key} is {value!r}; expected a finite number")
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    raise ConfigError(f"{key} is {value!r} (a {type(value).__name__}); expected a number, boolean, string, or a list "
-                      "or table of them")
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class FailureStage(str, enum.Enum):
     VALIDATE = "validate"  # the reply was refused before it touched the model
     TIMEOUT = "timeout"  # no reply before the deadline
     TRANSPORT = "transport"  # the reply was lost on the way (dead worker, lost connection)
+    REFUSED = "refused"  # the site's policy refused the task: nothing was computed (cohort.governance.policy)
 
     def __str__(self) -> str:
         return self.value

@@ -79,12 +79,14 @@ class Credentials:
 def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", retry_for_s: float = 60.0,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
           credentials: Credentials | None = None, pause_wait_s: float = PAUSE_WAIT_S,
-          on_task: Callable[[str, Any], None] = lambda task, outcome: None) -> str:
+          on_task: Callable[[str, Any], None] = lambda task, outcome: None, gate=None) -> str:
     """Run client ``client_id`` against the server at ``address`` until it says goodbye; returns its reason.
     Raises TransportError once the server could not be reached for ``retry_for_s`` seconds, when it
     turns this client away, or when a server that said it is pausing is not back within
     ``pause_wait_s`` seconds (not at all when this client's last task failed: the goodbye is returned).
-    ``on_task(task, outcome)`` sees each task's outcome before it is sent."""
+    ``on_task(task, outcome)`` sees each task's outcome before it is sent. ``gate``: the site's policy at
+    work (:class:`cohort.governance.policy.Gate`): its hello carries the policy, the server's welcome
+    is held against it, and every task is admitted by it before anything runs."""
     check_server(address)
     if not (isinstance(client_id, int) and not isinstance(client_id, bool) and client_id >= 0):
         raise ConfigError(f"--id is {client_id!r}; expected an integer >= 0")
@@ -92,13 +94,13 @@ def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", 
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_TIMEOUT_S):
             raise ConfigError(f"{flag} is {v!r}; expected seconds from 0 to one week")
     credentials = credentials or Credentials()  # plain text: a loopback server without TLS
-    kept: dict[str, Any] = {"state": None, "last": None}  # this client's own state, across rounds and reconnections
+    kept: dict[str, Any] = {"state": None, "last": None, "gate": gate}  # this client's own state, across rounds and reconnections
 
     def noted(task: str, outcome: Any) -> None:
         kept["last"] = outcome
         on_task(task, outcome)
 
-    kept["on_task"] = noted
+    kept["on_task"], kept["log"] = noted, log
     delay, gave_up_at = BACKOFF_START_S, time.monotonic() + retry_for_s
     paused = ""  # the goodbye of a server that is pausing, while this client waits for it
 
@@ -143,7 +145,9 @@ def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", 
 
 def _session(address, client_fn, client_id, name, kept: dict, log, credentials: Credentials):
     outgoing: queue.Queue = queue.Queue()
-    outgoing.put(pb.ClientMessage(hello=pb.Hello(client_id=client_id, name=name)))
+    gate = kept.get("gate")
+    outgoing.put(pb.ClientMessage(hello=pb.Hello(client_id=client_id, name=name,
+                                                 policy=gate.policy.to_json() if gate is not None else "")))
     ended = threading.Event()
 
     def requests():
@@ -190,6 +194,14 @@ def _session(address, client_fn, client_id, name, kept: dict, log, credentials: 
                     joined = True
                     how = _open_bulk(link, address, msg.welcome, credentials)
                     log(f"client {client_id}: joined {address} ({msg.welcome.algorithm}; {how})")
+                    if gate is not None:
+                        try:
+                            run = json.loads(msg.welcome.run or "{}")
+                        except ValueError:
+                            run = {}
+                        for rule in gate.welcome(msg.welcome.algorithm, run if isinstance(run, dict) else {}):
+                            log(f"client {client_id}: this site's policy refuses the server's run, so it refuses "
+                                f"every task: {rule}")
                 elif kind == "bye":
                     return msg.bye.reason, joined
                 elif kind == "task" and msg.task.bulk:
@@ -263,10 +275,17 @@ def _answer(header, parts, half, client_fn, client_id, kept: dict, link: _Link) 
     connection lost while the result goes out does not lose it."""
     config = json.loads(header.meta or "{}").get("config", {})
     message = Message(header.task, decode(parts), config, int(header.version))
+    gate = kept.get("gate")
+    refused = gate.admit(message.task, message.arrays, config) if gate is not None and half is not None else None
     if half is None:
         outcome = ClientFailure(client_id, FailureStage.TRANSPORT, "a task came before the welcome")
+    elif refused is not None:  # nothing of this site is computed
+        outcome = ClientFailure(client_id, FailureStage.REFUSED, refused)
+        kept["log"](f"client {client_id}: {header.task} of round {config.get('round', '?')}: {refused}")
     else:
         outcome, kept["state"] = run_client(client_fn, half, client_id, message, kept["state"])
+        if gate is not None:
+            outcome = gate.release(header.task, outcome)
     kept["on_task"](header.task, outcome)
     meta, groups = outcome_meta(outcome)
     if link.up is not None:

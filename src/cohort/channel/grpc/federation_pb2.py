@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$cohort/channel/grpc/federation.proto\x12\tcohort.v1\"(\n\x05Hello\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x1a\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\x1a\n\x05Proof\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"\x06\n\x04Ping\"\xa3\x01\n\x07Welcome\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x1a\n\x12\x61lgorithm_settings\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x03\x12\x18\n\x10max_update_bytes\x18\x04 \x01(\x03\x12\x13\n\x0bheartbeat_s\x18\x05 \x01(\x01\x12\x11\n\tbulk_port\x18\x06 \x01(\x03\x12\x12\n\nbulk_token\x18\x07 \x01(\x0c\"\x8b\x01\n\x06Header\x12\x0f\n\x07task_id\x18\x01 \x01(\x03\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04meta\x18\x04 \x01(\t\x12\x15\n\rpayload_bytes\x18\x05 \x01(\x03\x12\x0b\n\x03seq\x18\x06 \x01(\x03\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x0c\n\x04\x62ulk\x18\x08 \x01(\x08\"#\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\"\x15\n\x03\x42ye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xce\x01\n\rServerMessage\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.cohort.v1.WelcomeH\x00\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x11.cohort.v1.HeaderH\x00\x12!\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x10.cohort.v1.ChunkH\x00\x12\x1d\n\x03\x62ye\x18\x04 \x01(\x0b\x32\x0e.cohort.v1.ByeH\x00\x12)\n\tchallenge\x18\x05 \x01(\x0b\x32\x14.cohort.v1.ChallengeH\x00\x42\x06\n\x04kind\"\xc6\x01\n\rClientMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.cohort.v1.HelloH\x00\x12#\n\x06result\x18\x02 \x01(\x0b\x32\x11.cohort.v1.HeaderH\x00\x12!\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x10.cohort.v1.ChunkH\x00\x12!\n\x05proof\x18\x04 \x01(\x0b\x32\x10.cohort.v1.ProofH\x00\x12\x1f\n\x04ping\x18\x05 \x01(\x0b\x32\x0f.cohort.v1.PingH\x00\x42\x06\n\x04kind2L\n\nFederation\x12>\n\x04Join\x12\x18.cohort.v1.ClientMessage\x1a\x18.cohort.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$cohort/channel/grpc/federation.proto\x12\tcohort.v1\"8\n\x05Hello\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\"\x1a\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\x1a\n\x05Proof\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"\x06\n\x04Ping\"\xb0\x01\n\x07Welcome\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x1a\n\x12\x61lgorithm_settings\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x03\x12\x18\n\x10max_update_bytes\x18\x04 \x01(\x03\x12\x13\n\x0bheartbeat_s\x18\x05 \x01(\x01\x12\x11\n\tbulk_port\x18\x06 \x01(\x03\x12\x12\n\nbulk_token\x18\x07 \x01(\x0c\x12\x0b\n\x03run\x18\x08 \x01(\t\"\x8b\x01\n\x06Header\x12\x0f\n\x07task_id\x18\x01 \x01(\x03\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04meta\x18\x04 \x01(\t\x12\x15\n\rpayload_bytes\x18\x05 \x01(\x03\x12\x0b\n\x03seq\x18\x06 \x01(\x03\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x0c\n\x04\x62ulk\x18\x08 \x01(\x08\"#\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\"\x15\n\x03\x42ye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xce\x01\n\rServerMessage\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.cohort.v1.WelcomeH\x00\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x11.cohort.v1.HeaderH\x00\x12!\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x10.cohort.v1.ChunkH\x00\x12\x1d\n\x03\x62ye\x18\x04 \x01(\x0b\x32\x0e.cohort.v1.ByeH\x00\x12)\n\tchallenge\x18\x05 \x01(\x0b\x32\x14.cohort.v1.ChallengeH\x00\x42\x06\n\x04kind\"\xc6\x01\n\rClientMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.cohort.v1.HelloH\x00\x12#\n\x06result\x18\x02 \x01(\x0b\x32\x11.cohort.v1.HeaderH\x00\x12!\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x10.cohort.v1.ChunkH\x00\x12!\n\x05proof\x18\x04 \x01(\x0b\x32\x10.cohort.v1.ProofH\x00\x12\x1f\n\x04ping\x18\x05 \x01(\x0b\x32\x0f.cohort.v1.PingH\x00\x42\x06\n\x04kind2L\n\nFederation\x12>\n\x04Join\x12\x18.cohort.v1.ClientMessage\x1a\x18.cohort.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cohort.channel.grpc.federat
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HELLO']._serialized_start=51
-  _globals['_HELLO']._serialized_end=91
-  _globals['_CHALLENGE']._serialized_start=93
-  _globals['_CHALLENGE']._serialized_end=119
-  _globals['_PROOF']._serialized_start=121
-  _globals['_PROOF']._serialized_end=147
-  _globals['_PING']._serialized_start=149
-  _globals['_PING']._serialized_end=155
-  _globals['_WELCOME']._serialized_start=158
-  _globals['_WELCOME']._serialized_end=321
-  _globals['_HEADER']._serialized_start=324
-  _globals['_HEADER']._serialized_end=463
-  _globals['_CHUNK']._serialized_start=465
-  _globals['_CHUNK']._serialized_end=500
-  _globals['_BYE']._serialized_start=502
-  _globals['_BYE']._serialized_end=523
-  _globals['_SERVERMESSAGE']._serialized_start=526
-  _globals['_SERVERMESSAGE']._serialized_end=732
-  _globals['_CLIENTMESSAGE']._serialized_start=735
-  _globals['_CLIENTMESSAGE']._serialized_end=933
-  _globals['_FEDERATION']._serialized_start=935
-  _globals['_FEDERATION']._serialized_end=1011
+  _globals['_HELLO']._serialized_end=107
+  _globals['_CHALLENGE']._serialized_start=109
+  _globals['_CHALLENGE']._serialized_end=135
+  _globals['_PROOF']._serialized_start=137
+  _globals['_PROOF']._serialized_end=163
+  _globals['_PING']._serialized_start=165
+  _globals['_PING']._serialized_end=171
+  _globals['_WELCOME']._serialized_start=174
+  _globals['_WELCOME']._serialized_end=350
+  _globals['_HEADER']._serialized_start=353
+  _globals['_HEADER']._serialized_end=492
+  _globals['_CHUNK']._serialized_start=494
+  _globals['_CHUNK']._serialized_end=529
+  _globals['_BYE']._serialized_start=531
+  _globals['_BYE']._serialized_end=552
+  _globals['_SERVERMESSAGE']._serialized_start=555
+  _globals['_SERVERMESSAGE']._serialized_end=761
+  _globals['_CLIENTMESSAGE']._serialized_start=764
+  _globals['_CLIENTMESSAGE']._serialized_end=962
+  _globals['_FEDERATION']._serialized_start=964
+  _globals['_FEDERATION']._serialized_end=1040
 # @@protoc_insertion_point(module_scope)

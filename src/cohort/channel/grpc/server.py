@@ -72,7 +72,8 @@ class GrpcChannel:
                  tls: tuple[bytes, bytes] | None = None, client_ca: bytes | None = None,
                  registry: Registry | None = None, heartbeat_s: float = HEARTBEAT_S, handshake_s: float = HANDSHAKE_S,
                  log: RunLog | None = None, num_clients: int | None = None, bulk_port: int | None = 0,
-                 preauth_quota: int = QUOTA, connect_s: float = CONNECT_S, goodbye=None) -> None:
+                 preauth_quota: int = QUOTA, connect_s: float = CONNECT_S, goodbye=None,
+                 declaration: dict[str, Any] | None = None) -> None:
         host, port = check_address(address, tls is not None, registry is not None)
         if not 1024 <= chunk_bytes <= 64 * 2**20:
             raise ConfigError(f"chunk_bytes is {chunk_bytes}; expected 1 KiB to 64 MiB")
@@ -86,6 +87,7 @@ class GrpcChannel:
         if tls is not None:
             check_pair(tls[0], tls[1], "the TLS certificate", "the TLS private key")
         self.algorithm, self.algorithm_settings = algorithm, algorithm_settings
+        self.run_declaration = json.dumps(declaration or {}, sort_keys=True)  # in every welcome, for the sites' policies
         self.chunk_bytes = chunk_bytes
         self.set_max_update_bytes(max_update_bytes)
         self._goodbye = goodbye
@@ -155,6 +157,11 @@ class GrpcChannel:
     def available(self) -> list[int]:
         with self._lock:
             return sorted(cid for cid, s in self._sessions.items() if s.alive)
+
+    def site_policies(self) -> dict[int, tuple[str, str]]:
+        """Each connected client's (name, policy as its hello gave it): JSON, or "" for none."""
+        with self._lock:
+            return {cid: (s.name, s.policy) for cid, s in self._sessions.items() if s.alive}
 
     def wait_for_clients(self, count: int, timeout_s: float) -> list[int]:
         deadline = time.monotonic() + timeout_s

@@ -23,6 +23,7 @@ from cohort.channel.grpc.serde import decode, outcome_from
 from cohort.core.errors import TransportError
 from cohort.core.types import ClientFailure, FailureStage
 
+MAX_POLICY_CHARS = 64 * 1024  # a site's policy, as JSON, in its hello
 CLOSE = object()  # put on a session's outbound queue: its stream ends
 
 
@@ -41,6 +42,7 @@ class Session:
         self.done = threading.Event()  # its stream has sent everything it will send
         self.bulk_token = b""
         self.bulk_down = self.bulk_up = None  # its bulk sockets, once it opened them
+        self.policy = ""  # the site's policy as its hello gave it (JSON; "" for none): the server's pre-check reads it
 
     def close_bulk(self) -> None:
         bulk.close(self.bulk_down)
@@ -117,7 +119,7 @@ class Servicer(rpc.FederationServicer):
         yield pb.ServerMessage(welcome=pb.Welcome(algorithm=ch.algorithm, algorithm_settings=json.dumps(ch.algorithm_settings),
                                                   chunk_bytes=ch.chunk_bytes, max_update_bytes=ch.max_update_bytes,
                                                   heartbeat_s=ch.heartbeat_s, bulk_port=ch.bulk_port,
-                                                  bulk_token=session.bulk_token))
+                                                  bulk_token=session.bulk_token, run=ch.run_declaration))
         try:
             while True:
                 item = session.outbound.get()
@@ -142,6 +144,10 @@ class Servicer(rpc.FederationServicer):
         if first.WhichOneof("kind") != "hello" or first.hello.client_id < 0:
             return None, "the first message must be a Hello with a client id >= 0"
         session = Session(int(first.hello.client_id), first.hello.name[:200], context)
+        if len(first.hello.policy) > MAX_POLICY_CHARS:
+            return session, (f"the site's policy in its hello is {len(first.hello.policy):,} characters; at most "
+                             f"{MAX_POLICY_CHARS:,}")
+        session.policy = first.hello.policy
         if ch.num_clients is not None and session.client_id >= ch.num_clients:
             return session, (f"client id {session.client_id} is outside this federation, whose ids go from 0 to "
                              f"{ch.num_clients - 1} (data.num_clients)")
