@@ -162,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     from cohort.cli_deploy import add_parsers
 
     add_parsers(sub, run_options)  # server, client, certs, keys
+    from cohort.cli_governance import add_parsers as governance_parsers
+
+    governance_parsers(sub)  # audit
 
     plot = sub.add_parser("plot", help="plot the curves of one or more runs, overlaid (PNG, PDF, SVG, ...)")
     plot.add_argument("runs", nargs="+", help="run folders written by `cohort run`")

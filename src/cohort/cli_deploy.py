@@ -244,14 +244,23 @@ def client(args: argparse.Namespace) -> int:
     def on_task(task, outcome):
         last["task"], last["outcome"] = task, outcome
 
-    gate = None
+    gate = audit = None
     if policy is not None:
         from cohort.governance.policy import Gate, usage_path
 
         gate = Gate(policy, args.policy, usage_path(policy, args.policy))
+    from pathlib import Path
+
+    audit_path = args.audit or (str(Path(args.policy).with_suffix("")) + ".audit.jsonl" if args.policy else None)
+    if audit_path:
+        from cohort.governance.audit import AuditLog
+
+        audit = AuditLog(audit_path)
+        print(f"client {args.id}: audit log {audit_path} ({audit.n} entries before this run)", file=sys.stderr, flush=True)
     with torch_threads(threads):  # as in simulation, so the two give the same bits
         reason = serve(args.server, client_fn, args.id, name=args.name or f"client-{args.id}", retry_for_s=args.retry_s,
-                       credentials=credentials, pause_wait_s=args.pause_wait_s, on_task=on_task, gate=gate)
+                       credentials=credentials, pause_wait_s=args.pause_wait_s, on_task=on_task, gate=gate,
+                       audit=audit)
     from cohort.core.types import ClientFailure
 
     failed = last.get("outcome")
@@ -390,6 +399,8 @@ def add_parsers(sub, run_options) -> None:
     client_.add_argument("--data-dir", help="folder of downloadable datasets (with --config)")
     client_.add_argument("--data", help="this site's own CSV file (a config with data.dataset = 'csv' and a natural partition)")
     client_.add_argument("--name", default="", help="a name for the server's logs")
+    client_.add_argument("--audit", help="this site's audit log (JSONL, hash-chained): every task received and what was "
+                         "sent back; `cohort audit verify` checks it. Default with --policy: NAME.audit.jsonl beside it")
     client_.add_argument("--policy", help="this site's policy (TOML): the tasks, algorithms, apps, protections, limits "
                          "and disclosures it accepts, enforced here on every task (docs: Operating a site)")
     client_.add_argument("--tls-ca", help="the CA certificate (PEM) that signed the server's: connect with TLS")

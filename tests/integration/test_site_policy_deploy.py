@@ -8,6 +8,8 @@ import sys
 
 from processes import ENV, TESTS, Federation
 
+from cohort.governance.audit import pairs, read, verify
+
 SETS = ["data.num_clients=3", "rounds=5", "evaluate.federated_fraction=0", "name=gov"]
 
 
@@ -22,7 +24,7 @@ def test_each_site_enforces_its_own_policy_and_the_server_records_the_rule(tmp_p
     secure = policy(tmp_path, "secure", "[require]\nsecagg = true\n")
     with Federation(tmp_path, SETS) as fed:
         sites = [fed.client(0, "--policy", capped, "--name", "capped"), fed.client(1, "--policy", secure, "--name", "secure"),
-                 fed.client(2, "--name", "open")]
+                 fed.client(2, "--name", "open", "--audit", str(tmp_path / "open.audit.jsonl"))]
         printed = fed.wait()
         logs = [s.communicate(timeout=60) for s in sites]
     assert "policy: secure (client 1) refuses this run: [require] secagg" in printed  # named before round 1
@@ -45,6 +47,23 @@ def test_each_site_enforces_its_own_policy_and_the_server_records_the_rule(tmp_p
     assert sites[2].returncode == 0
     usage = json.loads((tmp_path / "capped.usage.json").read_text())
     assert usage["rounds"] == ["1", "2", "3"]  # kept beside the policy, for a restart
+    # the audit trail at both ends: each chain verifies, and the two sides agree task by task, the digest
+    # of every result the server received being the digest the site recorded of what it sent
+    server_log = folder / "audit.jsonl"
+    site_logs = {0: tmp_path / "capped.audit.jsonl", 1: tmp_path / "secure.audit.jsonl", 2: tmp_path / "open.audit.jsonl"}
+    for log in (server_log, *site_logs.values()):
+        assert verify(log) == [], log
+    server = list(read(server_log))
+    for cid, log in site_logs.items():
+        site = list(read(log))
+        assert pairs(site, server, cid) == []
+        assert len([e for e in site if e["task"] == "fit"]) == 5
+    folded = [e for e in server if e["client"] == 2 and e["task"] == "fit"]
+    assert all(len(e["result_digest"]) == 64 for e in folded)
+    assert {e["status"] for e in server if e["client"] == 1} == {"refused"}
+    out = subprocess.run([sys.executable, "-m", "cohort.cli", "audit", "compare", "--site", str(site_logs[0]),
+                          "--server", str(server_log), "--id", "0"], capture_output=True, text=True, timeout=60, env=ENV)
+    assert out.returncode == 0 and "agree on every task of client 0" in out.stdout
 
 
 def test_a_config_that_every_site_refuses_stops_before_round_1_naming_the_sites_and_the_rule(tmp_path):

@@ -79,14 +79,16 @@ class Credentials:
 def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", retry_for_s: float = 60.0,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
           credentials: Credentials | None = None, pause_wait_s: float = PAUSE_WAIT_S,
-          on_task: Callable[[str, Any], None] = lambda task, outcome: None, gate=None) -> str:
+          on_task: Callable[[str, Any], None] = lambda task, outcome: None, gate=None, audit=None) -> str:
     """Run client ``client_id`` against the server at ``address`` until it says goodbye; returns its reason.
     Raises TransportError once the server could not be reached for ``retry_for_s`` seconds, when it
     turns this client away, or when a server that said it is pausing is not back within
     ``pause_wait_s`` seconds (not at all when this client's last task failed: the goodbye is returned).
     ``on_task(task, outcome)`` sees each task's outcome before it is sent. ``gate``: the site's policy at
     work (:class:`cohort.governance.policy.Gate`): its hello carries the policy, the server's welcome
-    is held against it, and every task is admitted by it before anything runs."""
+    is held against it, and every task is admitted by it before anything runs. ``audit``: the site's
+    :class:`cohort.governance.audit.AuditLog`, which gets an entry for every task before its result
+    is sent (a result that cannot be recorded is not sent)."""
     check_server(address)
     if not (isinstance(client_id, int) and not isinstance(client_id, bool) and client_id >= 0):
         raise ConfigError(f"--id is {client_id!r}; expected an integer >= 0")
@@ -94,7 +96,7 @@ def serve(address: str, client_fn: Callable, client_id: int, *, name: str = "", 
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_TIMEOUT_S):
             raise ConfigError(f"{flag} is {v!r}; expected seconds from 0 to one week")
     credentials = credentials or Credentials()  # plain text: a loopback server without TLS
-    kept: dict[str, Any] = {"state": None, "last": None, "gate": gate}  # this client's own state, across rounds and reconnections
+    kept: dict[str, Any] = {"state": None, "last": None, "gate": gate, "audit": audit}  # this client's own state, across rounds and reconnections
 
     def noted(task: str, outcome: Any) -> None:
         kept["last"] = outcome
@@ -287,6 +289,17 @@ def _answer(header, parts, half, client_fn, client_id, kept: dict, link: _Link) 
         if gate is not None:
             outcome = gate.release(header.task, outcome)
     kept["on_task"](header.task, outcome)
+    audit = kept.get("audit")
+    if audit is not None:  # before it leaves: what came, and exactly what goes back
+        from cohort.governance.audit import arrays_digest, audit_fields
+
+        try:
+            audit.append("task", **audit_fields(header.task_id, header.task, config.get("round"),
+                                                arrays_digest(message.arrays), outcome))
+        except OSError as e:  # a full disk: what is not recorded does not leave
+            outcome = ClientFailure(client_id, FailureStage.REFUSED, f"the site's audit log {audit.path} cannot be "
+                                    f"written ({e.strerror or e}); this site sends no result it cannot record")
+            kept["log"](f"client {client_id}: {outcome.reason}")
     meta, groups = outcome_meta(outcome)
     if link.up is not None:
         total, pieces = layout(groups)

@@ -35,6 +35,7 @@ from cohort.channel.stragglers import RoundClock, StragglerRule
 from cohort.core.errors import ConfigError, TransportError
 from cohort.core.records import merged
 from cohort.core.types import ClientFailure, FailureStage, Instruction, Message, Reply
+from cohort.governance.audit import arrays_digest, audit_fields
 
 CHUNK_BYTES = 4 * 2**20
 MAX_UPDATE_BYTES = 2**31  # this class's default; `cohort server` derives its limit from the model (limits.py)
@@ -96,6 +97,8 @@ class GrpcChannel:
         self.heartbeat_s, self.handshake_s = float(heartbeat_s), float(handshake_s)
         self.num_clients = num_clients
         self.message_config: dict[str, Any] = {}  # added to every task's config (a site federation's agreement)
+        self.audit = None  # the run folder's audit.jsonl, once attached (governance/audit.py)
+        self._asked: dict[int, tuple[int, str, Any, str]] = {}  # task id -> (client, task, round, arrays digest), for the audit
         self.bytes_sent = self.bytes_received = 0
         self.max_held = 0
         self._sessions: dict[int, Session] = {}
@@ -152,6 +155,9 @@ class GrpcChannel:
         from pathlib import Path
 
         self.log.attach(Path(folder) / "server.sqlite")
+        from cohort.governance.audit import AuditLog
+
+        self.audit = AuditLog(Path(folder) / "audit.jsonl")  # what was asked of each client and what came back
 
     # --- the registry of connections ------------------------------------------------------------
     def available(self) -> list[int]:
@@ -301,6 +307,7 @@ class GrpcChannel:
         """Queue ``message`` for each instruction's client; their outcomes will go to ``results``.
         Returns (task id -> position of the tasks sent, position -> failure of the clients not connected)."""
         total, sources = layout(message.arrays)
+        sent_digest = arrays_digest(message.arrays) if self.audit is not None else ""
         waiting: dict[int, int] = {}
         arrived: dict[int, Any] = {}
         receivers: list[Session] = []
@@ -315,6 +322,9 @@ class GrpcChannel:
                 arrived[pos] = ClientFailure(ins.client_id, FailureStage.TRANSPORT, "not connected")
                 continue
             config = merged(self.message_config, message.config, ins.config)
+            if self.audit is not None:
+                with self._lock:
+                    self._asked[task_id] = (ins.client_id, message.task, config.get("round"), sent_digest)
             meta = json.dumps({"config": config})
             header = pb.Header(task_id=task_id, task=message.task, version=message.version, meta=meta, payload_bytes=total)
             if session.bulk_down is not None:  # straight from the arrays' memory, on its own socket
@@ -340,8 +350,23 @@ class GrpcChannel:
     def _route(self, task_id: int, client_id: int, outcome: Any) -> None:
         with self._lock:
             results = self._routes.pop(task_id, None)
+        self._audit(task_id, outcome)
         if results is not None:
             results.put((task_id, client_id, outcome))
+
+    def _audit(self, task_id: int, outcome: Any) -> None:
+        """The audit entry of a task: what was asked, and what came back (or why nothing did)."""
+        if self.audit is None:
+            return
+        with self._lock:
+            asked = self._asked.pop(task_id, None)
+        if asked is None:
+            return
+        client, task, rnd, sent = asked
+        try:
+            self.audit.append("result", **audit_fields(task_id, task, rnd, sent, outcome), client=client)
+        except OSError as e:  # a full disk: the run goes on, and says so in its log
+            self.log.event("audit_failed", client, f"the audit log could not be written: {e}")
 
     # --- asynchronous use (FedBuff over gRPC): tasks submitted one by one, outcomes as they arrive --
     def submit(self, message: Message, instruction: Instruction) -> int | None:
@@ -374,6 +399,8 @@ class GrpcChannel:
     def _expire(self, waiting: dict[int, int]) -> None:
         expired = set(waiting)
         waiting.clear()
+        for task_id in expired:  # no result will be taken: the audit says so
+            self._audit(task_id, None)
         if expired:
             with self._lock:
                 for s in self._sessions.values():
