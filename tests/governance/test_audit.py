@@ -2,7 +2,9 @@
 deleting a line or swapping two lines is found, with the entry's number; the digest of arrays is the
 same at both ends; a site's log and the server's are held against each other task by task."""
 
+import errno
 import json
+import os
 import subprocess
 import sys
 
@@ -53,14 +55,38 @@ def test_deleting_a_line_or_swapping_two_is_found(tmp_path):
     assert "entry 2 does not follow entry 1" in str(verify(path)[0])
 
 
-def test_a_torn_line_is_found_and_a_broken_log_is_not_continued(tmp_path):
+def test_a_torn_last_line_is_found_then_cut_off_on_reopening_and_a_broken_log_is_not_continued(tmp_path):
     path = a_log(tmp_path / "log.jsonl")
     with open(path, "a") as f:
         f.write('{"n": 6, "ki')  # a crash while writing
     assert str(verify(path)[0]) == ("line 6: not a whole JSON entry (edited, or torn by a crash while it was "
                                     "written)")
-    with pytest.raises(ConfigError, match="does not verify .*line 6.*not continued"):
+    log = AuditLog(path)  # a restarted server or site goes on: the torn bytes are dropped, and the log says so
+    last = list(read(path))[-1]
+    assert log.n == 6 and last["kind"] == "torn_tail_removed" and last["bytes"] == 12 and verify(path) == []
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1][:-5]  # an entry in the middle cut short is no crash: the log is not continued
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="does not verify .*line 2.*not continued"):
         AuditLog(path)
+
+
+def test_a_full_disk_leaves_no_torn_line(tmp_path, monkeypatch):
+    path = a_log(tmp_path / "log.jsonl", 2)
+    log = AuditLog(path)
+    before = path.read_bytes()
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        log.append("task", task_id=3)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert path.read_bytes() == before and verify(path) == []
+    log.append("task", task_id=3)  # the disk has room again: the chain goes on from entry 2
+    assert [e["n"] for e in read(path)] == [1, 2, 3] and verify(path) == []
 
 
 def test_the_cli_says_which_entry_broke_and_exits_non_zero(tmp_path):

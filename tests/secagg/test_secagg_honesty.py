@@ -82,6 +82,10 @@ def texts(folder: Path, log: str) -> dict[str, str]:
             tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
             out[str(path)] = " ".join(repr(row) for t in tables for row in db.execute(f"SELECT * FROM {t}"))
             db.close()
+        elif path.name == "audit.jsonl":  # its entry and task numbers, rounds and times are the server's counters
+            entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            out[str(path)] = "\n".join(json.dumps({k: v for k, v in e.items()
+                                                   if k not in ("n", "task_id", "round", "time")}) for e in entries)
         else:
             out[str(path)] = path.read_text(encoding="utf-8", errors="replace")
     return out

@@ -70,12 +70,15 @@ class AuditLog:
         self._lock = threading.Lock()
         self.n, self.prev = 0, GENESIS
         if self.path.exists():
+            torn = _torn_tail(self.path)
             problems = verify(self.path)
             if problems:
                 raise ConfigError(f"the audit log {self.path} does not verify ({problems[0]}); it is not continued. "
                                   "Keep it as evidence and start a new one (another path)")
             for entry in read(self.path):
                 self.n, self.prev = entry["n"], entry["hash"]
+            if torn:  # a crash (or a full disk) cut the last entry short: it is dropped, and the log says so
+                self.append("torn_tail_removed", bytes=len(torn), sha256=hashlib.sha256(torn).hexdigest())
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,13 +93,41 @@ class AuditLog:
             when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
             entry = {"n": self.n + 1, "time": when, "kind": kind, **fields, "prev": self.prev}
             entry["hash"] = entry_hash(entry)
-            line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            line = (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode()
+            with open(self.path, "ab") as f:
+                size = f.tell()
+                try:
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:
+                    try:  # leave no torn line behind (a truncation needs no space)
+                        f.truncate(size)
+                    except OSError:
+                        pass
+                    raise
             self.n, self.prev = entry["n"], entry["hash"]
             return entry
+
+
+def _torn_tail(path: Path) -> bytes:
+    """Cut off, and return, a last line that is not a whole entry (no newline at its end, or no JSON):
+    what a crash while writing leaves. Every earlier line is left to :func:`verify`."""
+    data = path.read_bytes()
+    if not data:
+        return b""
+    body, sep, last = data.rstrip(b"\n").rpartition(b"\n")
+    try:
+        json.loads(last)
+        if not data.endswith(b"\n"):  # whole, but its newline was not written
+            with open(path, "ab") as f:
+                f.write(b"\n")
+        return b""
+    except ValueError:
+        pass
+    with open(path, "r+b") as f:
+        f.truncate(len(body) + len(sep))
+    return data[len(body) + len(sep):]
 
 
 def read(path: str | Path) -> Iterator[dict[str, Any]]:
