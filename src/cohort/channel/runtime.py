@@ -91,17 +91,28 @@ def _compressed(reply: Reply, state: ClientState, settings: Mapping, message: Me
 
 
 _WARNED: set[str] = set()  # the habits already pointed out in this process (each once)
-_LOOKED = [0]  # fit replies looked at for weights-as-delta in this process: the first few tell
-LOOK_AT = 8
+_LOOKED = [0]  # fit replies looked at for weights-as-delta in this process
+_NORMS: dict[tuple[int, int], float] = {}  # (run seed, round) -> the norm of the model sent, first rounds seen
+_LOOKS: dict[tuple[int, int], int] = {}  # (run seed, round) -> replies looked at in it
+LOOK_ROUNDS, LOOK_PER_ROUND = 6, 2
 
 
 def warn_if_weights(reply: Reply, message: Message, client_id: int) -> None:
     """Warn once if a client sent its trained weights where a delta belongs (the habit of frameworks whose
-    clients return weights): the reply is then close to the model it was sent and far from zero, and
-    FedAvg adds it to the model, which roughly doubles every round."""
-    if "weights" in _WARNED or _LOOKED[0] >= LOOK_AT:  # an app whose clients send weights does so from its first reply
+    clients return weights). One reply cannot tell: a real delta early in training can point where the
+    model does and be as large (linear regression far from its optimum). The habit shows over rounds:
+    FedAvg adds the weights to the model, which then nearly doubles every round. So it warns when a reply
+    is close to the model it was sent (within half its norm) and that model grew 1.5-fold or more in each
+    of the two rounds before, as seen from this process (two replies of each of its first rounds)."""
+    if "weights" in _WARNED:
         return
-    _LOOKED[0] += 1
+    config = message.config if isinstance(message.config, Mapping) else {}
+    rnd, seed = config.get("round"), config.get("seed", 0)
+    if not isinstance(rnd, int) or not isinstance(seed, int):
+        return
+    key = (seed, rnd)
+    if key not in _NORMS and len(_NORMS) >= LOOK_ROUNDS or _LOOKS.get(key, 0) >= LOOK_PER_ROUND:
+        return
     sent, got = message.arrays.get(MODEL) if isinstance(message.arrays, Mapping) else None, None
     if isinstance(reply.arrays, Mapping):
         got = reply.arrays.get(MODEL)
@@ -110,17 +121,24 @@ def warn_if_weights(reply: Reply, message: Message, client_id: int) -> None:
     import numpy as np
 
     try:
-        norm = math.sqrt(sum(float(np.vdot(a, a)) for a in sent.values()))
+        if key not in _NORMS:
+            _NORMS[key] = math.sqrt(sum(float(np.vdot(a, a)) for a in sent.values()))
+        norm = _NORMS[key]
         apart = math.sqrt(sum(float(np.sum((np.asarray(got[k], np.float64) - a) ** 2)) for k, a in sent.items()))
     except (TypeError, ValueError):  # shapes or types the validation will refuse with its own message
         return
-    if norm > 0 and math.isfinite(apart) and apart < 0.5 * norm:
+    _LOOKS[key] = _LOOKS.get(key, 0) + 1
+    _LOOKED[0] += 1
+    before = [_NORMS[(seed, r)] for r in (rnd - 2, rnd - 1) if (seed, r) in _NORMS]
+    grew = len(before) == 2 and before[0] > 0 and before[1] >= 1.5 * before[0] and norm >= 1.5 * before[1]
+    if norm > 0 and math.isfinite(apart) and apart < 0.5 * norm and grew:
         _WARNED.add("weights")
         warnings.warn(f"client {client_id}'s update is close to the model it was sent (|update - model| = "
-                      f"{apart:.3g}, |model| = {norm:.3g}): it looks like trained weights, not a delta. cohort's "
-                      "clients return the change they made, trained minus received (FitResult(delta=...)); FedAvg "
-                      "adds it to the model, so weights sent as a delta make the model grow every round. Return "
-                      "{k: trained[k] - arrays[k] for k in arrays}", UserWarning, stacklevel=2)
+                      f"{apart:.3g}, |model| = {norm:.3g}), and the model has grown 1.5-fold or more each round "
+                      f"({before[0]:.3g}, {before[1]:.3g}, {norm:.3g}): it looks like trained weights, not a delta. "
+                      "cohort's clients return the change they made, trained minus received (FitResult(delta=...)); "
+                      "FedAvg adds it to the model, so weights sent as a delta make the model grow every round. "
+                      "Return {k: trained[k] - arrays[k] for k in arrays}", UserWarning, stacklevel=2)
 
 
 def _is_groups(value: object) -> bool:
