@@ -18,6 +18,7 @@ from cohort.algorithms import Algorithm
 from cohort.channel.base import SimulationChannel
 from cohort.client.store import ClientStateStore
 from cohort.config import RunConfig
+from cohort.core.collector import frozen_heap
 from cohort.core.arrays import num_parameters
 from cohort.core.errors import CohortError, ConfigError, RoundFailed
 from cohort.data import ArrayDataset, Partition
@@ -330,24 +331,25 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
         states = getattr(channel, "states", None)  # a simulation's per-client store; deployed clients keep their own
         if resume is not None and states is not None:
             states.replace_all(found.clients)
-        rounds = run_rounds(state, algorithm=exp.algorithm, channel=channel, num_clients=exp.num_clients,
-                            settings=exp.settings, evaluate=exp.evaluator())
-        while True:
-            try:
-                state, record = next(rounds)
-            except StopIteration as stop:
-                stopped_by = stop.value
-                break
-            unwritten = record  # until its line is out: a signal landing now must not lose it (below)
-            if folder is not None:
-                folder.write_round(record)
-            unwritten = None
-            if trackers is not None:
-                trackers.log(record)
-            if folder is not None and config.output.checkpoint:
-                checkpoint.save(folder.path / "checkpoints", state, dict(states.items()) if states is not None else {})
-            if progress is not None:
-                progress(record, state)
+        with frozen_heap():  # the objects alive now stay out of the collector's passes (core/collector.py)
+            rounds = run_rounds(state, algorithm=exp.algorithm, channel=channel, num_clients=exp.num_clients,
+                                settings=exp.settings, evaluate=exp.evaluator())
+            while True:
+                try:
+                    state, record = next(rounds)
+                except StopIteration as stop:
+                    stopped_by = stop.value
+                    break
+                unwritten = record  # until its line is out: a signal landing now must not lose it (below)
+                if folder is not None:
+                    folder.write_round(record)
+                unwritten = None
+                if trackers is not None:
+                    trackers.log(record)
+                if folder is not None and config.output.checkpoint:
+                    checkpoint.save(folder.path / "checkpoints", state, dict(states.items()) if states is not None else {})
+                if progress is not None:
+                    progress(record, state)
     except RoundFailed as e:
         state, stopped_by, error = e.state, "failed", e
     except BaseException as e:  # Ctrl-C, SIGTERM, or a fault outside client code: keep the finished rounds, re-raise
