@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -42,12 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, Terminated) as e:
         folder = getattr(args, "run_folder", None)
-        if folder:
+        checkpoints = Path(folder, "checkpoints") if folder else None
+        if folder and checkpoints.is_dir() and any(checkpoints.iterdir()):
             from cohort.cli_lifecycle import resume_command
 
             clients = "; its clients were told it is pausing and wait" if args.command == "server" else ""
             kept = (f"; {folder} holds every finished round, the model and a summary{clients} (resume with "
                     f"`{resume_command(args, folder)}`)")
+        elif folder:  # nothing to resume from: say so, rather than offer a resume that will be refused
+            kept = f"; no round had finished, so {folder} holds nothing to resume from: run the command again"
         else:
             kept = "; no run folder had been written yet"
         err.print(f"{'interrupted' if isinstance(e, KeyboardInterrupt) else 'terminated (SIGTERM)'}{kept}",

@@ -108,6 +108,8 @@ def server(args: argparse.Namespace) -> int:
     deadline = round_deadline(args, load(args)[0])
     goodbye = goodbye_for(args)
 
+    from cohort.cli_governance import check_policies, declared
+
     def channel_for(config, num_clients, console):
         if args.min_clients is not None and args.min_clients > num_clients:
             raise ConfigError(f"--min-clients is {args.min_clients} but the config has {num_clients} clients "
@@ -139,32 +141,6 @@ def server(args: argparse.Namespace) -> int:
         return channel
 
     return run_command(args, lambda config, app, console: sites_first(args, config, app, console, channel_for))
-
-
-def declared(config) -> dict:
-    """The run as the server declares it to the sites' policies (cohort.governance.policy)."""
-    from cohort.client.site import is_site_federation
-    from cohort.governance.policy import declaration
-
-    central = config.privacy.mode == "central"
-    tasks = ("train",) + (("evaluate",) if config.federated_fraction > 0 else ()) \
-        + (("statistics",) if is_site_federation(config) else ())
-    return declaration(algorithm=config.server.algorithm, secagg=config.secagg.mode,
-                       central_noise_multiplier=config.privacy.noise_multiplier if central else 0.0,
-                       clip=config.privacy.clip if central else 0.0, tasks=tasks, rounds=config.rounds)
-
-
-def check_policies(channel, run: dict, console) -> None:
-    """Before round 1: the connected sites' policies against the run. A site that refuses is named with
-    its rule; if every site that sent a policy refuses, the run cannot start and stops here."""
-    from cohort.governance.policy import preflight
-
-    lines, nobody = preflight(channel.site_policies(), run)
-    if nobody:
-        raise ConfigError("no connected site's policy accepts this run, so it stops before round 1:\n  "
-                          + "\n  ".join(lines) + "\nChange the config, or agree the rules with the sites")
-    for line in lines:
-        console.print(f"policy: {line}; its tasks will be refused", highlight=False, markup=False, soft_wrap=True)
 
 
 def _check_readable(path: str, flag: str) -> None:
@@ -210,6 +186,8 @@ def client(args: argparse.Namespace) -> int:
     if policy is not None:
         if config is None:
             config, _, _ = load(args)
+        from cohort.cli_governance import site_checks
+
         site_checks(policy, args, config, app)
     if app is not None and app.client is not None:  # the app's client; its settings and records come from the server
         client_fn = app.client_app(args.name)
@@ -269,34 +247,6 @@ def client(args: argparse.Namespace) -> int:
                           f"said: {reason}")
     print(f"client {args.id}: done ({reason})", flush=True)
     return 0
-
-
-def site_checks(policy, args: argparse.Namespace, config, app) -> None:
-    """What a site's policy asks of the site's own side, checked before it dials: the model's code is
-    on its list of apps, and its own DP (which the server cannot change) adds at least the noise required."""
-    from cohort.algorithms import ALGORITHMS
-    from cohort.governance.policy import ANY, app_allowed
-
-    unknown = [a for a in policy.accept.algorithms if a != ANY and a not in ALGORITHMS]
-    if unknown:
-        raise ConfigError(f"accept.algorithms in --policy {args.policy} names {unknown}, which are no algorithm "
-                          f"(known: {', '.join(ALGORITHMS)})")
-    if config.model.factory and not app_allowed(policy, config.model.factory):
-        raise ConfigError(f"the config's model.factory {config.model.factory!r} is not on this site's list of apps "
-                          f"(accept.apps in --policy {args.policy}); it was not imported. Add it there to run it")
-    need = policy.require.local_noise_multiplier
-    if need:
-        if app is not None and app.client is not None:
-            raise ConfigError(f"--policy {args.policy} requires local DP (require.local_noise_multiplier = {need:g}); an "
-                              "app's client trains its own way, so this site cannot check it: run the config's client")
-        c = config.client
-        noise = max(c.ldp_noise_multiplier if c.ldp else 0.0, c.dp_noise_multiplier if c.dp_sgd else 0.0)
-        if noise < need:
-            raise ConfigError(f"--policy {args.policy} requires this site's own DP to add noise of at least {need:g} "
-                              f"(require.local_noise_multiplier); its config has client.ldp = {str(c.ldp).lower()}, "
-                              f"client.dp_sgd = {str(c.dp_sgd).lower()}"
-                              + (f" with noise {noise:g}" if noise else "")
-                              + ". Set client.ldp = true and client.ldp_noise_multiplier (or client.dp_sgd) in its --set")
 
 
 def certs(args: argparse.Namespace) -> int:

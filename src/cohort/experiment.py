@@ -395,7 +395,7 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
 
 
 # Settings a resumed run may change: they do not change what the finished rounds computed.
-RESUME_MAY_CHANGE = ("rounds", "output.", "simulation.backend", "simulation.workers", "data.dir", "data.download",
+RESUME_MAY_CHANGE = ("rounds", "output.", "simulation.backend", "simulation.workers", "simulation.ray_address", "data.dir", "data.download",
                      "evaluate.target", "evaluate.target_metric")
 
 

@@ -59,9 +59,43 @@ def to_tensors(x: np.ndarray, y: np.ndarray, x_scale: float = 1.0) -> tuple[torc
 
 
 def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """torch's optimizer for ``s`` (Opacus wraps one of these for DP-SGD)."""
     if s.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+class SgdSteps:
+    """torch's SGD step without the optimizer object: ``torch.optim.sgd.sgd``, the function
+    ``torch.optim.SGD.step`` calls, on the same lists, so the arithmetic and the bits are the same. Why:
+    the optimizer object's first ``zero_grad`` or ``step`` imports ``torch._dynamo`` to wrap itself,
+    about 2 s of every client process's start here; this is all a client's local SGD needs."""
+
+    def __init__(self, model: torch.nn.Module, s: TrainSettings) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.lr, self.momentum, self.weight_decay = s.lr, s.momentum, s.weight_decay
+        self.buffers: dict[int, torch.Tensor | None] = {}  # momentum, by parameter (as SGD's state)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        from torch.optim.sgd import sgd
+
+        params = [p for p in self.params if p.grad is not None]
+        buffers = [self.buffers.get(id(p)) for p in params]
+        sgd(params, [p.grad for p in params], buffers, weight_decay=self.weight_decay, momentum=self.momentum,
+            lr=self.lr, dampening=0.0, nesterov=False, maximize=False, has_sparse_grad=False, foreach=None)
+        if self.momentum != 0:
+            for p, b in zip(params, buffers):
+                self.buffers[id(p)] = b
+
+
+def local_optimizer(model: torch.nn.Module, s: TrainSettings):
+    """What a client's local epochs step with: :class:`SgdSteps` for SGD, torch's Adam otherwise."""
+    return SgdSteps(model, s) if s.optimizer == "sgd" else make_optimizer(model, s)
 
 
 def _corrections(model: torch.nn.Module, anchor: NamedArrays, hooks: Hooks) -> list[tuple[torch.Tensor, Any, Any]]:
@@ -83,7 +117,7 @@ def train_epochs(model, x, y, loss_fn, s: TrainSettings, shuffle: np.random.Gene
     n = len(x)
     b = n if s.batch_size == 0 else min(s.batch_size, n)
     with image_layout(model, x) as layout:
-        optimizer = make_optimizer(model, s)
+        optimizer = local_optimizer(model, s)
         corrections = [] if hooks.plain else _corrections(model, anchor or {}, hooks)
         return _epochs(model, x, y, loss_fn, s, shuffle, b, layout, optimizer, corrections, hooks.proximal_mu)
 
