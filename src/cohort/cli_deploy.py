@@ -226,7 +226,9 @@ def client(args: argparse.Namespace) -> int:
     if policy is not None:
         from cohort.governance.policy import Gate, usage_path
 
-        gate = Gate(policy, args.policy, usage_path(policy, args.policy))
+        from cohort.cli_governance import algorithm_check
+
+        gate = Gate(policy, args.policy, usage_path(policy, args.policy), check_algorithm=algorithm_check(policy, config))
     from pathlib import Path
 
     audit_path = args.audit or (str(Path(args.policy).with_suffix("")) + ".audit.jsonl" if args.policy else None)

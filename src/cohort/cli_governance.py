@@ -24,7 +24,7 @@ def declared(config) -> dict:
 
 def check_policies(channel, run: dict, console) -> None:
     """Before round 1: the connected sites' policies against the run. A site that refuses is named with
-    its rule; if every site that sent a policy refuses, the run cannot start and stops here."""
+    its rule; if every connected site refuses (a site without a policy accepts), the run cannot start and stops here."""
     from cohort.governance.policy import preflight
 
     lines, nobody = preflight(channel.site_policies(), run)
@@ -61,6 +61,33 @@ def site_checks(policy, args: argparse.Namespace, config, app) -> None:
                               f"client.dp_sgd = {str(c.dp_sgd).lower()}"
                               + (f" with noise {noise:g}" if noise else "")
                               + ". Set client.ldp = true and client.ldp_noise_multiplier (or client.dp_sgd) in its --set")
+
+
+def algorithm_check(policy, config):
+    """With ``require.local_noise_multiplier``: a check of the algorithm the server's welcome names against
+    this site's own DP (the same refusals a simulation makes at its start: an algorithm that would send
+    something local DP does not cover, such as SCAFFOLD's control variates). None without the rule."""
+    if not policy.require.local_noise_multiplier:
+        return None
+
+    def check(name: str, settings) -> str | None:
+        from dataclasses import replace
+
+        from cohort.algorithms import ALGORITHMS
+        from cohort.recipe import check_client_privacy
+
+        if name not in ALGORITHMS:
+            return None  # the client refuses an algorithm it does not know by itself
+        try:
+            algorithm = ALGORITHMS[name](**dict(settings))
+            check_client_privacy(replace(config, server=replace(config.server, algorithm=name)), algorithm)
+        except ConfigError as e:
+            return f"the server runs {name!r}: {e}"
+        except (TypeError, ValueError) as e:
+            return f"the server runs {name!r} with settings this site cannot check ({e})"
+        return None
+
+    return check
 
 
 def audit(args: argparse.Namespace) -> int:

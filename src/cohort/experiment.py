@@ -4,6 +4,7 @@ tests both go through here. The framework (torch today) is reached through ``coh
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -331,7 +332,9 @@ def run(config: RunConfig, *, progress: ConsoleProgress | None = None, write: bo
         states = getattr(channel, "states", None)  # a simulation's per-client store; deployed clients keep their own
         if resume is not None and states is not None:
             states.replace_all(found.clients)
-        with frozen_heap():  # the objects alive now stay out of the collector's passes (core/collector.py)
+        # a simulation's objects alive now stay out of the collector's passes (core/collector.py); a deployed
+        # server's connections come and go during the run, and are collected as they go
+        with frozen_heap() if given is None else contextlib.nullcontext():
             rounds = run_rounds(state, algorithm=exp.algorithm, channel=channel, num_clients=exp.num_clients,
                                 settings=exp.settings, evaluate=exp.evaluator())
             while True:

@@ -51,8 +51,12 @@ def test_deleting_a_line_or_swapping_two_is_found(tmp_path):
     # renumbered to hide the swap: the chain still breaks
     swapped = [json.loads(line) for line in (lines[0], lines[2], lines[1])]
     swapped[1]["n"], swapped[2]["n"] = 2, 3
-    path.write_text("\n".join(json.dumps(e) for e in swapped) + "\n")
+    path.write_text("\n".join(json.dumps(e, sort_keys=True, separators=(",", ":")) for e in swapped) + "\n")
     assert "entry 2 does not follow entry 1" in str(verify(path)[0])
+    # the same fields written another way (spaces, key order, a key twice) are not the entry that was hashed
+    path.write_text("\n".join([json.dumps(json.loads(lines[0])), *lines[1:]]) + "\n")
+    assert str(verify(path)[0]) == ("line 1: entry 1 is not written as it was (its line is not the canonical JSON "
+                                    "of its fields)")
 
 
 def test_a_torn_last_line_is_found_then_cut_off_on_reopening_and_a_broken_log_is_not_continued(tmp_path):
@@ -64,6 +68,7 @@ def test_a_torn_last_line_is_found_then_cut_off_on_reopening_and_a_broken_log_is
     log = AuditLog(path)  # a restarted server or site goes on: the torn bytes are dropped, and the log says so
     last = list(read(path))[-1]
     assert log.n == 6 and last["kind"] == "torn_tail_removed" and last["bytes"] == 12 and verify(path) == []
+    assert (tmp_path / last["kept_in"]).read_text() == '{"n": 6, "ki'  # the torn bytes are kept, as evidence
     lines = path.read_text().splitlines()
     lines[1] = lines[1][:-5]  # an entry in the middle cut short is no crash: the log is not continued
     path.write_text("\n".join(lines) + "\n")

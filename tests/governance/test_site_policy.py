@@ -106,9 +106,37 @@ def test_a_site_that_requires_secagg_refuses_plain_training_and_statistics_but_n
     assert gate.welcome("fedavg", run(secagg="secagg")) == []
     assert "[require] secagg: 'fit' would send this site's train result in the clear" in gate.admit("fit", {}, {"round": 1})
     assert "[require] secagg" in gate.admit("data_statistics", {}, {})
+    fair = {"round": 1, "secagg": {"id": 0, "threshold": 3, "neighbours": None}}
     for task in ("secagg_advertise", "secagg_share", "secagg:fit", "secagg_unmask", "secagg:data_statistics",
                  "data_schema", "data_categories", "evaluate"):
-        assert gate.admit(task, {}, {"round": 1}) is None, task
+        assert gate.admit(task, {}, fair) is None, task
+
+
+def test_a_secure_round_the_server_made_too_small_to_hide_one_site_is_refused():
+    gate = Gate(SitePolicy.from_dict({"require": {"secagg": True, "secagg_min_sites": 3}}))
+    gate.welcome("fedavg", run(secagg="secagg+"))
+    alone = {"round": 1, "secagg": {"id": 4, "threshold": 1, "neighbours": [4]}}  # the server unmasks this site alone
+    assert "[require] secagg_min_sites: the server set the secure round's threshold to 1" in gate.admit(
+        "secagg_advertise", {}, alone)
+    few = {"round": 1, "secagg": {"id": 4, "threshold": 3, "neighbours": [5]}}
+    assert "gave this site 1 neighbours; this site masks with at least 2 others" in gate.admit("secagg_advertise", {}, few)
+    assert gate.admit("secagg_advertise", {}, {"round": 1, "secagg": {"id": 4, "threshold": 3, "neighbours": [5, 6]}}) is None
+    with pytest.raises(ConfigError, match="require.secagg_min_sites is 1"):
+        SitePolicy.from_dict({"require": {"secagg_min_sites": 1}})
+
+
+def test_a_site_with_local_dp_refuses_an_algorithm_that_would_send_past_it():
+    checked = []
+
+    def check(name, settings):
+        checked.append((name, dict(settings)))
+        return "SCAFFOLD's control variates would leave unprotected" if name == "scaffold" else None
+
+    gate = Gate(SitePolicy.from_dict({"require": {"local_noise_multiplier": 1.0}}), check_algorithm=check)
+    assert gate.welcome("scaffold", run(algorithm="scaffold"), {"lr": 1.0}) == [
+        "[require] local_noise_multiplier: SCAFFOLD's control variates would leave unprotected"]
+    assert "control variates" in gate.admit("fit", {}, {"round": 1}) and checked == [("scaffold", {"lr": 1.0})]
+    assert gate.welcome("fedavg", run()) == [] and gate.admit("fit", {}, {"round": 1}) is None
     assert [task_kind(t) for t in ("secagg:fit", "secagg_share", "evaluate", "data_histogram")] == \
         ["train", None, "evaluate", "statistics"]
 
@@ -127,7 +155,7 @@ def test_a_ten_round_daily_cap_stops_at_eleven_survives_a_restart_and_resets_the
     gate = Gate(policy, "site.toml", usage, clock=lambda: now[0])
     for r in range(1, 11):
         assert gate.admit("fit", {}, {"round": r}) is None
-        assert gate.admit("fit", {}, {"round": r}) is None  # the same round again (a retry) is not another round
+        assert gate.admit("fit", {}, {"round": r}) is None  # the same round again at once (a retry) is no new round
     refused = gate.admit("fit", {}, {"round": 11})
     assert refused == ("refused by the site's policy (site.toml): [limits] rounds_per_day: this site has trained 10 "
                        "rounds today (2026-12-08, UTC), its most; it trains again tomorrow")
@@ -137,6 +165,17 @@ def test_a_ten_round_daily_cap_stops_at_eleven_survives_a_restart_and_resets_the
     now[0] += 86_400  # the next day
     assert again.admit("fit", {}, {"round": 12}) is None
     assert json.loads(usage.read_text()) == {"day": "2026-12-09", "tasks": 1, "rounds": ["12"]}
+
+
+def test_the_daily_cap_cannot_be_dodged_by_repeating_or_leaving_out_round_numbers():
+    gate = Gate(SitePolicy.from_dict({"limits": {"rounds_per_day": 3}}), clock=lambda: DAY)
+    for r in (5, 6, 5):  # going back to a round it trained is another round of training
+        assert gate.admit("fit", {}, {"round": r}) is None
+    assert "rounds_per_day: this site has trained 3 rounds today" in gate.admit("fit", {}, {"round": 6})
+    assert "rounds_per_day: this site has trained 3 rounds today" in gate.admit("fit", {}, {"round": 1})  # a new run
+    fresh = Gate(SitePolicy.from_dict({"limits": {"rounds_per_day": 3}}), clock=lambda: DAY)
+    assert "a training task without its round number (None) cannot be counted" in fresh.admit("fit", {}, {})
+    assert "cannot be counted" in fresh.admit("fit", {}, {"round": "7"})
 
 
 def test_task_caps_model_size_and_columns_are_enforced_from_the_task_itself(tmp_path):
@@ -170,6 +209,8 @@ def test_metrics_leave_as_the_policy_says():
     assert none.release("fit", reply).num_examples == 10  # the weight stays: FedAvg needs it
     assert "[disclose] metrics: 'evaluate' sends this site's scores in the clear" in none.admit("evaluate", {}, {})
     assert aggregates.admit("secagg:evaluate", {}, {}) is None
+    counts = Reply({"site": {}}, 40, metrics={"rows_train": 30, "rows_held": 10})  # a statistics reply's answer
+    assert none.release("data_categories", counts).metrics == {"rows_train": 30, "rows_held": 10}
 
 
 # ------------------------------------------------------------------------------------------ over gRPC
@@ -220,3 +261,31 @@ def test_over_grpc_a_refused_task_computes_nothing_and_reaches_the_server_as_a_r
     assert client.trained == 0  # nothing was computed
     assert any("policy refuses the server's run" in line and "[require] secagg" in line for line in logged)
     assert any("fit of round 1: refused by the site's policy" in line for line in logged)  # the site's own log
+
+
+def test_over_grpc_a_server_that_declares_secagg_but_sends_a_plain_fit_is_refused_by_the_task_itself():
+    channel = GrpcChannel("127.0.0.1:0", "fedavg", {}, declaration=run(secagg="secagg"))
+    client, logged, outcome = Counting(), [], []
+    gate = Gate(SitePolicy.from_dict({"require": {"secagg": True}}), "site.toml")
+    thread = threading.Thread(target=lambda: outcome.append(serve(channel.address, client, 0, retry_for_s=5,
+                                                                  log=logged.append, gate=gate)), daemon=True)
+    thread.start()
+    try:
+        channel.wait_for_clients(1, 30)
+        message = Message("fit", {"model": {"w": np.zeros(3, np.float32)}}, {"round": 1})
+        ((_, failure),) = list(channel.run(message, [Instruction(0, {})], timeout_s=30))
+    finally:
+        channel.close()
+        thread.join(timeout=30)
+    assert gate.broken == []  # the declaration was accepted: the task itself was refused
+    assert isinstance(failure, ClientFailure) and failure.stage == FailureStage.REFUSED
+    assert "[require] secagg: 'fit' would send this site's train result in the clear" in failure.reason
+    assert client.trained == 0
+
+
+def test_the_policy_on_the_operating_a_site_page_loads_as_written(tmp_path):
+    page = (Path(__file__).resolve().parents[2] / "docs" / "howto" / "operating-a-site.md").read_text()
+    (block,) = [b.split("\n", 1)[1] for b in page.split("```")[1::2] if b.startswith("toml")]
+    policy = load_policy(write(tmp_path, block))
+    assert policy.require.secagg and policy.require.secagg_min_sites == 3 and policy.disclose.metrics == "aggregates"
+    assert policy.accept.tasks == ("train", "statistics") and policy.limits.rounds_per_day == 10

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from processes import ENV, TESTS, Federation
+from processes import ENV, TESTS, Federation, cohort
 
 from cohort.governance.audit import pairs, read, verify
 
@@ -107,3 +107,34 @@ def test_an_app_that_is_not_on_the_sites_list_is_never_imported(tmp_path):
     assert "--app 'evil_app:client_fn' is not on this site's list of apps" in out.stderr
     assert "it was not imported" in out.stderr
     assert out.stdout.strip().splitlines()[-1] == "CLEAN"  # the audit hook saw no import of it
+
+
+def test_sites_with_their_own_files_agree_and_train_under_a_metrics_policy_and_both_audits_cover_the_agreement(tmp_path):
+    """A site federation (the data agreement, then training) where every site lets no per-site metric leave:
+    the agreement's row counts still do (they are its answer), the training metrics do not, and the server's
+    audit log holds the agreement's tasks too, entry for entry with each site's."""
+    from hospitals import make_hospitals
+
+    files = make_hospitals(tmp_path / "data", per_site=60, seed=3, count=3)
+    sets = ["data.dataset=csv", "data.partition=files", f"data.client_files={[str(f) for f in files]}",
+            "data.csv_target=diagnosis", "data.categorical=['sex','chest_pain','smoker']", "data.missing_values=['?']",
+            "data.missing_by_column={cholesterol=['0']}", "model.name=logistic_regression", "rounds=2",
+            "data.impute=mean", "evaluate.federated_fraction=0", "name=sites"]
+    quiet = policy(tmp_path, "quiet", "[disclose]\nmetrics = 'none'\n")
+    with Federation(tmp_path, sets) as fed:
+        sites = [fed._start(cohort("client", "--server", fed.address, "--id", str(c), "--retry-s", "20", "--data", str(f),
+                                   "--policy", quiet, "--audit", str(tmp_path / f"site{c}.jsonl"),
+                                   *[a for s in sets for a in ("--set", s)])) for c, f in enumerate(files)]
+        printed = fed.wait()
+        for s in sites:
+            out, err = s.communicate(timeout=60)
+            assert s.returncode == 0, err
+    assert "agreed with 3 sites" in printed and "round 2/2  clients 3/3" in printed
+    (folder,) = tmp_path.glob("sites-*")
+    rows = [json.loads(line) for line in (folder / "clients.jsonl").read_text().splitlines()]
+    assert rows and all(r["metrics"] == {} for r in rows if r["task"] == "fit")
+    server = list(read(folder / "audit.jsonl"))
+    assert {"data_schema", "data_statistics", "fit"} <= {e["task"] for e in server}
+    for c in range(3):
+        site = list(read(tmp_path / f"site{c}.jsonl"))
+        assert verify(tmp_path / f"site{c}.jsonl") == [] and pairs(site, server, c) == []

@@ -96,6 +96,9 @@ class TorchClient(FrameworkClient):
         settings = self.settings.override(config)
         if settings.dp_sgd:
             raise ConfigError("client.dp_sgd is for local training; FedSGD's full-batch gradient is not DP-SGD: use fedavg")
+        if settings.ldp:  # local DP noises a training update; a raw gradient must not leave in its place
+            raise ConfigError("client.ldp noises local training's update; FedSGD's full-batch gradient would leave this "
+                              "client without it: use fedavg, or central DP ([privacy] mode = 'central')")
         round_, seed = self._streams(config)
         load_arrays(self.model, arrays)
         with torch.random.fork_rng(devices=[]):

@@ -37,10 +37,11 @@ GENESIS = "0" * 64
 
 def arrays_digest(arrays: Any) -> str:
     """SHA-256 of named arrays ({group: {name: array}} or {name: array}), in sorted order of names, each
-    as its name, dtype, shape and C-order bytes. "" for no arrays."""
+    as its name, dtype, shape and C-order bytes. "" when there is no array (empty groups included)."""
     if not isinstance(arrays, Mapping) or not arrays:
         return ""
     h = hashlib.sha256()
+    leaves = [0]
 
     def walk(prefix: str, node: Mapping) -> None:
         for name in sorted(node):
@@ -49,11 +50,12 @@ def arrays_digest(arrays: Any) -> str:
                 walk(f"{prefix}{name}/", value)
                 continue
             a = np.ascontiguousarray(value)
+            leaves[0] += 1
             h.update(f"{prefix}{name}|{a.dtype.str}|{a.shape}|".encode())
             h.update(memoryview(a).cast("B") if a.size else b"")
 
     walk("", arrays)
-    return h.hexdigest()
+    return h.hexdigest() if leaves[0] else ""  # empty groups decode as no arrays at the other end
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
@@ -70,15 +72,21 @@ class AuditLog:
         self._lock = threading.Lock()
         self.n, self.prev = 0, GENESIS
         if self.path.exists():
-            torn = _torn_tail(self.path)
             problems = verify(self.path)
+            torn = b""
+            if problems and problems[0].torn_tail:  # a crash (or a full disk) cut the last entry short
+                torn = _torn_tail(self.path)
+                problems = verify(self.path)
             if problems:
                 raise ConfigError(f"the audit log {self.path} does not verify ({problems[0]}); it is not continued. "
                                   "Keep it as evidence and start a new one (another path)")
             for entry in read(self.path):
                 self.n, self.prev = entry["n"], entry["hash"]
-            if torn:  # a crash (or a full disk) cut the last entry short: it is dropped, and the log says so
-                self.append("torn_tail_removed", bytes=len(torn), sha256=hashlib.sha256(torn).hexdigest())
+            if torn:  # the torn bytes are kept beside the log, and the log says so
+                kept = self.path.with_name(f"{self.path.name}.torn-{self.n + 1}")
+                kept.write_bytes(torn)
+                self.append("torn_tail_removed", bytes=len(torn), sha256=hashlib.sha256(torn).hexdigest(),
+                            kept_in=kept.name)
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +150,7 @@ def read(path: str | Path) -> Iterator[dict[str, Any]]:
 class Problem:
     line: int  # the line of the file (from 1)
     text: str
+    torn_tail: bool = False  # the last line, not whole: what a crash while writing leaves
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.text}"
@@ -159,7 +168,8 @@ def verify(path: str | Path) -> list[Problem]:
         try:
             entry = json.loads(line)
         except ValueError:
-            return [Problem(i, "not a whole JSON entry (edited, or torn by a crash while it was written)")]
+            return [Problem(i, "not a whole JSON entry (edited, or torn by a crash while it was written)",
+                            torn_tail=i == len(lines))]
         if not isinstance(entry, dict) or not isinstance(entry.get("n"), int):
             return [Problem(i, "not an audit entry (no number)")]
         if entry["n"] != expected:
@@ -170,26 +180,40 @@ def verify(path: str | Path) -> list[Problem]:
                                "an entry before it was edited, removed or moved")]
         if entry.get("hash") != entry_hash(entry):
             return [Problem(i, f"entry {expected} was edited after it was written (its hash does not match)")]
+        if line != json.dumps(entry, sort_keys=True, separators=(",", ":")):
+            return [Problem(i, f"entry {expected} is not written as it was (its line is not the canonical JSON of "
+                               "its fields)")]
         prev, expected = entry["hash"], expected + 1
     return []
 
 
 def pairs(site: list[Mapping[str, Any]], server: list[Mapping[str, Any]], client_id: int) -> list[str]:
     """Where a site's log and the server's disagree on the tasks between them: for every task the server
-    recorded for ``client_id``, the site must have recorded the same task (by its task id) with the same
-    digest of what it received and of what it sent. [] when they agree entry for entry."""
-    mine = {e["task_id"]: e for e in site if e.get("kind") == "task"}
+    recorded for ``client_id``, the site must have recorded the same task (by the server's run id and its
+    task id) with the same round, digests of what it received and sent, status, example count and
+    metric names; and every task the site recorded for those runs must be in the server's. [] when they
+    agree entry for entry."""
+    def key(e):  # task ids restart with every server process: the server's run id tells them apart
+        return (str(e.get("run", "")), e.get("task_id"))
+
     theirs = [e for e in server if e.get("kind") == "result" and e.get("client") == client_id]
+    runs = {str(e.get("run", "")) for e in theirs}
+    mine: dict = {}
+    for e in site:
+        if e.get("kind") == "task" and str(e.get("run", "")) in runs:  # the site's tasks of this server's runs
+            if key(e) in mine:
+                return [f"task {e.get('task_id')} of run {e.get('run')!r} is in the site's log twice"]
+            mine[key(e)] = e
     out = []
     for e in theirs:
-        s = mine.pop(e["task_id"], None)
+        s = mine.pop(key(e), None)
         if s is None:
             out.append(f"task {e['task_id']} ({e['task']}): in the server's log, not in the site's")
             continue
-        for key in ("task", "sent_digest", "result_digest", "status"):
-            if s.get(key) != e.get(key):
-                out.append(f"task {e['task_id']} ({e['task']}): {key} differs: site {s.get(key)!r}, server {e.get(key)!r}")
-    out += [f"task {t} ({s['task']}): in the site's log, not in the server's" for t, s in sorted(mine.items())]
+        for k in ("task", "round", "sent_digest", "result_digest", "status", "num_examples", "metrics"):
+            if s.get(k) != e.get(k):
+                out.append(f"task {e['task_id']} ({e['task']}): {k} differs: site {s.get(k)!r}, server {e.get(k)!r}")
+    out += [f"task {t[1]} ({s['task']}): in the site's log, not in the server's" for t, s in sorted(mine.items())]
     return out
 
 

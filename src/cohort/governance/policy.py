@@ -68,11 +68,15 @@ class Require:
     """``[require]``: the protections a run must have."""
 
     secagg: bool = False  # training and statistics leave the site only inside secure aggregation: the server sees sums
+    secagg_min_sites: int = 3  # with secagg: a secure round must need at least this many sites to unmask (its threshold) and mask with at least this many (this site and its neighbours)
     central_noise_multiplier: float = 0.0  # the run must declare central DP (privacy.mode = "central") with at least this noise; 0: not required
     local_noise_multiplier: float = 0.0  # this site's own DP (client.ldp or client.dp_sgd in its config) must add at least this noise; 0: not required
     max_clip: float = 0.0  # the run must clip every update to at most this L2 norm (privacy.clip under central DP); 0: not required
 
     def __post_init__(self) -> None:
+        if not 2 <= self.secagg_min_sites <= 10**6:
+            raise ConfigError(f"require.secagg_min_sites is {self.secagg_min_sites!r}; expected an integer from 2 (a sum "
+                              "of two sites tells each the other's) to 1e6")
         for key in ("central_noise_multiplier", "local_noise_multiplier", "max_clip"):
             v = getattr(self, key)
             if not (math.isfinite(v) and 0 <= v <= 1e6):
@@ -187,6 +191,24 @@ def refusals(policy: SitePolicy, run: Mapping[str, Any]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- the site's gate
 
+def _too_small(config: Mapping[str, Any], least: int) -> str | None:
+    """Why a secure round's advertisement (its ``secagg`` record: this site's threshold and neighbours) lets
+    the server unmask fewer than ``least`` sites together, or None."""
+    from cohort.core.records import SECAGG
+
+    record = config.get(SECAGG) if isinstance(config, Mapping) else None
+    if not isinstance(record, Mapping):
+        return "the secure round came without its record (threshold, neighbours)"
+    t, neighbours = record.get("threshold"), record.get("neighbours")
+    if not isinstance(t, int) or isinstance(t, bool) or t < least:
+        return f"the server set the secure round's threshold to {t!r}; this site takes part when at least {least} sites " \
+               "must join to unmask"
+    if neighbours is not None and (not isinstance(neighbours, list) or len(set(neighbours) | {record.get("id")}) < least):
+        return f"the server gave this site {len(neighbours) if isinstance(neighbours, list) else neighbours!r} " \
+               f"neighbours; this site masks with at least {least - 1} others"
+    return None
+
+
 def task_kind(task: str) -> str | None:
     """The kind a task name is (train, evaluate, statistics), or None for a secure-aggregation key stage."""
     inner = task.rpartition(":")[2]
@@ -215,19 +237,27 @@ class Gate:
     ``clock``: seconds since the epoch (UTC days are counted from it)."""
 
     def __init__(self, policy: SitePolicy, source: str = "", usage: Path | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 check_algorithm: Callable[[str, Mapping[str, Any]], str | None] | None = None) -> None:
         import time
 
         self.policy, self.source, self.usage = policy, source, usage
         self.clock = clock or time.time
+        self.check_algorithm = check_algorithm  # the site's own checks of the algorithm the server runs (its DP)
         self.run: Mapping[str, Any] | None = None  # the server's declaration, from its welcome
         self.algorithm = ""
+        self.broken: list[str] = []  # the rules the server's run breaks: every task is refused with the first
         self.counts = self._read()
 
-    def welcome(self, algorithm: str, run: Mapping[str, Any] | None) -> list[str]:
-        """The server's algorithm and declaration; returns the rules they break (each task will be refused)."""
+    def welcome(self, algorithm: str, run: Mapping[str, Any] | None, settings: Mapping[str, Any] | None = None) -> list[str]:
+        """The server's algorithm (and its settings) and declaration; returns the rules they break (each
+        task will then be refused)."""
         self.algorithm, self.run = algorithm, dict(run or {})
-        return refusals(self.policy, {**self.run, "algorithm": algorithm})
+        self.broken = refusals(self.policy, {**self.run, "algorithm": algorithm})
+        why = self.check_algorithm(algorithm, settings or {}) if self.check_algorithm is not None else None
+        if why:
+            self.broken.append(f"[require] local_noise_multiplier: {why}")
+        return list(self.broken)
 
     def admit(self, task: str, arrays: Any, config: Mapping[str, Any]) -> str | None:
         """Why this site refuses ``task`` (a reason naming the rule), or None: it runs, and is counted."""
@@ -238,10 +268,8 @@ class Gate:
 
     def _why_not(self, task: str, arrays: Any, config: Mapping[str, Any]) -> str | None:
         p = self.policy
-        if self.run is not None:
-            broken = refusals(p, {**self.run, "algorithm": self.algorithm})
-            if broken:
-                return broken[0]
+        if self.broken:
+            return self.broken[0]
         kind = task_kind(task)
         protocol = task.partition(":")[0] if ":" in task else ""
         inner = task.rpartition(":")[2]
@@ -256,6 +284,10 @@ class Gate:
         if kind == "evaluate" and p.disclose.metrics != "all" and protocol != SECURE:
             return f"[disclose] metrics: {task!r} sends this site's scores in the clear; this site lets " \
                    f"{'no per-site metric' if p.disclose.metrics == 'none' else 'metrics only inside a secure sum'} leave"
+        if p.require.secagg and inner == "secagg_advertise":  # a secure round the server made too small unmasks one site
+            why = _too_small(config, p.require.secagg_min_sites)
+            if why:
+                return f"[require] secagg_min_sites: {why}"
         if kind == "statistics" and ANY not in p.disclose.columns and inner not in NAMES_ONLY:
             site = config.get(SITE) if isinstance(config, Mapping) else None
             columns = site.get("columns") if isinstance(site, Mapping) else None
@@ -273,6 +305,8 @@ class Gate:
         return self._count(kind, config)
 
     def _count(self, kind: str | None, config: Mapping[str, Any]) -> str | None:
+        if self.usage is not None:  # another process of this site may have counted since
+            self.counts = self._read()
         day = datetime.datetime.fromtimestamp(self.clock(), datetime.timezone.utc).date().isoformat()
         counts = self.counts if self.counts.get("day") == day else {"day": day, "tasks": 0, "rounds": []}
         limits = self.policy.limits
@@ -280,13 +314,16 @@ class Gate:
             return f"[limits] tasks_per_day: this site has answered {counts['tasks']} tasks today ({day}, UTC), " \
                    f"its most; it answers again tomorrow"
         rnd = config.get("round") if isinstance(config, Mapping) else None
-        key = str(rnd)
-        new_round = kind == "train" and key not in counts["rounds"]
+        if kind == "train" and limits.rounds_per_day and (not isinstance(rnd, int) or isinstance(rnd, bool)):
+            return f"[limits] rounds_per_day: a training task without its round number ({rnd!r}) cannot be counted"
+        # a round counts once however many tasks it takes (a retry, a secure round's stages); any other round
+        # number (a new run's round 1 included) is another round
+        new_round = kind == "train" and (not counts["rounds"] or counts["rounds"][-1] != str(rnd))
         if new_round and limits.rounds_per_day and len(counts["rounds"]) >= limits.rounds_per_day:
             return f"[limits] rounds_per_day: this site has trained {len(counts['rounds'])} rounds today ({day}, UTC), " \
                    f"its most; it trains again tomorrow"
         counts = {"day": day, "tasks": counts["tasks"] + 1,
-                  "rounds": counts["rounds"] + ([key] if new_round else [])}
+                  "rounds": counts["rounds"] + ([str(rnd)] if new_round and limits.rounds_per_day else [])}
         try:
             self._write(counts)
         except OSError as e:  # a full disk: nothing is computed that the site could not count
@@ -298,7 +335,7 @@ class Gate:
         """``outcome`` as it may leave: per-site metrics dropped unless ``disclose.metrics`` lets them go
         (``aggregates``: only inside a secure sum). The update and its weight stay."""
         metrics = getattr(outcome, "metrics", None)
-        if not metrics:
+        if not metrics or task_kind(task) == "statistics":  # a statistics reply's row counts are its answer, not a score
             return outcome
         rule = self.policy.disclose.metrics
         if rule == "all" or (rule == "aggregates" and task.partition(":")[0] == SECURE and ":" in task):
@@ -325,7 +362,7 @@ class Gate:
     def _write(self, counts: dict) -> None:
         if self.usage is None:
             return
-        tmp = self.usage.with_name(self.usage.name + ".tmp")
+        tmp = self.usage.with_name(f"{self.usage.name}.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(counts, f)
             f.flush()

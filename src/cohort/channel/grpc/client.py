@@ -201,7 +201,7 @@ def _session(address, client_fn, client_id, name, kept: dict, log, credentials: 
                             run = json.loads(msg.welcome.run or "{}")
                         except ValueError:
                             run = {}
-                        for rule in gate.welcome(msg.welcome.algorithm, run if isinstance(run, dict) else {}):
+                        for rule in gate.welcome(msg.welcome.algorithm, run if isinstance(run, dict) else {}, settings):
                             log(f"client {client_id}: this site's policy refuses the server's run, so it refuses "
                                 f"every task: {rule}")
                 elif kind == "bye":
@@ -275,7 +275,8 @@ def _open_bulk(link: _Link, address: str, welcome, credentials: Credentials) -> 
 def _answer(header, parts, half, client_fn, client_id, kept: dict, link: _Link) -> None:
     """Run one task and send its result; the client's new state is kept at once (in ``kept``), so a
     connection lost while the result goes out does not lose it."""
-    config = json.loads(header.meta or "{}").get("config", {})
+    meta = json.loads(header.meta or "{}")
+    config = meta.get("config", {})
     message = Message(header.task, decode(parts), config, int(header.version))
     gate = kept.get("gate")
     refused = gate.admit(message.task, message.arrays, config) if gate is not None and half is not None else None
@@ -295,7 +296,7 @@ def _answer(header, parts, half, client_fn, client_id, kept: dict, link: _Link) 
 
         try:
             audit.append("task", **audit_fields(header.task_id, header.task, config.get("round"),
-                                                arrays_digest(message.arrays), outcome))
+                                                arrays_digest(message.arrays), outcome), run=str(meta.get("run", "")))
         except OSError as e:  # a full disk: what is not recorded does not leave
             outcome = ClientFailure(client_id, FailureStage.REFUSED, f"the site's audit log {audit.path} cannot be "
                                     f"written ({e.strerror or e}); this site sends no result it cannot record")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -45,6 +46,9 @@ CONNECT_S = 10.0  # a TCP connection's TLS and HTTP/2 handshake must be through 
 SPARE_STREAMS = 8  # beyond clients and the pre-authentication quota: reconnections that overlap their old stream
 ENDED = "the run has ended"
 PAUSING = "pausing:"  # a goodbye starting so: the server stops and will be resumed; its clients wait for it
+
+
+MAX_PENDING_AUDIT = 100_000  # audit entries held before the run folder exists (a channel never given one keeps no more)
 
 
 class GrpcChannel:
@@ -98,6 +102,8 @@ class GrpcChannel:
         self.num_clients = num_clients
         self.message_config: dict[str, Any] = {}  # added to every task's config (a site federation's agreement)
         self.audit = None  # the run folder's audit.jsonl, once attached (governance/audit.py)
+        self._pending_audit: list[dict[str, Any]] | None = []  # entries before the folder exists (the data agreement)
+        self.run_id = secrets.token_hex(8)  # this server process's tasks, in both ends' audit logs (task ids restart)
         self._asked: dict[int, tuple[int, str, Any, str]] = {}  # task id -> (client, task, round, arrays digest), for the audit
         self.bytes_sent = self.bytes_received = 0
         self.max_held = 0
@@ -158,6 +164,9 @@ class GrpcChannel:
         from cohort.governance.audit import AuditLog
 
         self.audit = AuditLog(Path(folder) / "audit.jsonl")  # what was asked of each client and what came back
+        pending, self._pending_audit = self._pending_audit or [], None
+        for fields in pending:  # the tasks before the folder existed (a site federation's agreement)
+            self.audit.append("result", **fields)
 
     # --- the registry of connections ------------------------------------------------------------
     def available(self) -> list[int]:
@@ -307,7 +316,8 @@ class GrpcChannel:
         """Queue ``message`` for each instruction's client; their outcomes will go to ``results``.
         Returns (task id -> position of the tasks sent, position -> failure of the clients not connected)."""
         total, sources = layout(message.arrays)
-        sent_digest = arrays_digest(message.arrays) if self.audit is not None else ""
+        auditing = self.audit is not None or self._pending_audit is not None
+        sent_digest = arrays_digest(message.arrays) if auditing else ""
         waiting: dict[int, int] = {}
         arrived: dict[int, Any] = {}
         receivers: list[Session] = []
@@ -322,10 +332,10 @@ class GrpcChannel:
                 arrived[pos] = ClientFailure(ins.client_id, FailureStage.TRANSPORT, "not connected")
                 continue
             config = merged(self.message_config, message.config, ins.config)
-            if self.audit is not None:
+            if auditing:
                 with self._lock:
                     self._asked[task_id] = (ins.client_id, message.task, config.get("round"), sent_digest)
-            meta = json.dumps({"config": config})
+            meta = json.dumps({"config": config, "run": self.run_id})
             header = pb.Header(task_id=task_id, task=message.task, version=message.version, meta=meta, payload_bytes=total)
             if session.bulk_down is not None:  # straight from the arrays' memory, on its own socket
                 header.bulk = True
@@ -356,15 +366,18 @@ class GrpcChannel:
 
     def _audit(self, task_id: int, outcome: Any) -> None:
         """The audit entry of a task: what was asked, and what came back (or why nothing did)."""
-        if self.audit is None:
-            return
         with self._lock:
             asked = self._asked.pop(task_id, None)
         if asked is None:
             return
         client, task, rnd, sent = asked
+        fields = {**audit_fields(task_id, task, rnd, sent, outcome), "client": client, "run": self.run_id}
+        if self.audit is None:
+            if self._pending_audit is not None and len(self._pending_audit) < MAX_PENDING_AUDIT:
+                self._pending_audit.append(fields)
+            return
         try:
-            self.audit.append("result", **audit_fields(task_id, task, rnd, sent, outcome), client=client)
+            self.audit.append("result", **fields)
         except OSError as e:  # a full disk: the run goes on, and says so in its log
             self.log.event("audit_failed", client, f"the audit log could not be written: {e}")
 
