@@ -97,6 +97,9 @@ def server(args: argparse.Namespace) -> int:
     tls = (read(args.tls_cert, "--tls-cert"), read(args.tls_key, "--tls-key")) if args.tls_cert else None
     if tls is not None:
         check_pair(*tls, f"--tls-cert {args.tls_cert!r}", f"--tls-key {args.tls_key!r}")
+        from cohort.channel.grpc.certs import check_current
+
+        check_current(tls[0], f"--tls-cert {args.tls_cert!r}")
     if args.tls_client_ca and not tls:
         raise ConfigError("--tls-client-ca (mutual TLS) needs the server's own --tls-cert and --tls-key")
     client_ca = read(args.tls_client_ca, "--tls-client-ca")
@@ -217,6 +220,12 @@ def client(args: argparse.Namespace) -> int:
 
     credentials = Credentials(tls_ca=read(args.tls_ca, "--tls-ca"), tls_cert=read(args.tls_cert, "--tls-cert"),
                               tls_key=read(args.tls_key, "--tls-key"), key=load_private(args.key) if args.key else None)
+    if credentials.tls_cert is not None:  # an expired certificate: one clear line, not a failing handshake
+        from cohort.channel.grpc.certs import check_current, check_pair
+
+        check_current(credentials.tls_cert, f"--tls-cert {args.tls_cert!r}")
+        if credentials.tls_key is not None:
+            check_pair(credentials.tls_cert, credentials.tls_key, f"--tls-cert {args.tls_cert!r}", f"--tls-key {args.tls_key!r}")
     last: dict = {}  # this client's last task and its outcome
 
     def on_task(task, outcome):
@@ -252,9 +261,32 @@ def client(args: argparse.Namespace) -> int:
 
 
 def certs(args: argparse.Namespace) -> int:
-    from cohort.channel.grpc.certs import make_certs
+    """``cohort certs``: test certificates; ``ca``, ``request`` and ``sign``: a federation's own identities."""
+    from pathlib import Path
 
-    paths = make_certs(args.out, args.host)
+    from cohort.channel.grpc import certs as C
+
+    if args.action == "ca":
+        paths = C.make_ca(args.out)
+        print(f"wrote {paths['ca']} (give it to the server, --tls-client-ca, and to every site, --tls-ca) and "
+              f"{paths['ca_key']} (keep it with the coordinator: it signs the sites' requests)")
+        return 0
+    if args.action == "request":
+        if not args.site:
+            raise ConfigError("cohort certs request needs --site NAME (this site's name, in its certificate)")
+        paths = C.request(args.out, args.site)
+        print(f"wrote {paths['key']} (this site's private key: it never leaves {args.out}) and {paths['csr']} "
+              f"(send it to the coordinator: cohort certs sign --csr {paths['csr'].name} ...)")
+        return 0
+    if args.action == "sign":
+        if not (args.csr and args.ca and args.ca_key):
+            raise ConfigError("cohort certs sign needs --csr SITE.csr, --ca ca.pem and --ca-key ca.key")
+        out = C.sign(args.csr, args.ca, args.ca_key, Path(args.out) / (Path(args.csr).stem + ".pem"), days=args.days)
+        until = C.valid_until(out.read_bytes())
+        print(f"wrote {out}, valid until {until:%Y-%m-%d} UTC: send it back to the site (cohort client --tls-cert "
+              f"{out.name} --tls-key {Path(args.csr).stem}.key)")
+        return 0
+    paths = C.make_certs(args.out, args.host)
     print(f"wrote {', '.join(str(p) for p in paths.values())}\n"
           f"server: cohort server ... --tls-cert {paths['cert']} --tls-key {paths['key']}"
           f" [--tls-client-ca {paths['ca']}: mutual TLS]\n"
@@ -365,8 +397,18 @@ def add_parsers(sub, run_options) -> None:
                               "an error, to be resumed) to take this client back (default 3600 s); then exit with status 2")
     client_.set_defaults(func=client)
 
-    certs_ = sub.add_parser("certs", help="make a self-signed CA, a server and a client certificate, for testing TLS")
-    certs_.add_argument("--out", required=True, help="folder to write ca.pem, ca.key, server.pem/.key and client.pem/.key in")
+    certs_ = sub.add_parser("certs", help="certificates: a test set (CA, server, one shared client), or a federation's own "
+                                          "CA and each site's (ca, request, sign)")
+    certs_.add_argument("action", nargs="?", choices=["ca", "request", "sign"],
+                        help="ca: the federation's CA (once); request: a site's own key and signing request (at the "
+                             "site); sign: the coordinator signs a request. None: the test set")
+    certs_.add_argument("--out", required=True, help="folder to write in (the test set: ca.pem, ca.key, server.pem/.key "
+                                                     "and client.pem/.key)")
+    certs_.add_argument("--site", help="request: this site's name")
+    certs_.add_argument("--csr", help="sign: the site's request (SITE.csr)")
+    certs_.add_argument("--ca", help="sign: the federation's CA certificate (ca.pem)")
+    certs_.add_argument("--ca-key", help="sign: the CA's private key (ca.key)")
+    certs_.add_argument("--days", type=int, default=30, help="sign: how long the site's certificate is valid (default 30)")
     certs_.add_argument("--host", action="append", default=[], help="a name or IP address clients reach the server by (repeatable)")
     certs_.set_defaults(func=certs)
 
