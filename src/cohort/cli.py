@@ -165,7 +165,10 @@ def _parser() -> argparse.ArgumentParser:
 
     from cohort.cli_deploy import add_parsers
 
-    add_parsers(sub, run_options)  # server, client, certs, keys
+    add_parsers(sub, run_options)  # server, client
+    from cohort.cli_identity import add_parsers as identity_parsers
+
+    identity_parsers(sub)  # certs, keys
     from cohort.cli_governance import add_parsers as governance_parsers
 
     governance_parsers(sub)  # audit
