@@ -76,6 +76,14 @@ def test_a_torn_last_line_is_found_then_cut_off_on_reopening_and_a_broken_log_is
         AuditLog(path)
 
 
+def test_a_whole_last_entry_without_its_newline_is_continued_on_a_line_of_its_own(tmp_path):
+    path = a_log(tmp_path / "log.jsonl", 2)
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))  # the crash came between the entry and its newline
+    assert verify(path) == []
+    AuditLog(path).append("task", task_id=3)
+    assert [e["n"] for e in read(path)] == [1, 2, 3] and verify(path) == []
+
+
 def test_a_full_disk_leaves_no_torn_line(tmp_path, monkeypatch):
     path = a_log(tmp_path / "log.jsonl", 2)
     log = AuditLog(path)

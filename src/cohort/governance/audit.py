@@ -82,6 +82,9 @@ class AuditLog:
                                   "Keep it as evidence and start a new one (another path)")
             for entry in read(self.path):
                 self.n, self.prev = entry["n"], entry["hash"]
+            if self.n and not self.path.read_bytes().endswith(b"\n"):  # whole, but its newline was not written
+                with open(self.path, "ab") as f:
+                    f.write(b"\n")
             if torn:  # the torn bytes are kept beside the log, and the log says so
                 kept = self.path.with_name(f"{self.path.name}.torn-{self.n + 1}")
                 kept.write_bytes(torn)
@@ -119,20 +122,10 @@ class AuditLog:
 
 
 def _torn_tail(path: Path) -> bytes:
-    """Cut off, and return, a last line that is not a whole entry (no newline at its end, or no JSON):
-    what a crash while writing leaves. Every earlier line is left to :func:`verify`."""
+    """Cut off, and return, the last line (:func:`verify` found it not whole: what a crash while writing
+    leaves)."""
     data = path.read_bytes()
-    if not data:
-        return b""
-    body, sep, last = data.rstrip(b"\n").rpartition(b"\n")
-    try:
-        json.loads(last)
-        if not data.endswith(b"\n"):  # whole, but its newline was not written
-            with open(path, "ab") as f:
-                f.write(b"\n")
-        return b""
-    except ValueError:
-        pass
+    body, sep, _ = data.rstrip(b"\n").rpartition(b"\n")
     with open(path, "r+b") as f:
         f.truncate(len(body) + len(sep))
     return data[len(body) + len(sep):]
