@@ -96,8 +96,14 @@ class ProcessPoolChannel(SimulationChannel):
                                        initargs=(self.client_fn, self.client_half, self.threads, os.getpid()))
             self._pool = pool
             try:
-                for future in [pool.submit(_warm_up) for _ in range(self.workers)]:
-                    future.result(timeout=WARM_UP_TIMEOUT_S)
+                # every worker must have run its initializer (it then ignores Ctrl-C, its client_fn unpickled):
+                # a worker still starting when the rounds begin would take a Ctrl-C with a traceback. The
+                # pool starts workers as tasks find none idle, and a fast one may take every warm-up task,
+                # so warm-ups go out until each worker has answered one.
+                deadline, started = time.monotonic() + WARM_UP_TIMEOUT_S, set()
+                while len(started) < self.workers:
+                    for future in [pool.submit(_warm_up) for _ in range(self.workers)]:
+                        started.add(future.result(timeout=max(0.0, deadline - time.monotonic())))
             except Exception as e:
                 self._discard(pool)
                 if isinstance(e, TimeoutError):
